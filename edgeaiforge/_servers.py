@@ -1,0 +1,589 @@
+"""Launchers for the real servers the platform runs on: NATS, Mosquitto and InfluxDB.
+
+Used by the test fixtures and by `edgeaiforge up`. Each launcher runs one server process
+with its data under a directory of its own, on a given host and port (port 0 picks a free
+one), waits until the server really answers and stops it again. A missing binary is an
+error that names the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "DEFAULT_START_TIMEOUT",
+    "InfluxServer",
+    "MosquittoServer",
+    "NatsServer",
+    "ServerError",
+    "ServerNotFoundError",
+    "ServerStartError",
+    "docker_mosquitto_config",
+    "find_binary",
+    "find_dynsec_plugin",
+    "free_port",
+    "render_mosquitto_config",
+]
+
+DEFAULT_START_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+_LOG_TAIL_LINES = 40
+# Not on PATH for a non-root user on Debian, but that is where the packages put them.
+_EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/local/bin", "/usr/bin")
+_DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+_DYNSEC_PLUGIN_GLOBS = (
+    "/usr/lib/x86_64-linux-gnu/" + _DYNSEC_PLUGIN,
+    "/usr/lib/*/" + _DYNSEC_PLUGIN,
+    "/usr/lib/mosquitto/" + _DYNSEC_PLUGIN,
+    "/usr/lib/*/mosquitto/" + _DYNSEC_PLUGIN,
+    "/usr/lib/" + _DYNSEC_PLUGIN,
+    "/usr/local/lib/" + _DYNSEC_PLUGIN,
+    "/usr/local/lib/*/" + _DYNSEC_PLUGIN,
+    "/opt/homebrew/lib/" + _DYNSEC_PLUGIN,
+)
+MOSQUITTO_TEMPLATE = (
+    Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf.template"
+)
+
+
+class ServerError(Exception):
+    """Root of the errors raised by the server launchers."""
+
+
+class ServerNotFoundError(ServerError):
+    """A server binary or plugin is not installed."""
+
+    def __init__(self, name: str, package: str) -> None:
+        self.name = name
+        self.package = package
+        super().__init__(
+            f"{name} not found on PATH nor in {', '.join(_EXTRA_BIN_DIRS)}: "
+            f"install the Debian package {package!r} (apt-get install {package})"
+        )
+
+
+class ServerStartError(ServerError):
+    """A server did not start, or did not answer in time."""
+
+    def __init__(
+        self, name: str, reason: str, log_path: Path | None, *, exit_code: int | None = None
+    ) -> None:
+        self.name = name
+        self.reason = reason
+        self.exit_code = exit_code
+        self.log_path = log_path
+        self.log_tail = _tail(log_path) if log_path is not None else ""
+        message = f"{name} did not start: {reason}"
+        if log_path is not None:
+            message += f"\n--- last lines of {log_path} ---\n{self.log_tail or '(empty)'}"
+        super().__init__(message)
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def find_binary(name: str, *, package: str) -> str:
+    """Return the path of the executable `name`, looking on PATH and in the sbin dirs.
+
+    Raises ServerNotFoundError naming `package` if it is not installed.
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in _EXTRA_BIN_DIRS:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise ServerNotFoundError(name, package)
+
+
+def find_dynsec_plugin() -> str:
+    """Return the path of Mosquitto's dynamic-security plugin."""
+    for pattern in _DYNSEC_PLUGIN_GLOBS:
+        for match in sorted(glob.glob(pattern)):
+            if Path(match).is_file():
+                return match
+    raise ServerNotFoundError(_DYNSEC_PLUGIN, "mosquitto")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _render(template: str, values: Mapping[str, str]) -> str:
+    """Fill `{{name}}` placeholders; an unknown or missing one is an error, not a blank."""
+    missing = set(re.findall(r"\{\{(\w+)\}\}", template)) - set(values)
+    if missing:
+        raise ServerError(f"no value for placeholders {sorted(missing)} in the config template")
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+
+
+def render_mosquitto_config(
+    *,
+    host: str,
+    port: int,
+    user: str,
+    data_dir: str,
+    dynsec_plugin: str,
+    dynsec_file: str,
+    template_path: str | os.PathLike[str] | None = None,
+) -> str:
+    """The project's Mosquitto config (mosquitto/mosquitto.conf.template) filled in."""
+    template = Path(template_path) if template_path is not None else MOSQUITTO_TEMPLATE
+    return _render(
+        template.read_text(),
+        {
+            "host": host,
+            "port": str(port),
+            "user": user,
+            "data_dir": data_dir,
+            "dynsec_plugin": dynsec_plugin,
+            "dynsec_file": dynsec_file,
+        },
+    )
+
+
+_DOCKER_HEADER = """\
+# GENERATED from mosquitto.conf.template for docker compose (eclipse-mosquitto:2.0 image).
+# Do not edit: change the template, then run
+#   python -c "from edgeaiforge._servers import docker_mosquitto_config as c; print(c(), end='')" \\
+#     > mosquitto/mosquitto.conf
+
+"""
+
+
+def docker_mosquitto_config() -> str:
+    """The config for the eclipse-mosquitto image: port 1883, files under /mosquitto/data."""
+    return _DOCKER_HEADER + render_mosquitto_config(
+        host="0.0.0.0",  # noqa: S104 - inside its container, published by compose
+        port=1883,
+        user="mosquitto",
+        data_dir="/mosquitto/data",
+        dynsec_plugin="/usr/lib/mosquitto_dynamic_security.so",
+        dynsec_file="/mosquitto/data/dynamic-security.json",
+    )
+
+
+class _Server:
+    """One server process: spawn, wait until ready, stop. Subclasses say how."""
+
+    name = "server"
+    package = "server"
+    binary = "server"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.start_timeout = start_timeout
+        self._host = host
+        self._requested_port = port
+        self._port = port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the picked one once started, if 0 was asked)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Where clients connect."""
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        """File that receives the server's stdout and stderr."""
+        return self.data_dir / f"{self.binary}.log"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while running."""
+        return self._process.pid if self._process is not None else None
+
+    def _command(self, executable: str) -> list[str]:
+        raise NotImplementedError
+
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _prepare(self) -> None:
+        """Write whatever the server needs on disk before it starts."""
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _extra_ports(self) -> None:
+        """Pick any further ports the server binds (called after the main port is known)."""
+
+    def start(self) -> Self:
+        """Spawn the server and wait until it answers; restarting keeps the port and data."""
+        if self.running:
+            return self
+        executable = find_binary(self.binary, package=self.package)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A port picked by us is kept for later restarts: clients reconnect to the same place.
+        attempts = 3 if self._requested_port == 0 and self._port == 0 else 1
+        for attempt in range(attempts):
+            if self._requested_port == 0 and (self._port == 0 or attempt > 0):
+                self._port = free_port(self._host)
+                self._extra_ports()
+            try:
+                self._spawn(executable)
+                return self
+            except ServerStartError as error:
+                # Another process may have taken the picked port between pick and bind.
+                if error.exit_code is None or attempt == attempts - 1:
+                    raise
+        return self  # pragma: no cover - the loop returns or raises
+
+    def _spawn(self, executable: str) -> None:
+        self._prepare()
+        with self.log_path.open("ab") as log:
+            log.write(f"--- starting {self.name} on {self._host}:{self._port} ---\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                self._command(executable),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(),
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise ServerStartError(
+                    self.name, f"process exited with code {code}", self.log_path, exit_code=code
+                )
+            if self._ready():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    self.name,
+                    f"no answer on {self._host}:{self._port} within {self.start_timeout:.0f} s",
+                    self.log_path,
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, so it saves its state), then kill it if it hangs."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=_STOP_TIMEOUT)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"{type(self).__name__}(host={self._host!r}, port={self._port}, {state})"
+
+
+def _tcp_read(host: str, port: int, payload: bytes | None, size: int) -> bytes:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            if payload:
+                sock.sendall(payload)
+            return sock.recv(size)
+    except OSError:
+        return b""
+
+
+class NatsServer(_Server):
+    """`nats-server` with JetStream, its store under `data_dir`.
+
+    `config_file` is passed as `-c`; command-line host, port and store dir still win.
+    """
+
+    name = "NATS"
+    package = "nats-server"
+    binary = "nats-server"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config_file: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(data_dir=data_dir, host=host, port=port, start_timeout=start_timeout)
+        self.config_file = Path(config_file) if config_file is not None else None
+        self.extra_args = tuple(extra_args)
+
+    @property
+    def url(self) -> str:
+        """`nats://host:port`."""
+        return f"nats://{self._host}:{self._port}"
+
+    @property
+    def store_dir(self) -> Path:
+        """JetStream's store directory."""
+        return self.data_dir / "jetstream"
+
+    def _command(self, executable: str) -> list[str]:
+        command = [executable]
+        if self.config_file is not None:
+            command += ["-c", str(self.config_file)]
+        command += ["-js", "-a", self._host, "-p", str(self._port), "-sd", str(self.store_dir)]
+        return command + list(self.extra_args)
+
+    def _ready(self) -> bool:
+        # The server greets every connection with an INFO line once it accepts clients.
+        return _tcp_read(self._host, self._port, None, 4096).startswith(b"INFO ")
+
+
+class InfluxServer(_Server):
+    """InfluxDB 1.x `influxd`, data, meta and WAL under `data_dir`, no usage reporting."""
+
+    name = "InfluxDB"
+    package = "influxdb"
+    binary = "influxd"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rpc_port: int = 0,
+        environment: Mapping[str, str] | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(data_dir=data_dir, host=host, port=port, start_timeout=start_timeout)
+        self._requested_rpc_port = rpc_port
+        self._rpc_port = rpc_port
+        self.environment = dict(environment or {})
+
+    @property
+    def url(self) -> str:
+        """`http://host:port` of the HTTP API."""
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def rpc_port(self) -> int:
+        """Port of the backup/restore RPC service (bound on the same host)."""
+        return self._rpc_port
+
+    def _extra_ports(self) -> None:
+        if self._requested_rpc_port == 0:
+            self._rpc_port = free_port(self._host)
+
+    def _prepare(self) -> None:
+        if self._rpc_port == 0:
+            self._rpc_port = free_port(self._host)
+
+    def _command(self, executable: str) -> list[str]:
+        # -config /dev/null: read no system config, only the environment below.
+        return [executable, "run", "-config", os.devnull]
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "INFLUXDB_DATA_DIR": str(self.data_dir / "data"),
+                "INFLUXDB_META_DIR": str(self.data_dir / "meta"),
+                "INFLUXDB_DATA_WAL_DIR": str(self.data_dir / "wal"),
+                "INFLUXDB_HTTP_BIND_ADDRESS": f"{self._host}:{self._port}",
+                "INFLUXDB_BIND_ADDRESS": f"{self._host}:{self._rpc_port}",
+                "INFLUXDB_REPORTING_DISABLED": "true",
+                "INFLUXDB_HTTP_LOG_ENABLED": "false",
+                "INFLUXDB_DATA_QUERY_LOG_ENABLED": "false",
+                "INFLUXDB_LOGGING_LEVEL": "warn",
+                "INFLUXDB_MONITOR_STORE_ENABLED": "false",
+            }
+        )
+        env.update(self.environment)
+        return env
+
+    def _ready(self) -> bool:
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=1.0)
+        try:
+            connection.request("GET", "/ping")
+            return connection.getresponse().status == 204
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _mqtt_connect_packet(client_id: str, username: str, password: str) -> bytes:
+    """A minimal MQTT 3.1.1 CONNECT with username and password, for the readiness probe."""
+
+    def field(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("!H", len(raw)) + raw
+
+    flags = 0x80 | 0x40 | 0x02  # username, password, clean session
+    body = field("MQTT") + bytes([4, flags]) + struct.pack("!H", 10)
+    body += field(client_id) + field(username) + field(password)
+    length = len(body)
+    encoded = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        encoded.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes([0x10]) + bytes(encoded) + body
+
+
+class MosquittoServer(_Server):
+    """Mosquitto with the project's config: auth by the dynamic-security plugin, persistence.
+
+    On first start the dynamic-security file is created with an admin client
+    (`admin_username`/`admin_password`); later starts reuse it, so clients, roles and
+    retained messages survive `stop()` then `start()`.
+    """
+
+    name = "Mosquitto"
+    package = "mosquitto"
+    binary = "mosquitto"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_username: str = "eaf-admin",
+        admin_password: str | None = None,
+        template_path: str | os.PathLike[str] | None = None,
+        run_as: str | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(data_dir=data_dir, host=host, port=port, start_timeout=start_timeout)
+        self.admin_username = admin_username
+        self.admin_password = admin_password or secrets.token_urlsafe(24)
+        self.template_path = Path(template_path) if template_path else MOSQUITTO_TEMPLATE
+        self.run_as = run_as or _current_user()
+
+    @property
+    def url(self) -> str:
+        """`mqtt://host:port`."""
+        return f"mqtt://{self._host}:{self._port}"
+
+    @property
+    def config_path(self) -> Path:
+        """The rendered config file."""
+        return self.data_dir / "mosquitto.conf"
+
+    @property
+    def dynsec_path(self) -> Path:
+        """The dynamic-security plugin's JSON file (clients, roles, ACLs)."""
+        return self.data_dir / "dynamic-security.json"
+
+    def render_config(self) -> str:
+        """The project's template filled in for this instance."""
+        return render_mosquitto_config(
+            host=self._host,
+            port=self._port,
+            user=self.run_as,
+            data_dir=str(self.data_dir.resolve()),
+            dynsec_plugin=find_dynsec_plugin(),
+            dynsec_file=str(self.dynsec_path.resolve()),
+            template_path=self.template_path,
+        )
+
+    def _prepare(self) -> None:
+        if not self.dynsec_path.exists():
+            ctrl = find_binary("mosquitto_ctrl", package="mosquitto-clients")
+            command = [ctrl, "dynsec", "init", str(self.dynsec_path), self.admin_username]
+            result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [*command, self.admin_password],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
+            if result.returncode != 0 or not self.dynsec_path.exists():
+                output = (result.stdout + result.stderr).decode(errors="replace")
+                raise ServerStartError(
+                    self.name, f"mosquitto_ctrl dynsec init failed: {output.strip()}", None
+                )
+            # Holds password hashes: readable by the broker's user only.
+            self.dynsec_path.chmod(0o600)
+        self.config_path.write_text(self.render_config())
+
+    def _command(self, executable: str) -> list[str]:
+        return [executable, "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        # Ready means the plugin is loaded and the admin can log in: CONNACK, return code 0.
+        packet = _mqtt_connect_packet(
+            f"eaf-probe-{secrets.token_hex(4)}", self.admin_username, self.admin_password
+        )
+        reply = _tcp_read(self._host, self._port, packet, 4)
+        if len(reply) < 4 or reply[0] != 0x20:
+            return False
+        if reply[3] != 0:
+            self.stop()
+            raise ServerStartError(
+                self.name,
+                f"the broker refused the admin client {self.admin_username!r} (CONNACK code "
+                f"{reply[3]}): {self.dynsec_path} was made with other credentials; pass those, "
+                "or remove the file to start afresh",
+                self.log_path,
+            )
+        return True
