@@ -1,0 +1,214 @@
+"""Events on the bus (NATS JetStream stream ``EAF``, subjects ``eaf.>``).
+
+Every event carries ``event_id`` (also its ``Nats-Msg-Id``, so a re-publish is stored
+once), ``occurred_at`` and ``schema_version``; its ``SUBJECT`` names where it is published.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas._base import WireModel
+from schemas.reports import AnalysisReport, ValidationReport
+
+__all__ = [
+    "EVENT_TYPES",
+    "DeploymentCompleted",
+    "DeploymentCreated",
+    "DeploymentOutcome",
+    "DeploymentTargetUpdated",
+    "DeviceEnrolled",
+    "DeviceOnline",
+    "Event",
+    "ModelAnalyzed",
+    "ModelPerformanceRegressed",
+    "ModelRejected",
+    "ModelUploaded",
+    "ModelValidated",
+    "ModelVersionDeleted",
+    "TargetState",
+    "event_for_subject",
+]
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(WireModel):
+    """The envelope every event shares."""
+
+    SUBJECT: ClassVar[str] = ""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=_now)
+    schema_version: Literal[1] = 1
+
+
+class _VersionEvent(Event):
+    model: str
+    version: str
+
+
+class ModelUploaded(_VersionEvent):
+    """A version's bytes are safely stored; validation may begin."""
+
+    SUBJECT: ClassVar[str] = "eaf.model.uploaded"
+
+    sequence: int
+    artifact_id: Sha256Hex
+    size_bytes: int
+    uploaded_by: str = ""
+    #: Optional reference inputs/outputs uploaded with the model (an artifact id).
+    reference_artifact_id: Sha256Hex | None = None
+
+
+class ModelValidated(_VersionEvent):
+    SUBJECT: ClassVar[str] = "eaf.model.validated"
+
+    artifact_id: Sha256Hex
+    report: ValidationReport
+
+
+class ModelRejected(_VersionEvent):
+    SUBJECT: ClassVar[str] = "eaf.model.rejected"
+
+    artifact_id: Sha256Hex
+    report: ValidationReport
+    reason: str
+
+
+class ModelAnalyzed(_VersionEvent):
+    SUBJECT: ClassVar[str] = "eaf.model.analyzed"
+
+    artifact_id: Sha256Hex
+    report: AnalysisReport
+
+
+class ModelVersionDeleted(_VersionEvent):
+    SUBJECT: ClassVar[str] = "eaf.model.version.deleted"
+
+    artifact_id: Sha256Hex
+    reason: Literal["user", "retention"]
+
+
+class TargetState(StrEnum):
+    """Where one device is in one deployment."""
+
+    PENDING = "pending"
+    NOTIFIED = "notified"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        TargetState.ACTIVE,
+        TargetState.FAILED,
+        TargetState.ROLLED_BACK,
+        TargetState.TIMED_OUT,
+        TargetState.CANCELLED,
+    }
+)
+
+
+class DeploymentOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+class DeploymentCreated(_VersionEvent):
+    SUBJECT: ClassVar[str] = "eaf.deployment.created"
+
+    deployment_id: uuid.UUID
+    target_count: int
+    strategy: str
+    created_by: str = ""
+
+
+class DeploymentTargetUpdated(Event):
+    SUBJECT: ClassVar[str] = "eaf.deployment.target.updated"
+
+    deployment_id: uuid.UUID
+    device_id: str
+    state: TargetState
+    detail: str = ""
+    bytes_received: int | None = None
+
+
+class DeploymentCompleted(Event):
+    SUBJECT: ClassVar[str] = "eaf.deployment.completed"
+
+    deployment_id: uuid.UUID
+    outcome: DeploymentOutcome
+    counts: dict[TargetState, int]
+
+
+class DeviceEnrolled(Event):
+    SUBJECT: ClassVar[str] = "eaf.device.enrolled"
+
+    device_id: str
+    group: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DeviceOnline(Event):
+    SUBJECT: ClassVar[str] = "eaf.device.online"
+
+    device_id: str
+    online: bool
+
+
+class ModelPerformanceRegressed(_VersionEvent):
+    """A version performs worse than the one before it on the same devices."""
+
+    SUBJECT: ClassVar[str] = "eaf.model.performance.regressed"
+
+    baseline_version: str
+    metric: Literal["latency_p95_ms", "error_rate"]
+    baseline_value: float
+    value: float
+    threshold: float
+    devices: tuple[str, ...] = ()
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ModelUploaded,
+    ModelValidated,
+    ModelRejected,
+    ModelAnalyzed,
+    ModelVersionDeleted,
+    DeploymentCreated,
+    DeploymentTargetUpdated,
+    DeploymentCompleted,
+    DeviceEnrolled,
+    DeviceOnline,
+    ModelPerformanceRegressed,
+)
+
+_BY_SUBJECT = {t.SUBJECT: t for t in EVENT_TYPES}
+
+
+def event_for_subject(subject: str) -> type[Event]:
+    """The event class published on ``subject``; ``KeyError`` for an unknown subject."""
+    return _BY_SUBJECT[subject]

@@ -1,0 +1,356 @@
+"""The artifact store: content-addressed, encrypted at rest, crash-safe.
+
+An artifact is named by the SHA-256 of its plaintext and stored once. The file is a fixed
+header followed by the chunks exactly as devices receive them:
+
+    header (96 bytes): magic "EAFA" | format 1 | flags (bit 0: encrypted) | wrapped-key
+    length (u16) | chunk size (u32) | plaintext size (u64) | STREAM nonce prefix (7) |
+    0 | wrapped data key (40) | zero padding
+    chunk 0 .. chunk n-1: AES-256-GCM(STREAM) ciphertext, chunk size + 16 bytes each
+    (the last one shorter); or the plaintext itself when encryption is disabled.
+
+Writes go to a temporary file that is fsynced and renamed, so a crash never leaves half an
+artifact under its final name. CPU work (hashing, AES) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import struct
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from schemas import crypto
+from schemas.topics import validate_artifact_id
+
+__all__ = [
+    "HEADER_LEN",
+    "ArtifactCorruptError",
+    "ArtifactError",
+    "ArtifactInfo",
+    "ArtifactNotFoundError",
+    "ArtifactStore",
+    "ArtifactTooLargeError",
+    "PutResult",
+]
+
+MAGIC = b"EAFA"
+FORMAT_VERSION = 1
+HEADER_LEN = 96
+_HEADER = struct.Struct(">4sBBHIQ7sB40s")
+_FLAG_ENCRYPTED = 0x01
+_READ_AHEAD_CHUNKS = 8
+
+
+class ArtifactError(Exception):
+    """Root of the artifact store's errors."""
+
+
+class ArtifactNotFoundError(ArtifactError):
+    def __init__(self, artifact_id: str) -> None:
+        self.artifact_id = artifact_id
+        super().__init__(f"artifact {artifact_id} is not in the store")
+
+
+class ArtifactCorruptError(ArtifactError):
+    def __init__(self, artifact_id: str, reason: str) -> None:
+        self.artifact_id = artifact_id
+        self.reason = reason
+        super().__init__(f"artifact {artifact_id} is damaged and will not be served: {reason}")
+
+
+class ArtifactTooLargeError(ArtifactError):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"artifact is larger than the limit of {limit} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactInfo:
+    artifact_id: str
+    size: int
+    chunk_size: int
+    encrypted: bool
+    nonce_prefix: bytes
+    wrapped_dek: bytes
+
+    @property
+    def chunk_count(self) -> int:
+        return crypto.chunk_count(self.size, self.chunk_size)
+
+    @property
+    def overhead(self) -> int:
+        return crypto.TAG_LEN if self.encrypted else 0
+
+    def plain_len(self, index: int) -> int:
+        if index == self.chunk_count - 1:
+            return self.size - index * self.chunk_size
+        return self.chunk_size
+
+    def stored_len(self, index: int) -> int:
+        return self.plain_len(index) + self.overhead
+
+    def offset(self, index: int) -> int:
+        return HEADER_LEN + index * (self.chunk_size + self.overhead)
+
+    @property
+    def file_size(self) -> int:
+        return self.offset(self.chunk_count - 1) + self.stored_len(self.chunk_count - 1)
+
+    def header(self) -> bytes:
+        packed = _HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            _FLAG_ENCRYPTED if self.encrypted else 0,
+            len(self.wrapped_dek),
+            self.chunk_size,
+            self.size,
+            self.nonce_prefix,
+            0,
+            self.wrapped_dek.ljust(40, b"\0"),
+        )
+        return packed.ljust(HEADER_LEN, b"\0")
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    info: ArtifactInfo
+    #: False when the same bytes were already stored.
+    created: bool
+
+
+class _Writer:
+    """Blocking half of ``put``: hashes, encrypts and writes chunks to a temp file."""
+
+    def __init__(self, path: Path, kek: bytes | None, chunk_size: int) -> None:
+        self.path = path
+        self.chunk_size = chunk_size
+        self.encrypted = kek is not None
+        self.dek = crypto.new_dek() if kek is not None else b""
+        self.wrapped = crypto.wrap_dek(kek, self.dek) if kek is not None else b""
+        self.prefix = crypto.new_nonce_prefix() if kek is not None else b"\0" * 7
+        self.sha = hashlib.sha256()
+        self.index = 0
+        self.size = 0
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * HEADER_LEN)
+
+    def write(self, chunks: list[bytes], *, last: bool) -> None:
+        for pos, chunk in enumerate(chunks):
+            self.sha.update(chunk)
+            self.size += len(chunk)
+            is_last = last and pos == len(chunks) - 1
+            if self.encrypted:
+                chunk = crypto.seal_chunk(self.dek, self.prefix, self.index, is_last, chunk)
+            self.file.write(chunk)
+            self.index += 1
+
+    def finish(self) -> ArtifactInfo:
+        info = ArtifactInfo(
+            artifact_id=self.sha.hexdigest(),
+            size=self.size,
+            chunk_size=self.chunk_size,
+            encrypted=self.encrypted,
+            nonce_prefix=self.prefix,
+            wrapped_dek=self.wrapped,
+        )
+        self.file.seek(0)
+        self.file.write(info.header())
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return info
+
+    def abort(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ArtifactStore:
+    """Artifacts under ``root``; ``kek`` is None when encryption at rest is disabled."""
+
+    def __init__(self, *, root: Path, kek: bytes | None, chunk_size: int) -> None:
+        self.root = root
+        self.kek = kek
+        self.chunk_size = chunk_size
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path(self, artifact_id: str) -> Path:
+        validate_artifact_id(artifact_id)
+        return self.root / artifact_id[:2] / artifact_id
+
+    def exists(self, artifact_id: str) -> bool:
+        return self.path(artifact_id).is_file()
+
+    async def put(self, data: AsyncIterable[bytes], *, max_bytes: int | None = None) -> PutResult:
+        """Store a stream of plaintext; raises ``ArtifactTooLargeError`` past ``max_bytes``."""
+        tmp = self.root / "tmp" / f"{os.getpid()}-{os.urandom(8).hex()}"
+        writer = await asyncio.to_thread(_Writer, tmp, self.kek, self.chunk_size)
+        buf = bytearray()
+        received = 0
+        batch = self.chunk_size * _READ_AHEAD_CHUNKS
+        try:
+            async for piece in data:
+                received += len(piece)
+                if max_bytes is not None and received > max_bytes:
+                    raise ArtifactTooLargeError(max_bytes)
+                buf += piece
+                # Keep at least one byte back: only the stream's end tells which chunk is last.
+                if len(buf) > batch:
+                    n = (len(buf) - 1) // self.chunk_size
+                    cut = n * self.chunk_size
+                    chunks = [
+                        bytes(buf[i : i + self.chunk_size]) for i in range(0, cut, self.chunk_size)
+                    ]
+                    del buf[:cut]
+                    await asyncio.to_thread(writer.write, chunks, last=False)
+            tail = [
+                bytes(buf[i : i + self.chunk_size]) for i in range(0, len(buf), self.chunk_size)
+            ]
+            await asyncio.to_thread(writer.write, tail or [b""], last=True)
+            info = await asyncio.to_thread(writer.finish)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        final = self.path(info.artifact_id)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return PutResult(info=self.info(info.artifact_id), created=False)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return PutResult(info=info, created=True)
+
+    def info(self, artifact_id: str) -> ArtifactInfo:
+        """The header of a stored artifact, checked against the file's length."""
+        path = self.path(artifact_id)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(HEADER_LEN)
+                actual = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise ArtifactNotFoundError(artifact_id) from None
+        if len(raw) < HEADER_LEN:
+            raise ArtifactCorruptError(artifact_id, "header is truncated")
+        magic, version, flags, wrapped_len, chunk_size, size, prefix, _, wrapped = _HEADER.unpack(
+            raw[: _HEADER.size]
+        )
+        if magic != MAGIC or version != FORMAT_VERSION or chunk_size <= 0:
+            raise ArtifactCorruptError(artifact_id, "header is not a valid artifact header")
+        info = ArtifactInfo(
+            artifact_id=artifact_id,
+            size=size,
+            chunk_size=chunk_size,
+            encrypted=bool(flags & _FLAG_ENCRYPTED),
+            nonce_prefix=prefix,
+            wrapped_dek=wrapped[:wrapped_len],
+        )
+        if actual != info.file_size:
+            what = "truncated" if actual < info.file_size else "extended"
+            raise ArtifactCorruptError(
+                artifact_id, f"file is {what} ({actual} bytes, expected {info.file_size})"
+            )
+        return info
+
+    def dek(self, info: ArtifactInfo) -> bytes:
+        """The artifact's data key, unwrapped with the key-encryption key."""
+        if not info.encrypted:
+            raise ArtifactError(f"artifact {info.artifact_id} is stored unencrypted")
+        if self.kek is None:
+            raise ArtifactError(
+                f"artifact {info.artifact_id} is encrypted but no key-encryption key is loaded"
+            )
+        try:
+            return crypto.unwrap_dek(self.kek, info.wrapped_dek)
+        except crypto.KeyUnwrapError as exc:
+            raise ArtifactCorruptError(info.artifact_id, str(exc)) from None
+
+    async def read_chunk(self, info: ArtifactInfo, index: int) -> bytes:
+        """Chunk ``index`` exactly as stored (ciphertext when encrypted)."""
+        if not 0 <= index < info.chunk_count:
+            raise ArtifactError(f"chunk {index} out of range 0..{info.chunk_count - 1}")
+        return await asyncio.to_thread(
+            _pread, self.path(info.artifact_id), info.offset(index), info.stored_len(index)
+        )
+
+    async def iter_plaintext(
+        self, artifact_id: str, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the plaintext bytes ``[start, end)``, authenticating every chunk read.
+
+        A damaged chunk raises ``ArtifactCorruptError`` before any of its bytes are yielded.
+        """
+        info = self.info(artifact_id)
+        stop = info.size if end is None else min(end, info.size)
+        if start >= stop:
+            return
+        dek = self.dek(info) if info.encrypted else b""
+        first = start // info.chunk_size
+        last = (stop - 1) // info.chunk_size
+        path = self.path(artifact_id)
+        f: BinaryIO = await asyncio.to_thread(path.open, "rb")
+        try:
+            index = first
+            while index <= last:
+                batch = list(range(index, min(index + _READ_AHEAD_CHUNKS, last + 1)))
+                plains = await asyncio.to_thread(_read_plain, f, info, dek, batch)
+                for i, plain in zip(batch, plains, strict=True):
+                    base = i * info.chunk_size
+                    lo = max(start - base, 0)
+                    hi = min(stop - base, len(plain))
+                    yield plain[lo:hi] if (lo, hi) != (0, len(plain)) else plain
+                index = batch[-1] + 1
+        finally:
+            await asyncio.to_thread(f.close)
+
+    async def verify(self, artifact_id: str) -> None:
+        """Read the whole artifact: every chunk authenticates and the SHA-256 matches."""
+        sha = hashlib.sha256()
+        async for piece in self.iter_plaintext(artifact_id):
+            sha.update(piece)
+        if sha.hexdigest() != artifact_id:
+            raise ArtifactCorruptError(artifact_id, "content does not match its SHA-256")
+
+    def delete(self, artifact_id: str) -> bool:
+        try:
+            self.path(artifact_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _read_plain(f: BinaryIO, info: ArtifactInfo, dek: bytes, indexes: list[int]) -> list[bytes]:
+    out = []
+    for i in indexes:
+        f.seek(info.offset(i))
+        stored = f.read(info.stored_len(i))
+        if len(stored) != info.stored_len(i):
+            raise ArtifactCorruptError(info.artifact_id, f"chunk {i} is truncated")
+        if info.encrypted:
+            last = i == info.chunk_count - 1
+            try:
+                stored = crypto.open_chunk(dek, info.nonce_prefix, i, last, stored)
+            except crypto.ChunkIntegrityError as exc:
+                raise ArtifactCorruptError(info.artifact_id, str(exc)) from None
+        out.append(stored)
+    return out
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

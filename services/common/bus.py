@@ -1,0 +1,313 @@
+"""The service bus: FastStream's NATS broker, the ``EAF`` JetStream stream, typed events.
+
+- ``publish`` sends an event with ``Nats-Msg-Id`` = event id, so the stream stores a
+  re-published event once (within the stream's duplicate window).
+- ``consumer`` registers a durable pull consumer with explicit acks. A handler that fails
+  is redelivered with back-off; after ``max_deliver`` deliveries, or at once when the
+  event does not parse, the message moves to ``eaf.dlq.<durable>`` and the events behind
+  it keep flowing.
+- ``rpc`` and ``request`` carry request/reply on core NATS (queue groups, so instances
+  share the load), with ``ServiceError`` travelling as an ``RpcErrorReply``.
+
+Request/reply subjects (``eaf.rpc.>``, ``eaf.cmd.>``) are deliberately *not* captured by the
+stream: a stream that captured them would answer every request with its own publish ack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from faststream import AckPolicy
+from faststream.nats import (
+    ConsumerConfig,
+    DeliverPolicy,
+    JStream,
+    NatsBroker,
+    NatsMessage,
+    NatsUserPassword,
+    PullSub,
+)
+from nats.js.api import StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from schemas.config import NatsConfig
+from schemas.events import Event
+from schemas.rpc import RpcError, RpcErrorReply
+from services.common.errors import ServiceError, from_code
+from services.common.logging import get_logger
+
+__all__ = ["DLQ_PREFIX", "EVENT_SUBJECTS", "Bus", "BusError"]
+
+EVENT_SUBJECTS = ("eaf.model.>", "eaf.deployment.>", "eaf.device.>", "eaf.dlq.>")
+DLQ_PREFIX = "eaf.dlq."
+#: Seconds within which the stream recognises a re-published event id.
+DUPLICATE_WINDOW = 600.0
+
+E = TypeVar("E", bound=Event)
+Req = TypeVar("Req", bound=BaseModel)
+Resp = TypeVar("Resp", bound=BaseModel)
+
+log = get_logger(__name__)
+
+
+class BusError(Exception):
+    """The bus could not carry a message (no responder, timeout, bad reply)."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        super().__init__(f"request on {subject} failed: {reason}")
+
+
+class Bus:
+    """One service's connection to the bus. Use ``broker`` for the FastStream app."""
+
+    def __init__(self, config: NatsConfig, *, service: str) -> None:
+        self.config = config
+        self.service = service
+        password = config.password.get_secret_value() if config.password else None
+        self.broker = NatsBroker(
+            config.url,
+            security=(
+                NatsUserPassword(username=config.user, password=password or "")
+                if config.user
+                else None
+            ),
+            name=f"eaf-{service}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+        )
+        self.stream = JStream(
+            name=config.stream,
+            subjects=list(EVENT_SUBJECTS),
+            duplicate_window=DUPLICATE_WINDOW,
+            declare=False,
+        )
+
+    async def start(self) -> None:
+        """Connect, make sure the stream exists, and start every registered subscriber."""
+        await self.broker.connect()
+        await self.ensure_stream()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The underlying nats-py JetStream context (for tools and tests)."""
+        return self.broker.connection.jetstream()
+
+    async def ensure_stream(self) -> None:
+        """Create the ``EAF`` stream, or bring its subjects up to date."""
+        wanted = StreamConfig(
+            name=self.config.stream,
+            subjects=list(EVENT_SUBJECTS),
+            duplicate_window=DUPLICATE_WINDOW,
+            storage=StorageType.FILE,
+        )
+        try:
+            info = await self.js.stream_info(self.config.stream)
+        except NotFoundError:
+            try:
+                await self.js.add_stream(wanted)
+            except BadRequestError:  # created concurrently by another service
+                pass
+            return
+        if sorted(info.config.subjects or []) != sorted(EVENT_SUBJECTS):
+            await self.js.update_stream(wanted)
+
+    # ---- events ---------------------------------------------------------------------
+
+    async def publish(self, event: Event) -> None:
+        """Publish ``event`` to the stream and wait for the stream's acknowledgement."""
+        await self.broker.publish(
+            event.model_dump_json().encode(),
+            subject=event.SUBJECT,
+            headers={"Nats-Msg-Id": str(event.event_id), "content-type": "application/json"},
+            stream=self.config.stream,
+        )
+
+    def consumer(
+        self, event_type: type[E], *, durable: str
+    ) -> Callable[[Callable[[E], Awaitable[None]]], Callable[[E], Awaitable[None]]]:
+        """Register ``handler`` as durable consumer ``durable`` of ``event_type``.
+
+        The handler must be idempotent: after a crash before the ack it sees the event again.
+        """
+        cfg = self.config
+
+        def decorator(
+            handler: Callable[[E], Awaitable[None]],
+        ) -> Callable[[E], Awaitable[None]]:
+            @self.broker.subscriber(
+                event_type.SUBJECT,
+                stream=self.stream,
+                durable=durable,
+                pull_sub=PullSub(batch_size=16, timeout=1.0),
+                config=ConsumerConfig(
+                    ack_wait=cfg.ack_wait,
+                    max_deliver=-1,
+                    deliver_policy=DeliverPolicy.ALL,
+                ),
+                ack_policy=AckPolicy.MANUAL,
+                title=f"{durable}:{event_type.SUBJECT}",
+                description=handler.__doc__,
+            )
+            async def _consume(msg: NatsMessage) -> None:
+                body = msg.body
+                delivered = _num_delivered(msg)
+                try:
+                    event = event_type.model_validate_json(body)
+                except ValidationError as exc:
+                    await self._dead_letter(msg, durable, f"malformed event: {exc.errors()[0]}")
+                    return
+                if delivered > cfg.max_deliver:
+                    await self._dead_letter(
+                        msg, durable, f"gave up after {cfg.max_deliver} deliveries"
+                    )
+                    return
+                try:
+                    await handler(event)
+                except Exception as exc:
+                    log.warning(
+                        "event handler failed",
+                        durable=durable,
+                        event_id=str(event.event_id),
+                        delivery=delivered,
+                        error=repr(exc),
+                    )
+                    if delivered >= cfg.max_deliver:
+                        await self._dead_letter(msg, durable, repr(exc))
+                    else:
+                        await msg.nack(delay=_backoff(cfg.retry_backoff, delivered))
+                    return
+                await msg.ack()
+
+            return handler
+
+        return decorator
+
+    async def _dead_letter(self, msg: NatsMessage, durable: str, reason: str) -> None:
+        raw = msg.raw_message
+        headers = dict(raw.headers or {})
+        event_id = headers.get("Nats-Msg-Id", raw.reply or "unknown")
+        await self.broker.publish(
+            raw.data,
+            subject=DLQ_PREFIX + durable,
+            headers={
+                "Nats-Msg-Id": f"dlq:{durable}:{event_id}",
+                "Eaf-Original-Subject": raw.subject,
+                "Eaf-Dead-Letter-Reason": reason[:500],
+            },
+            stream=self.config.stream,
+        )
+        log.error("event moved to dead-letter subject", durable=durable, reason=reason)
+        await msg.ack()
+
+    # ---- request / reply ------------------------------------------------------------
+
+    def rpc(
+        self, subject: str, request_type: type[Req]
+    ) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
+        """Serve ``subject`` (in queue group = service name) with ``handler``."""
+
+        def decorator(
+            handler: Callable[[Req], Awaitable[BaseModel]],
+        ) -> Callable[[Req], Awaitable[BaseModel]]:
+            @self.broker.subscriber(
+                subject, queue=self.service, title=subject, description=handler.__doc__
+            )
+            async def _serve(msg: NatsMessage) -> bytes:
+                body = msg.body
+                try:
+                    request = request_type.model_validate_json(body or b"{}")
+                except ValidationError as exc:
+                    return _error_reply("invalid", 422, _validation_detail(exc))
+                try:
+                    reply = await handler(request)
+                except ServiceError as exc:
+                    return _error_reply(exc.code, exc.status, exc.detail)
+                except Exception as exc:
+                    log.exception("rpc handler failed", subject=subject)
+                    return _error_reply("internal", 500, f"internal error: {type(exc).__name__}")
+                return reply.model_dump_json().encode()
+
+            return handler
+
+        return decorator
+
+    async def request(
+        self,
+        subject: str,
+        request: BaseModel,
+        response_type: type[Resp],
+        *,
+        timeout: float | None = None,
+    ) -> Resp:
+        """Send ``request`` and parse the reply; a remote ``ServiceError`` is re-raised."""
+        try:
+            reply = await self.broker.request(
+                request.model_dump_json().encode(),
+                subject=subject,
+                timeout=timeout or self.config.request_timeout,
+            )
+        except TimeoutError:
+            raise BusError(subject, "no reply in time (is the service running?)") from None
+        except Exception as exc:
+            raise BusError(subject, f"{type(exc).__name__}: {exc}") from None
+        return parse_reply(subject, reply.body, response_type)
+
+
+def parse_reply(subject: str, body: bytes, response_type: type[Resp]) -> Resp:
+    """A reply body as ``response_type``, or the ``ServiceError`` it carries."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BusError(subject, "reply is not JSON") from None
+    if isinstance(data, dict) and set(data) == {"error"}:
+        err = RpcErrorReply.model_validate(data).error
+        raise from_code(err.code, err.status, err.detail)
+    try:
+        return response_type.model_validate(data)
+    except ValidationError as exc:
+        raise BusError(subject, f"unexpected reply: {exc.errors()[0]['msg']}") from None
+
+
+def _error_reply(code: str, status: int, detail: str) -> bytes:
+    return (
+        RpcErrorReply(error=RpcError(code=code, status=status, detail=detail))
+        .model_dump_json()
+        .encode()
+    )
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _num_delivered(msg: NatsMessage) -> int:
+    try:
+        return int(msg.raw_message.metadata.num_delivered)
+    except Exception:  # not a JetStream message: treat as first delivery
+        return 1
+
+
+def _backoff(steps: tuple[float, ...], delivered: int) -> float:
+    if not steps:
+        return 0.0
+    return steps[min(delivered - 1, len(steps) - 1)]

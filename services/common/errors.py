@@ -1,0 +1,64 @@
+"""Errors that cross service boundaries with a code, an HTTP status and a detail."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "ServiceError",
+    "ServiceUnavailable",
+]
+
+
+class ServiceError(Exception):
+    """Root of errors a service reports to its caller (over NATS or REST)."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class BadRequest(ServiceError):
+    code = "invalid"
+    status = 422
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    status = 409
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+    status = 403
+
+
+class ServiceUnavailable(ServiceError):
+    code = "unavailable"
+    status = 503
+
+
+_BY_CODE: dict[str, type[ServiceError]] = {
+    c.code: c for c in (BadRequest, NotFound, Conflict, Forbidden, ServiceUnavailable)
+}
+
+
+def from_code(code: str, status: int, detail: str) -> ServiceError:
+    """Rebuild a ``ServiceError`` on the caller's side of a request."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = ServiceError(detail)
+        err.code = code
+        err.status = status
+        return err
+    return cls(detail)

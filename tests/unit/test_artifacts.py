@@ -1,0 +1,123 @@
+"""The artifact store: content addressing, encryption at rest, damage is never served."""
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.common.artifacts import (
+    HEADER_LEN,
+    ArtifactCorruptError,
+    ArtifactStore,
+    ArtifactTooLargeError,
+)
+
+CHUNK = 4096
+
+
+async def stream(data: bytes, piece: int = 1000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+
+
+async def read_all(store: ArtifactStore, aid: str, **kw: int) -> bytes:
+    return b"".join([p async for p in store.iter_plaintext(aid, **kw)])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(root=tmp_path / "models", kek=os.urandom(32), chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 10 * CHUNK, 37 * CHUNK + 5])
+async def test_round_trip_any_size(store: ArtifactStore, size: int) -> None:
+    data = os.urandom(size)
+    result = await store.put(stream(data))
+    assert result.created
+    assert result.info.artifact_id == hashlib.sha256(data).hexdigest()
+    assert result.info.size == size
+    assert await read_all(store, result.info.artifact_id) == data
+    await store.verify(result.info.artifact_id)
+
+
+async def test_ranges(store: ArtifactStore) -> None:
+    data = os.urandom(5 * CHUNK + 123)
+    aid = (await store.put(stream(data))).info.artifact_id
+    for start, end in [
+        (0, 1),
+        (CHUNK - 1, CHUNK + 1),
+        (100, 4 * CHUNK + 7),
+        (len(data) - 5, 10**9),
+    ]:
+        assert await read_all(store, aid, start=start, end=end) == data[start:end]
+
+
+async def test_same_bytes_stored_once(store: ArtifactStore) -> None:
+    data = os.urandom(3 * CHUNK)
+    first = await store.put(stream(data))
+    second = await store.put(stream(data, piece=777))
+    assert first.created and not second.created
+    files = [
+        p
+        for p in store.root.rglob("*")
+        if p.is_file() and p.relative_to(store.root).parts[0] != "tmp"
+    ]
+    assert len(files) == 1
+    assert not list((store.root / "tmp").iterdir())
+
+
+async def test_plaintext_is_not_on_disk(store: ArtifactStore) -> None:
+    data = os.urandom(8 * CHUNK)
+    aid = (await store.put(stream(data))).info.artifact_id
+    on_disk = store.path(aid).read_bytes()
+    assert data[5000:5032] not in on_disk
+
+
+async def test_flipped_byte_is_refused(store: ArtifactStore) -> None:
+    data = os.urandom(6 * CHUNK)
+    aid = (await store.put(stream(data))).info.artifact_id
+    path = store.path(aid)
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_LEN + 3 * (CHUNK + 16) + 10] ^= 0x01
+    path.write_bytes(raw)
+    with pytest.raises(ArtifactCorruptError, match="chunk 3"):
+        await read_all(store, aid)
+
+
+@pytest.mark.parametrize("change", ["truncate", "extend", "truncate_at_chunk"])
+async def test_truncated_or_extended_file_is_refused(store: ArtifactStore, change: str) -> None:
+    data = os.urandom(6 * CHUNK)
+    aid = (await store.put(stream(data))).info.artifact_id
+    path = store.path(aid)
+    raw = path.read_bytes()
+    if change == "truncate":
+        path.write_bytes(raw[:-100])
+    elif change == "extend":
+        path.write_bytes(raw + b"\0" * 16)
+    else:
+        path.write_bytes(raw[: HEADER_LEN + 5 * (CHUNK + 16)])
+    with pytest.raises(ArtifactCorruptError, match="truncated|extended"):
+        await read_all(store, aid)
+
+
+async def test_wrong_kek_is_refused(store: ArtifactStore, tmp_path: Path) -> None:
+    aid = (await store.put(stream(os.urandom(CHUNK)))).info.artifact_id
+    other = ArtifactStore(root=store.root, kek=os.urandom(32), chunk_size=CHUNK)
+    with pytest.raises(ArtifactCorruptError, match="key-encryption key"):
+        await read_all(other, aid)
+
+
+async def test_size_limit_while_streaming(store: ArtifactStore) -> None:
+    with pytest.raises(ArtifactTooLargeError):
+        await store.put(stream(os.urandom(10 * CHUNK)), max_bytes=5 * CHUNK)
+    assert not list((store.root / "tmp").iterdir())
+
+
+async def test_encryption_disabled_stores_plaintext(tmp_path: Path) -> None:
+    store = ArtifactStore(root=tmp_path, kek=None, chunk_size=CHUNK)
+    data = os.urandom(3 * CHUNK + 1)
+    aid = (await store.put(stream(data))).info.artifact_id
+    assert data in store.path(aid).read_bytes()
+    assert await read_all(store, aid) == data
