@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from schemas._base import WireModel
 
-__all__ = ["RpcError", "RpcErrorReply"]
+__all__ = ["Health", "HealthRequest", "RpcError", "RpcErrorReply"]
 
 
 class RpcError(WireModel):
@@ -21,3 +21,15 @@ class RpcError(WireModel):
 
 class RpcErrorReply(WireModel):
     error: RpcError
+
+
+class HealthRequest(WireModel):
+    pass
+
+
+class Health(WireModel):
+    """Reply of ``eaf.rpc.<service>.health``."""
+
+    service: str
+    status: str = "ok"
+    instance: str = ""

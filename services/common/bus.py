@@ -16,6 +16,8 @@ stream: a stream that captured them would answer every request with its own publ
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -36,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.config import NatsConfig
 from schemas.events import Event
-from schemas.rpc import RpcError, RpcErrorReply
+from schemas.rpc import Health, HealthRequest, RpcError, RpcErrorReply
 from services.common.errors import ServiceError, from_code
 from services.common.logging import get_logger
 
@@ -216,6 +218,14 @@ class Bus:
         await msg.ack()
 
     # ---- request / reply ------------------------------------------------------------
+
+    def serve_health(self) -> None:
+        """Answer ``eaf.rpc.<service>.health``; call before ``start``."""
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+
+        @self.rpc(f"eaf.rpc.{self.service}.health", HealthRequest)
+        async def health(_: HealthRequest) -> Health:
+            return Health(service=self.service, instance=instance)
 
     def rpc(
         self, subject: str, request_type: type[Req]
