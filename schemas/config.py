@@ -22,6 +22,7 @@ __all__ = [
     "PerformanceTrackingConfig",
     "SecurityConfig",
     "Settings",
+    "StackConfig",
 ]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -127,6 +128,13 @@ class DatabaseConfig(_Section):
     echo: bool = False
 
 
+class StackConfig(_Section):
+    """The local stack that ``edgeaiforge up`` runs."""
+
+    #: Servers' data, logs (``log/``), process records (``run/``) and generated secrets.
+    data_dir: Path = Path("./var")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with ``services.common.config.load_settings``."""
 
@@ -146,6 +154,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     influxdb: InfluxDBConfig = InfluxDBConfig()
     database: DatabaseConfig = DatabaseConfig()
+    stack: StackConfig = StackConfig()
 
     @classmethod
     def settings_customise_sources(
