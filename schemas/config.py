@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "ApiConfig",
     "DatabaseConfig",
     "DeploymentConfig",
     "InfluxDBConfig",
@@ -135,6 +136,69 @@ class StackConfig(_Section):
     data_dir: Path = Path("./var")
 
 
+class SandboxLimits(_Section):
+    """Limits of one sandboxed worker process (one validation check, one analysis)."""
+
+    #: CPU seconds (RLIMIT_CPU); the kernel kills the worker beyond them.
+    cpu_seconds: PositiveInt = 120
+    #: Address space in MiB (RLIMIT_AS); allocations beyond it fail inside the worker.
+    memory_mb: Annotated[int, Field(ge=256)] = 4096
+    #: Seconds of wall-clock time before the worker's process group is killed.
+    wall_seconds: PositiveFloat = 180.0
+
+
+class ValidatorConfig(_Section):
+    """What the validator accepts (the policy) and how it runs its checks."""
+
+    #: Allowed operator domains and the opset range [min, max] of each; a domain not
+    #: listed (a custom one) is refused. "ai.onnx" also covers the "" spelling.
+    allowed_opsets: dict[str, tuple[int, int]] = Field(
+        default_factory=lambda: {"ai.onnx": (7, 24), "ai.onnx.ml": (1, 5)}
+    )
+    ir_version_min: PositiveInt = 3
+    ir_version_max: PositiveInt = 12
+    #: Largest uploaded artifact (the .onnx file, or the ZIP of a model with external data).
+    max_file_size: PositiveInt = 2 * 1024**3
+    #: Largest element count of any declared or inferred tensor.
+    max_tensor_elements: PositiveInt = 1_000_000_000
+    max_node_count: PositiveInt = 100_000
+    #: Deepest nesting of subgraphs (If/Loop/Scan bodies); the main graph is depth 0.
+    max_graph_depth: Annotated[int, Field(ge=0)] = 8
+    #: Value of a dynamic dimension in generated inputs, unless named in dynamic_dims.
+    dynamic_dim_default: PositiveInt = 1
+    dynamic_dims: dict[str, PositiveInt] = Field(default_factory=dict)
+    #: Reference outputs match when |actual - expected| <= atol + rtol * |expected|.
+    reference_rtol: Annotated[float, Field(ge=0)] = 1e-3
+    reference_atol: Annotated[float, Field(ge=0)] = 1e-4
+    #: Refuse to start when the worker cannot be put in its own network namespace.
+    require_network_isolation: bool = True
+    #: Where decrypted models are placed for the workers (private temp dirs); "" = $TMPDIR.
+    work_dir: str = ""
+    sandbox: SandboxLimits = SandboxLimits()
+
+
+class AnalyzerConfig(_Section):
+    """How the analyzer measures a model."""
+
+    #: onnxruntime intra-op threads for the latency measurement.
+    threads: PositiveInt = 1
+    warmup_runs: Annotated[int, Field(ge=0)] = 5
+    runs: PositiveInt = 50
+    #: Per-node costs kept in a report (the costliest); totals always cover every node.
+    max_nodes_in_report: PositiveInt = 500
+    sandbox: SandboxLimits = SandboxLimits(cpu_seconds=300, wall_seconds=300.0)
+
+
+class ApiConfig(_Section):
+    """The REST API (``services/api``) and how services on other hosts reach it."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    #: Bearer token that services on hosts without ``storage_path`` send to
+    #: ``model_repository.artifact_url`` (an API key, role ``deployer`` or ``viewer``).
+    service_token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with ``services.common.config.load_settings``."""
 
@@ -154,6 +218,9 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     influxdb: InfluxDBConfig = InfluxDBConfig()
     database: DatabaseConfig = DatabaseConfig()
+    api: ApiConfig = ApiConfig()
+    validator: ValidatorConfig = ValidatorConfig()
+    analyzer: AnalyzerConfig = AnalyzerConfig()
     stack: StackConfig = StackConfig()
 
     @classmethod
