@@ -17,6 +17,7 @@ __all__ = [
     "DatabaseConfig",
     "DeploymentConfig",
     "InfluxDBConfig",
+    "IngesterConfig",
     "ModelRepositoryConfig",
     "MqttConfig",
     "NatsConfig",
@@ -79,6 +80,12 @@ class PerformanceTrackingConfig(_Section):
     p95_regression_threshold: PositiveFloat = 0.2
     #: ... or its error rate grows by more than this many percentage points (0..1).
     error_rate_regression_threshold: PositiveFloat = 0.02
+    #: Seconds of metrics the tracker compares a version on.
+    evaluation_window: PositiveFloat = 3600.0
+    #: Seconds between the tracker's regression checks.
+    evaluation_interval: PositiveFloat = 60.0
+    #: Inferences each side needs before a comparison counts.
+    min_inferences: PositiveInt = 100
 
 
 class NatsConfig(_Section):
@@ -120,6 +127,28 @@ class InfluxDBConfig(_Section):
     password: SecretStr | None = None
     batch_size: PositiveInt = 5000
     flush_interval: PositiveFloat = 1.0
+
+
+class IngesterConfig(_Section):
+    """The metrics ingester: its MQTT session, on-disk spool and Prometheus endpoint."""
+
+    #: SQLite file holding accepted points until InfluxDB has them, and set-aside messages.
+    spool_path: Path = Path("./var/ingester/spool.db")
+    #: Points the spool holds at most; when full, MQTT messages wait unacknowledged.
+    max_spool_points: PositiveInt = 5_000_000
+    #: Set-aside (refused) messages kept; the oldest go first.
+    max_rejected: PositiveInt = 10_000
+    #: Prometheus endpoint; 0 turns it off.
+    metrics_port: Annotated[int, Field(ge=0, lt=65536)] = 9464
+    metrics_host: str = "127.0.0.1"
+    #: Stable MQTT client id: the broker keeps this session's messages while it is away.
+    client_id: str = "eaf-ingester-1"
+    #: Shared-subscription group; instances in one group share the devices' messages.
+    shared_group: str = "ingester"
+    #: Seconds the broker keeps the session (and queues messages) after a disconnect.
+    session_expiry: PositiveInt = 7 * 86400
+    #: Unacknowledged messages the broker may have in flight to one instance.
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
 
 
 class DatabaseConfig(_Section):
@@ -217,6 +246,7 @@ class Settings(BaseSettings):
     nats: NatsConfig = NatsConfig()
     mqtt: MqttConfig = MqttConfig()
     influxdb: InfluxDBConfig = InfluxDBConfig()
+    ingester: IngesterConfig = IngesterConfig()
     database: DatabaseConfig = DatabaseConfig()
     api: ApiConfig = ApiConfig()
     validator: ValidatorConfig = ValidatorConfig()

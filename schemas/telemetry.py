@@ -1,36 +1,62 @@
-"""Metrics that devices publish on ``devices/{id}/metrics``."""
+"""Metrics that devices publish on ``devices/{id}/metrics``.
+
+A point's identity in InfluxDB is its measurement, its tags and its timestamp. For
+``inference`` that is (device, model, version, ts); for ``device`` it is (device, ts). A
+batch that holds two samples with the same identity is refused, so no point of a batch
+can overwrite a different point; a replayed batch writes the same identities with the
+same values, which is why replays duplicate nothing.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, Field, FiniteFloat
+from pydantic import AwareDatetime, Field, FiniteFloat, model_validator
 
 from schemas._base import WireModel
 
-__all__ = ["MAX_METRICS_PAYLOAD_BYTES", "DeviceSample", "InferenceSample", "MetricsBatch"]
+__all__ = [
+    "MAX_METRICS_PAYLOAD_BYTES",
+    "MAX_SAMPLES_PER_BATCH",
+    "DeviceSample",
+    "InferenceSample",
+    "MetricsBatch",
+    "timestamp_ns",
+]
 
 #: A metrics message larger than this is refused before parsing.
 MAX_METRICS_PAYLOAD_BYTES = 256 * 1024
+#: Samples of one kind in one batch.
+MAX_SAMPLES_PER_BATCH = 1000
 
 NonNegFloat = Annotated[FiniteFloat, Field(ge=0)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class InferenceSample(WireModel):
-    """One interval of inference on one model version."""
+    """One interval of inference on one model version; ``ts`` is the interval's end."""
 
     ts: AwareDatetime
     model: Name
     version: Name
+    #: Inferences that finished in the interval, failed ones included.
     count: Annotated[int, Field(ge=0)]
+    #: Of ``count``, the ones that failed.
     errors: Annotated[int, Field(ge=0)]
     latency_p50_ms: NonNegFloat
     latency_p95_ms: NonNegFloat
     latency_p99_ms: NonNegFloat
     latency_max_ms: NonNegFloat
+    #: Inferences per second over the interval.
     throughput: NonNegFloat
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.errors > self.count:
+            raise ValueError(f"errors ({self.errors}) cannot exceed count ({self.count})")
+        return self
 
 
 class DeviceSample(WireModel):
@@ -48,5 +74,40 @@ class MetricsBatch(WireModel):
     schema_version: Literal[1] = 1
     batch_id: uuid.UUID
     device_id: Name
-    inference: Annotated[tuple[InferenceSample, ...], Field(max_length=1000)] = ()
-    device: Annotated[tuple[DeviceSample, ...], Field(max_length=1000)] = ()
+    inference: Annotated[tuple[InferenceSample, ...], Field(max_length=MAX_SAMPLES_PER_BATCH)] = ()
+    device: Annotated[tuple[DeviceSample, ...], Field(max_length=MAX_SAMPLES_PER_BATCH)] = ()
+    #: Batches the device's spool has dropped so far because it was full (cumulative).
+    spool_dropped: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _unique_points(self) -> Self:
+        # Two samples with one identity would become one InfluxDB point, the later silently
+        # replacing the earlier: refuse the batch instead of losing data unnoticed.
+        seen: set[tuple[str, str, int]] = set()
+        for s in self.inference:
+            key = (s.model, s.version, _ns(s.ts))
+            if key in seen:
+                raise ValueError(
+                    f"two inference samples for {s.model} {s.version} at {s.ts.isoformat()}: "
+                    "each (model, version, ts) may appear once"
+                )
+            seen.add(key)
+        stamps: set[int] = set()
+        for d in self.device:
+            if _ns(d.ts) in stamps:
+                raise ValueError(
+                    f"two device samples at {d.ts.isoformat()}: each ts may appear once"
+                )
+            stamps.add(_ns(d.ts))
+        return self
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_ns(ts: datetime) -> int:
+    """``ts`` as integer nanoseconds since the epoch, exactly (no float rounding)."""
+    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+_ns = timestamp_ns
