@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "ApiConfig",
     "DatabaseConfig",
+    "DeployerConfig",
     "DeploymentConfig",
     "InfluxDBConfig",
     "IngesterConfig",
@@ -228,6 +229,28 @@ class ApiConfig(_Section):
     service_token: SecretStr | None = None
 
 
+class DeployerConfig(_Section):
+    """The deployer service: device enrolment and rollout supervision."""
+
+    #: Mosquitto dynamic-security admin (creates one client and role per device);
+    #: unset means ``mqtt.username``/``mqtt.password``.
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+    #: Broker address given to devices at enrolment; "" / unset means ``mqtt.host``/``port``.
+    device_mqtt_host: str = ""
+    device_mqtt_port: Annotated[int, Field(gt=0, lt=65536)] | None = None
+    #: Seconds an enrolment token stays valid.
+    enrollment_token_ttl: PositiveInt = 86_400
+    #: Re-notifications of a target without progress before it counts as timed out.
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    #: Seconds between two passes of the rollout supervisor.
+    tick_interval: PositiveFloat = 1.0
+    #: Seconds a device waits without a chunk before (re-)requesting what it lacks.
+    stall_timeout: PositiveFloat = 5.0
+    #: A wave with at least this many targets gets the artifact broadcast once.
+    broadcast_min_targets: PositiveInt = 2
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with ``services.common.config.load_settings``."""
 
@@ -252,6 +275,7 @@ class Settings(BaseSettings):
     validator: ValidatorConfig = ValidatorConfig()
     analyzer: AnalyzerConfig = AnalyzerConfig()
     stack: StackConfig = StackConfig()
+    deployer: DeployerConfig = DeployerConfig()
 
     @classmethod
     def settings_customise_sources(
