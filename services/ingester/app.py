@@ -1,0 +1,214 @@
+"""The ingester service: MQTT receiver, spool, InfluxDB writer, bus consumers, Prometheus.
+
+``Ingester`` is the whole service as one object (tests run it in-process); ``create_service``
+is the factory ``python -m services.ingester`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from schemas.config import Settings
+from schemas.topics import Topics
+from services.common.bus import Bus
+from services.common.logging import get_logger
+from services.ingester import handlers
+from services.ingester.domain import Accepted, Reason, validate_message
+from services.ingester.figures import Figures
+from services.ingester.influx import InfluxWriter
+from services.ingester.mqtt import Incoming, MqttReceiver
+from services.ingester.store import RejectedMessage, Spool
+
+__all__ = ["Ingester", "create_service"]
+
+log = get_logger(__name__)
+
+
+class Ingester:
+    """Metrics from devices' MQTT messages into InfluxDB; see docs/metrics.md.
+
+    ``async with Ingester(settings, bus=...)`` starts it; leaving stops it. Without a bus,
+    enrolment happens through ``enrol`` (tests and tools).
+    """
+
+    def __init__(self, settings: Settings, *, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.config = settings.ingester
+        self.topics = Topics(settings.mqtt.topic_prefix)
+        self.figures = Figures()
+        self.spool = Spool(
+            self.config.spool_path,
+            max_points=self.config.max_spool_points,
+            max_rejected=self.config.max_rejected,
+        )
+        self.figures.known_devices.set(self.spool.known_count)
+        self.receiver = MqttReceiver(settings.mqtt, self.config, self._handle)
+        self.bus = bus
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+        self._stopping = False
+        if bus is not None:
+            handlers.register(bus, self)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Ingester:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.config.metrics_port:
+            self._http, _ = start_http_server(
+                self.config.metrics_port,
+                addr=self.config.metrics_host,
+                registry=self.figures.registry,
+            )
+        self._writer_task = asyncio.create_task(self._drain(), name="ingester-writer")
+        self.receiver.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stopping = True
+        await asyncio.to_thread(self.receiver.stop)
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.spool.close()
+
+    # ---- receiving (worker thread) ------------------------------------------------------
+
+    def _handle(self, messages: list[Incoming]) -> None:
+        accepted: list[tuple[str, ...]] = []
+        for m in messages:
+            self.figures.received.inc()
+            result = validate_message(m.topic, m.payload, topics=self.topics, is_known=_known_yes)
+            if isinstance(result, Accepted):
+                # The known-device check and the set-aside are one step with ``enrol``.
+                if self.spool.check_or_set_aside(
+                    result.device_id,
+                    topic=m.topic,
+                    reason=Reason.UNKNOWN_DEVICE.value,
+                    detail=f"device {result.device_id!r} is not enrolled "
+                    "(no eaf.device.enrolled seen); kept until it is",
+                    payload=m.payload,
+                ):
+                    accepted.append(result.lines)
+                else:
+                    self._count_rejected(Reason.UNKNOWN_DEVICE, m.topic, "not enrolled")
+                continue
+            self.spool.set_aside(
+                topic=m.topic,
+                device_id=result.device_id,
+                reason=result.reason.value,
+                detail=result.detail,
+                payload=m.payload,
+            )
+            self._count_rejected(result.reason, m.topic, result.detail)
+        if accepted:
+            n = sum(len(lines) for lines in accepted)
+            while not self.spool.has_room(n) and not self._stopping:
+                # Back-pressure: the messages stay unacknowledged until the writer catches up.
+                time.sleep(0.2)
+            self.spool.add_points(accepted)
+            self.figures.accepted.inc(len(accepted))
+            self.figures.spooled.inc(n)
+            self.figures.spool_points.set(self.spool.count)
+            self.notify_writer()
+
+    def _count_rejected(self, reason: Reason, topic: str, detail: str) -> None:
+        self.figures.rejected.labels(reason=reason.value).inc()
+        log.warning("metrics message set aside", reason=reason.value, topic=topic, detail=detail)
+
+    def notify_writer(self) -> None:
+        """Wake the writer (from any thread)."""
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    # ---- enrolment ----------------------------------------------------------------------
+
+    def enrol(self, device_id: str) -> int:
+        """Accept ``device_id`` from now on; re-admit its messages set aside as unknown."""
+
+        def readmit(row: RejectedMessage) -> list[str] | None:
+            result = validate_message(
+                row.topic, row.payload, topics=self.topics, is_known=lambda _: True
+            )
+            return list(result.lines) if isinstance(result, Accepted) else None
+
+        readmitted = self.spool.enrol(device_id, readmit)
+        self.figures.known_devices.set(self.spool.known_count)
+        if readmitted:
+            self.figures.readmitted.inc(readmitted)
+            self.figures.spool_points.set(self.spool.count)
+            log.info(
+                "device enrolled; set-aside metrics re-admitted",
+                device_id=device_id,
+                messages=readmitted,
+            )
+            self.notify_writer()
+        return readmitted
+
+    # ---- writing (event loop) -----------------------------------------------------------
+
+    async def _drain(self) -> None:
+        assert self._wake is not None
+        batch_size = self.settings.influxdb.batch_size
+        async with InfluxWriter(
+            self.settings.influxdb,
+            retention_days=self.settings.performance_tracking.metrics_retention_period,
+            on_retry=lambda _: self.figures.write_retries.inc(),
+        ) as writer:
+            await writer.ensure_database()
+            while True:
+                rows = await asyncio.to_thread(self.spool.peek, batch_size)
+                if not rows:
+                    self.figures.lag.set(0)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wake.wait(), timeout=self.settings.influxdb.flush_interval
+                        )
+                    continue
+                self.figures.lag.set(await asyncio.to_thread(self.spool.oldest_age))
+                outcome = await writer.write([line for _, line in rows])
+                if outcome.refused:
+                    await asyncio.to_thread(self.spool.add_influx_rejects, outcome.refused)
+                    self.figures.influx_rejected.inc(len(outcome.refused))
+                    log.error(
+                        "influxdb refused points; set aside",
+                        count=len(outcome.refused),
+                        first_error=outcome.refused[0][1],
+                    )
+                await asyncio.to_thread(self.spool.remove, rows[-1][0], len(rows))
+                self.figures.written.inc(outcome.written)
+                self.figures.spool_points.set(self.spool.count)
+
+
+def _known_yes(_: str) -> bool:
+    # The real check happens atomically in Spool.check_or_set_aside.
+    return True
+
+
+@contextlib.asynccontextmanager
+async def create_service(settings: Settings) -> AsyncIterator[Ingester]:
+    """The ingester with its bus: enrolment and deployment events, health."""
+    bus = Bus(settings.nats, service="ingester")
+    bus.serve_health()
+    ingester = Ingester(settings, bus=bus)
+    async with ingester:
+        await bus.start()
+        try:
+            yield ingester
+        finally:
+            await bus.stop()

@@ -1,0 +1,280 @@
+"""The ingester's on-disk state: one SQLite file in WAL mode.
+
+Tables:
+
+- ``points``: accepted line-protocol lines, in arrival order, until InfluxDB has them;
+- ``rejected``: messages set aside with their reason (bounded, oldest dropped first);
+- ``influx_rejected``: single points InfluxDB itself refused (4xx);
+- ``known_devices``: devices seen in ``eaf.device.enrolled``.
+
+One connection guarded by a lock serves the MQTT worker thread and the asyncio writer
+(through ``asyncio.to_thread``); every method is one short transaction. ``synchronous=FULL``
+makes a commit durable before the MQTT message is acknowledged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.ingester.errors import SpoolError
+
+__all__ = ["RejectedMessage", "Spool"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    line TEXT NOT NULL,
+    spooled_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    device_id TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_device ON rejected (device_id, reason);
+CREATE TABLE IF NOT EXISTS influx_rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rejected_at REAL NOT NULL,
+    line TEXT NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS known_devices (
+    device_id TEXT PRIMARY KEY,
+    enrolled_at REAL NOT NULL
+);
+"""
+
+#: Bytes of a refused payload kept for inspection. Messages of unknown devices are kept
+#: whole (they are at most MAX_METRICS_PAYLOAD_BYTES), since enrolment re-admits them.
+KEPT_PAYLOAD_BYTES = 4 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A message set aside, as stored."""
+
+    id: int
+    received_at: float
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    size: int
+    payload: bytes
+
+
+class Spool:
+    """The ingester's SQLite file; see the module docstring."""
+
+    def __init__(self, path: Path, *, max_points: int, max_rejected: int) -> None:
+        self.path = path
+        self.max_points = max_points
+        self.max_rejected = max_rejected
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(_SCHEMA)
+            self._count = int(self._db.execute("SELECT count(*) FROM points").fetchone()[0])
+            self._known = {r[0] for r in self._db.execute("SELECT device_id FROM known_devices")}
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(str(path), str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- points -----------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Points waiting for InfluxDB."""
+        return self._count
+
+    def has_room(self, n: int) -> bool:
+        """Whether ``n`` more points fit (an empty spool takes any one message)."""
+        return self._count == 0 or self._count + n <= self.max_points
+
+    def add_points(self, groups: Iterable[Iterable[str]]) -> int:
+        """Commit the lines of several messages in one durable transaction."""
+        now = time.time()
+        rows = [(line, now) for group in groups for line in group]
+        if not rows:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO points (line, spooled_at) VALUES (?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count += len(rows)
+        return len(rows)
+
+    def peek(self, limit: int) -> list[tuple[int, str]]:
+        """The oldest ``limit`` points as (id, line)."""
+        with self._lock:
+            return list(
+                self._db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
+            )
+
+    def remove(self, up_to_id: int, n: int) -> None:
+        """Forget the points with id <= ``up_to_id`` (``n`` of them): InfluxDB has them."""
+        with self._lock:
+            self._db.execute("DELETE FROM points WHERE id <= ?", (up_to_id,))
+            self._count = max(0, self._count - n)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest waiting point has spent in the spool (0 when empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT min(spooled_at) FROM points").fetchone()
+        return max(0.0, time.time() - row[0]) if row and row[0] is not None else 0.0
+
+    # ---- set-aside messages -----------------------------------------------------------
+
+    def set_aside(
+        self, *, topic: str, device_id: str | None, reason: str, detail: str, payload: bytes
+    ) -> None:
+        """Keep a refused message with its reason; the oldest go beyond ``max_rejected``."""
+        with self._lock:
+            self._set_aside_locked(topic, device_id, reason, detail, payload)
+
+    def _set_aside_locked(
+        self, topic: str, device_id: str | None, reason: str, detail: str, payload: bytes
+    ) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO rejected (received_at, topic, device_id, reason, detail, size, "
+                "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    topic[:1024],
+                    device_id,
+                    reason,
+                    detail[:2000],
+                    len(payload),
+                    payload if reason == "unknown_device" else payload[:KEPT_PAYLOAD_BYTES],
+                ),
+            )
+            self._db.execute(
+                "DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?",
+                (self.max_rejected,),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def rejected(self, reason: str | None = None) -> list[RejectedMessage]:
+        """Set-aside messages, oldest first, optionally of one reason."""
+        query = "SELECT * FROM rejected"
+        args: tuple[str, ...] = ()
+        if reason is not None:
+            query += " WHERE reason = ?"
+            args = (reason,)
+        with self._lock:
+            rows = list(self._db.execute(query + " ORDER BY id", args))
+        return [RejectedMessage(*r) for r in rows]
+
+    def add_influx_rejects(self, rejects: list[tuple[str, str]]) -> None:
+        """Keep points InfluxDB refused, as (line, error)."""
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO influx_rejected (rejected_at, line, error) VALUES (?, ?, ?)",
+                [(now, line, error[:2000]) for line, error in rejects],
+            )
+            self._db.execute(
+                "DELETE FROM influx_rejected WHERE id <= (SELECT max(id) FROM influx_rejected) - ?",
+                (self.max_rejected,),
+            )
+
+    def influx_rejects(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT line, error FROM influx_rejected ORDER BY id"))
+
+    # ---- known devices ----------------------------------------------------------------
+
+    def is_known(self, device_id: str) -> bool:
+        return device_id in self._known
+
+    @property
+    def known_count(self) -> int:
+        return len(self._known)
+
+    def check_or_set_aside(
+        self,
+        device_id: str,
+        *,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+    ) -> bool:
+        """True if the device is known; else set the message aside, atomically.
+
+        Atomic with ``enrol``: a message is either seen as known or is among those that
+        ``enrol`` takes back, never neither.
+        """
+        with self._lock:
+            if device_id in self._known:
+                return True
+            self._set_aside_locked(topic, device_id, reason, detail, payload)
+            return False
+
+    def enrol(self, device_id: str, readmit: Callable[[RejectedMessage], list[str] | None]) -> int:
+        """Remember ``device_id`` and re-admit its messages set aside as unknown.
+
+        ``readmit`` turns a set-aside message into its points (None: leave it aside).
+        Returns the number of messages re-admitted.
+        """
+        with self._lock:
+            was_known = device_id in self._known
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO known_devices (device_id, enrolled_at) VALUES (?, ?)",
+                    (device_id, time.time()),
+                )
+                rows = [
+                    RejectedMessage(*r)
+                    for r in self._db.execute(
+                        "SELECT * FROM rejected WHERE device_id = ? AND reason = 'unknown_device' "
+                        "ORDER BY id",
+                        (device_id,),
+                    )
+                ]
+                lines: list[tuple[str, float]] = []
+                taken: list[int] = []
+                now = time.time()
+                self._known.add(device_id)
+                for row in rows:
+                    points = readmit(row)
+                    if points is not None:
+                        lines.extend((line, now) for line in points)
+                        taken.append(row.id)
+                self._db.executemany("INSERT INTO points (line, spooled_at) VALUES (?, ?)", lines)
+                self._db.executemany("DELETE FROM rejected WHERE id = ?", [(i,) for i in taken])
+                self._db.execute("COMMIT")
+            except BaseException:
+                if not was_known:
+                    self._known.discard(device_id)
+                self._db.execute("ROLLBACK")
+                raise
+            self._count += len(lines)
+            return len(taken)
