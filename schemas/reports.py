@@ -118,9 +118,10 @@ class OperatorCost(WireModel):
 class QuantizationInfo(WireModel):
     """Whether (and how) the model is quantized."""
 
-    #: ``qdq``: QuantizeLinear/DequantizeLinear pairs around float ops; ``qoperator``:
-    #: QLinear*/integer operators; ``mixed``: both; ``none``: a float model.
-    scheme: Literal["none", "qdq", "qoperator", "mixed"]
+    #: ``qdq``: QuantizeLinear/DequantizeLinear pairs around float operators;
+    #: ``qoperator``: QLinear*/integer operators (with or without Q/DQ at the edges);
+    #: ``none``: a float model.
+    scheme: Literal["none", "qdq", "qoperator"]
     quantize_nodes: int = 0
     dequantize_nodes: int = 0
     #: QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, DynamicQuantizeLinear...

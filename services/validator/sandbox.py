@@ -1,0 +1,253 @@
+"""Run one task on untrusted bytes in a separate, limited, network-less process.
+
+The parent (a service) calls ``run_task``; the child is ``python -I -m
+services.validator._worker``, which, before it touches anything it was given, sets its
+own limits (RLIMIT_CPU, RLIMIT_AS, no core dumps, no more file descriptors than needed),
+moves into a new network namespace where only a down loopback exists, and, when started
+as root, drops to ``nobody``. Only then does it import the task and run it. The parent
+enforces the wall clock by killing the child's process group. A model that crashes,
+exhausts memory or hangs kills only its worker; the parent reports what happened.
+
+See ``docs/validation.md`` ("The sandbox") for why it is built this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from schemas.config import SandboxLimits
+from services.common.logging import get_logger
+
+__all__ = [
+    "NOBODY",
+    "SandboxStatus",
+    "TaskOutcome",
+    "private_workdir",
+    "run_task",
+]
+
+log = get_logger(__name__)
+
+#: uid/gid the worker drops to when the service runs as root.
+NOBODY = 65534
+_STDERR_TAIL = 4096
+_ALLOWED_TASK_PREFIXES = ("services.validator.", "services.analyzer.")
+
+
+class SandboxStatus(StrEnum):
+    OK = "ok"
+    #: The task raised; ``detail`` holds the exception.
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CPU_LIMIT = "cpu_limit"
+    MEMORY_LIMIT = "memory_limit"
+    CRASHED = "crashed"
+    #: The worker could not isolate itself as required.
+    ISOLATION = "isolation"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """What came back from one worker."""
+
+    status: SandboxStatus
+    value: Any = None
+    detail: str = ""
+    #: How the worker was cut off from the network: ``netns``, ``userns+netns`` or ``none``.
+    isolation: str = ""
+    duration_ms: float = 0.0
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SandboxStatus.OK
+
+    def describe(self, limits: SandboxLimits, section: str) -> str:
+        """A sentence for a report: why the worker gave no answer."""
+        if self.status is SandboxStatus.TIMEOUT:
+            return (
+                f"did not finish within {limits.wall_seconds:g} s and was killed "
+                f"({section}.sandbox.wall_seconds)"
+            )
+        if self.status is SandboxStatus.CPU_LIMIT:
+            return (
+                f"used more than {limits.cpu_seconds} s of CPU time and was killed "
+                f"({section}.sandbox.cpu_seconds)"
+            )
+        if self.status is SandboxStatus.MEMORY_LIMIT:
+            return (
+                f"ran out of memory (limit {limits.memory_mb} MiB, "
+                f"{section}.sandbox.memory_mb): {self.detail}"
+            )
+        if self.status is SandboxStatus.CRASHED:
+            return f"crashed the worker process: {self.detail}"
+        return self.detail
+
+
+@asynccontextmanager
+async def private_workdir(parent: str = "") -> AsyncIterator[Path]:
+    """A fresh directory (mode 0700) for one artifact's files, removed afterwards.
+
+    When the service runs as root it belongs to ``nobody``, the user the workers run as.
+    """
+    path = Path(tempfile.mkdtemp(prefix="eaf-sandbox-", dir=parent or None))
+    try:
+        if os.geteuid() == 0:
+            os.chown(path, NOBODY, NOBODY)
+        yield path
+    finally:
+        await asyncio.to_thread(shutil.rmtree, path, True)
+
+
+def hand_over(path: Path) -> None:
+    """Give a file the parent wrote in a work dir to the worker's user."""
+    if os.geteuid() == 0:
+        os.chown(path, NOBODY, NOBODY)
+
+
+async def run_task(
+    task: str,
+    kwargs: dict[str, Any],
+    *,
+    limits: SandboxLimits,
+    workdir: Path,
+    require_isolation: bool = True,
+) -> TaskOutcome:
+    """Run ``task`` (``"module:function"``) with ``kwargs`` in a sandboxed worker."""
+    if not task.startswith(_ALLOWED_TASK_PREFIXES):
+        raise ValueError(f"task {task!r} is not a sandbox task")
+    spec = {
+        "task": task,
+        "kwargs": kwargs,
+        "cpu_seconds": limits.cpu_seconds,
+        "memory_mb": limits.memory_mb,
+        "require_isolation": require_isolation,
+    }
+    env = {
+        "PATH": os.defpath,
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        # Few malloc arenas and one BLAS/OpenMP thread keep the address space (RLIMIT_AS)
+        # for the model rather than for per-thread reservations.
+        "MALLOC_ARENA_MAX": "2",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-m",
+        "services.validator._worker",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    tail = bytearray()
+
+    async def drain_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(65536):
+            tail.extend(chunk)
+            del tail[:-_STDERR_TAIL]
+
+    async def talk() -> bytes:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(spec).encode())
+        with suppress(BrokenPipeError, ConnectionResetError):
+            await proc.stdin.drain()
+        proc.stdin.close()
+        out = await proc.stdout.read()
+        await proc.wait()
+        return out
+
+    stderr_task = asyncio.create_task(drain_stderr())
+    timed_out = False
+    out = b""
+    try:
+        out = await asyncio.wait_for(talk(), timeout=limits.wall_seconds)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        if proc.returncode is None:
+            # The whole group: the worker may have started threads or children.
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        with suppress(Exception):
+            await asyncio.wait_for(stderr_task, timeout=5)
+    duration = (time.perf_counter() - started) * 1000
+    stderr_tail = tail.decode(errors="replace")
+    if timed_out:
+        return TaskOutcome(SandboxStatus.TIMEOUT, duration_ms=duration, stderr_tail=stderr_tail)
+    return _outcome(proc.returncode or 0, out, duration, stderr_tail)
+
+
+def _outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOutcome:
+    reply: dict[str, Any] | None = None
+    if out:
+        with suppress(ValueError):
+            reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+    if code < 0:
+        sig = -code
+        if sig == signal.SIGXCPU:
+            return TaskOutcome(SandboxStatus.CPU_LIMIT, duration_ms=duration)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        detail = f"killed by signal {name}"
+        if sig == signal.SIGKILL:
+            # We kill only on timeout (handled above): this is the CPU hard limit or the
+            # kernel's out-of-memory killer.
+            detail += " (CPU time hard limit or the kernel's out-of-memory killer)"
+        if sig == signal.SIGABRT and "bad_alloc" in stderr_tail:
+            return TaskOutcome(SandboxStatus.MEMORY_LIMIT, detail="std::bad_alloc")
+        last = _last_line(stderr_tail)
+        return TaskOutcome(
+            SandboxStatus.CRASHED,
+            detail=f"{detail}{': ' + last if last else ''}",
+            duration_ms=duration,
+            stderr_tail=stderr_tail,
+        )
+    if not isinstance(reply, dict):
+        last = _last_line(stderr_tail)
+        return TaskOutcome(
+            SandboxStatus.CRASHED,
+            detail=f"the worker exited with status {code} without an answer"
+            + (f": {last}" if last else ""),
+            duration_ms=duration,
+            stderr_tail=stderr_tail,
+        )
+    isolation = str(reply.get("isolation", ""))
+    status = SandboxStatus(reply.get("status", "error"))
+    return TaskOutcome(
+        status,
+        value=reply.get("value"),
+        detail=str(reply.get("detail", "")),
+        isolation=isolation,
+        duration_ms=duration,
+        stderr_tail=stderr_tail,
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
