@@ -1,0 +1,44 @@
+"""EdgeAIForge's Python SDK.
+
+from edgeaiforge import ModelManager, Model, ModelMetadata
+
+manager = ModelManager()  # EAF_API_URL, EAF_API_TOKEN
+model = Model("my_model", "/path/to/model.onnx")
+metadata = ModelMetadata("Image Classification", "1.0.0")
+manager.add_model(model, metadata)
+"""
+
+from edgeaiforge._errors import (
+    ApiError,
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailedError,
+    DownloadIntegrityError,
+    EdgeAIForgeError,
+    InvalidRequestError,
+    ModelFileError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+)
+from edgeaiforge._manager import ModelManager
+from edgeaiforge._model import Model, ModelMetadata
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectionFailedError",
+    "DownloadIntegrityError",
+    "EdgeAIForgeError",
+    "InvalidRequestError",
+    "Model",
+    "ModelFileError",
+    "ModelManager",
+    "ModelMetadata",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerError",
+]

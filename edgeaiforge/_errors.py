@@ -1,0 +1,88 @@
+"""The SDK's errors: one root, ``EdgeAIForgeError``; API answers map to ``ApiError`` kinds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectionFailedError",
+    "DownloadIntegrityError",
+    "EdgeAIForgeError",
+    "InvalidRequestError",
+    "ModelFileError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerError",
+]
+
+
+class EdgeAIForgeError(Exception):
+    """Root of every error the SDK raises."""
+
+
+class ConfigurationError(EdgeAIForgeError):
+    def __init__(self, what: str, env: str) -> None:
+        super().__init__(f"no {what} given: pass it to ModelManager(...) or set {env}")
+
+
+class ModelFileError(EdgeAIForgeError):
+    """The model file to upload is missing or not a regular file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"model file {path}: {reason}")
+
+
+class ConnectionFailedError(EdgeAIForgeError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"cannot reach the EdgeAIForge API at {url}: {reason}")
+
+
+class ApiError(EdgeAIForgeError):
+    """The API refused a request; fields from its problem+json answer."""
+
+    def __init__(self, status: int, title: str, detail: str, code: str = "") -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.code = code
+        super().__init__(f"{status} {title}: {detail}" if detail else f"{status} {title}")
+
+
+class AuthenticationError(ApiError):
+    """401: no key, an unknown key or a revoked key (check EAF_API_TOKEN)."""
+
+
+class PermissionDeniedError(ApiError):
+    """403: the key's role may not do this."""
+
+
+class NotFoundError(ApiError):
+    """404: no such model, version, alias or artifact."""
+
+
+class ConflictError(ApiError):
+    """409: the version exists already, or an alias or a device still needs it."""
+
+
+class InvalidRequestError(ApiError):
+    """Another 4xx: a bad name or version, an empty or oversize upload..."""
+
+
+class ServerError(ApiError):
+    """5xx: the platform failed (a damaged artifact, the registry unreachable...)."""
+
+
+class DownloadIntegrityError(EdgeAIForgeError):
+    """A download ended early or its bytes do not match the SHA-256 the server announced."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(
+            f"download of {what} failed its integrity check: {reason}; nothing was kept. "
+            "If it happens again the stored artifact may be damaged: tell an administrator"
+        )

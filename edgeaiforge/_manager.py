@@ -1,0 +1,57 @@
+"""``ModelManager``: the SDK's entry point. Each area of the platform adds its methods as a
+mixin (``_registry.RegistryMixin`` for the model repository) listed in the class bases."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+from edgeaiforge._errors import ConfigurationError
+from edgeaiforge._http import DEFAULT_TIMEOUT, HttpClient
+from edgeaiforge._registry import RegistryMixin
+
+__all__ = ["ENV_TOKEN", "ENV_URL", "ModelManager"]
+
+ENV_URL = "EAF_API_URL"
+ENV_TOKEN = "EAF_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+class ModelManager(RegistryMixin):
+    """A connection to the EdgeAIForge API.
+
+    ``ModelManager()`` reads ``EAF_API_URL`` and ``EAF_API_TOKEN``; arguments win over them.
+    Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        url = url or os.environ.get(ENV_URL)
+        token = token or os.environ.get(ENV_TOKEN)
+        if not url:
+            raise ConfigurationError("API URL", ENV_URL)
+        if not token:
+            raise ConfigurationError("API token", ENV_TOKEN)
+        self.url = url.rstrip("/")
+        self._http = HttpClient(self.url, token, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ModelManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelManager(url={self.url!r})"

@@ -1,0 +1,179 @@
+"""The model repository part of ``ModelManager``: upload, list, get, download, aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from edgeaiforge._http import HttpClient, Progress
+from edgeaiforge._model import Model, ModelMetadata
+from schemas.registry import (
+    AliasInfo,
+    Deleted,
+    ModelInfo,
+    ModelPage,
+    Principal,
+    VersionInfo,
+    VersionPage,
+    VersionReports,
+    VersionStatus,
+)
+
+__all__ = ["RegistryMixin"]
+
+
+def _seg(value: str) -> str:
+    # Names are validated server-side; quoting keeps a stray '/' from changing the route.
+    return quote(value, safe="")
+
+
+class RegistryMixin:
+    """Methods of ``ModelManager`` that talk to ``/api/v1/models``."""
+
+    _http: HttpClient
+
+    def add_model(
+        self, model: Model, metadata: ModelMetadata, *, progress: Progress | None = None
+    ) -> VersionInfo:
+        """Upload ``model``'s file as version ``metadata.version``; streamed, not loaded."""
+        return self._http.upload(
+            f"/api/v1/models/{_seg(model.name)}/versions/{_seg(metadata.version)}",
+            model.path,
+            VersionInfo,
+            params=metadata.query(),
+            progress=progress,
+        )
+
+    def list_models(
+        self,
+        *,
+        prefix: str | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> ModelPage:
+        params = {"prefix": prefix, "task": task, "tag": tag, "offset": offset, "limit": limit}
+        page = self._http.call(
+            "GET",
+            "/api/v1/models",
+            ModelPage,
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        assert page is not None
+        return page
+
+    def get_model(self, name: str) -> ModelInfo:
+        info = self._http.call("GET", f"/api/v1/models/{_seg(name)}", ModelInfo)
+        assert info is not None
+        return info
+
+    def list_versions(
+        self,
+        name: str,
+        *,
+        status: VersionStatus | str | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> VersionPage:
+        """Newest first."""
+        params = {"status": status, "tag": tag, "offset": offset, "limit": limit}
+        page = self._http.call(
+            "GET",
+            f"/api/v1/models/{_seg(name)}/versions",
+            VersionPage,
+            params={k: str(v) for k, v in params.items() if v is not None},
+        )
+        assert page is not None
+        return page
+
+    def get_version(self, name: str, ref: str) -> VersionInfo:
+        """A version by number (``1.0.0``) or alias (``production``)."""
+        info = self._http.call(
+            "GET", f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}", VersionInfo
+        )
+        assert info is not None
+        return info
+
+    def download(
+        self, name: str, ref: str, dest: str | Path, *, progress: Progress | None = None
+    ) -> Path:
+        """Save a version (by number or alias) to ``dest`` (a file, or a directory to put
+        ``<name>-<version>.onnx`` in); the SHA-256 is checked before the file appears."""
+        target = Path(dest).expanduser()
+        if target.is_dir():
+            version = self.get_version(name, ref)
+            target = target / f"{version.model}-{version.version}.onnx"
+        path, _ = self._http.download(
+            f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}/artifact",
+            target,
+            what=f"{name} {ref}",
+            progress=progress,
+        )
+        return path
+
+    def delete_version(self, name: str, version: str) -> Deleted:
+        """Delete a version (role admin); refused while an alias or a device needs it."""
+        out = self._http.call(
+            "DELETE", f"/api/v1/models/{_seg(name)}/versions/{_seg(version)}", Deleted
+        )
+        assert out is not None
+        return out
+
+    def set_alias(self, name: str, alias: str, version: str) -> AliasInfo:
+        """Point ``alias`` (e.g. ``production``) at ``version``, atomically."""
+        out = self._http.call(
+            "PUT",
+            f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}",
+            AliasInfo,
+            json={"version": version},
+        )
+        assert out is not None
+        return out
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        self._http.call("DELETE", f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}")
+
+    def update_metadata(
+        self,
+        name: str,
+        version: str,
+        *,
+        task: str | None = None,
+        framework: str | None = None,
+        description: str | None = None,
+        tags: tuple[str, ...] | list[str] | None = None,
+        properties: dict[str, str] | None = None,
+        source_url: str | None = None,
+    ) -> VersionInfo:
+        """Change a version's metadata; arguments left as None stay as they are."""
+        fields = {
+            "task": task,
+            "framework": framework,
+            "description": description,
+            "tags": list(tags) if tags is not None else None,
+            "properties": properties,
+            "source_url": source_url,
+        }
+        out = self._http.call(
+            "PATCH",
+            f"/api/v1/models/{_seg(name)}/versions/{_seg(version)}",
+            VersionInfo,
+            json={k: v for k, v in fields.items() if v is not None},
+        )
+        assert out is not None
+        return out
+
+    def get_reports(self, name: str, ref: str) -> VersionReports:
+        """The validation and analysis reports of a version."""
+        out = self._http.call(
+            "GET", f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}/reports", VersionReports
+        )
+        assert out is not None
+        return out
+
+    def whoami(self) -> Principal:
+        out = self._http.call("GET", "/api/v1/whoami", Principal)
+        assert out is not None
+        return out

@@ -1,0 +1,392 @@
+"""Request/reply models of the model registry (``eaf.rpc.registry.*``) and the retention
+contract the deployer serves (``eaf.rpc.deployer.versions_in_use``).
+
+Names of models and aliases follow ``NAME_PATTERN``; versions are semantic versions
+(https://semver.org). Both are checked here, so a bad name is refused before any I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import semver
+from pydantic import AfterValidator, AwareDatetime, Field
+
+from schemas._base import WireModel
+
+__all__ = [
+    "ALIAS_PATTERN",
+    "NAME_PATTERN",
+    "SUBJECTS",
+    "VERSIONS_IN_USE_SUBJECT",
+    "AliasInfo",
+    "AliasName",
+    "ApiKeyCreated",
+    "ApiKeyInfo",
+    "ApiKeyList",
+    "ApiRole",
+    "AuthenticateRequest",
+    "CreateApiKeyRequest",
+    "CreateVersionRequest",
+    "DeleteAliasRequest",
+    "DeleteVersionRequest",
+    "Deleted",
+    "GetModelRequest",
+    "GetReportsRequest",
+    "GetVersionRequest",
+    "ListApiKeysRequest",
+    "ListModelsRequest",
+    "ListVersionsRequest",
+    "ModelInfo",
+    "ModelName",
+    "ModelPage",
+    "Principal",
+    "PruneRequest",
+    "PruneResult",
+    "RegistrySubjects",
+    "RevokeApiKeyRequest",
+    "SemVer",
+    "SetAliasRequest",
+    "UpdateMetadataRequest",
+    "VersionInUse",
+    "VersionInfo",
+    "VersionMetadata",
+    "VersionPage",
+    "VersionRef",
+    "VersionReports",
+    "VersionStatus",
+    "VersionsInUseReply",
+    "VersionsInUseRequest",
+    "is_semver",
+]
+
+#: Model names: no slashes, no leading dot, nothing a path or a subject could trip on.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ALIAS_PATTERN = NAME_PATTERN
+_NAME = re.compile(NAME_PATTERN)
+
+
+def is_semver(value: str) -> bool:
+    """True when ``value`` is a semantic version such as ``1.2.0`` or ``2.0.0-rc.1``."""
+    return semver.Version.is_valid(value)
+
+
+def _check_semver(value: str) -> str:
+    if not is_semver(value):
+        raise ValueError(
+            f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0 or 1.1.0-rc.1)"
+        )
+    return value
+
+
+def _check_alias(value: str) -> str:
+    # An alias that looked like a version would make "get 1.0.0" ambiguous.
+    if is_semver(value):
+        raise ValueError(
+            f"alias {value!r} looks like a version; choose a name such as 'production'"
+        )
+    return value
+
+
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["resnet50"])]
+AliasName = Annotated[
+    str, Field(pattern=ALIAS_PATTERN, examples=["production"]), AfterValidator(_check_alias)
+]
+SemVer = Annotated[str, Field(max_length=128, examples=["1.0.0"]), AfterValidator(_check_semver)]
+#: A version or an alias: what "get" and "download" accept.
+VersionRef = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$", examples=["1.0.0", "production"])
+]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+PropertyKey = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class RegistrySubjects:
+    """The request/reply subjects the registry serves."""
+
+    CREATE_VERSION = "eaf.rpc.registry.create_version"
+    GET_VERSION = "eaf.rpc.registry.get_version"
+    LIST_VERSIONS = "eaf.rpc.registry.list_versions"
+    GET_MODEL = "eaf.rpc.registry.get_model"
+    LIST_MODELS = "eaf.rpc.registry.list_models"
+    UPDATE_METADATA = "eaf.rpc.registry.update_metadata"
+    SET_ALIAS = "eaf.rpc.registry.set_alias"
+    DELETE_ALIAS = "eaf.rpc.registry.delete_alias"
+    DELETE_VERSION = "eaf.rpc.registry.delete_version"
+    GET_REPORTS = "eaf.rpc.registry.get_reports"
+    PRUNE = "eaf.rpc.registry.prune"
+    AUTHENTICATE = "eaf.rpc.registry.authenticate"
+    CREATE_API_KEY = "eaf.rpc.registry.create_api_key"
+    LIST_API_KEYS = "eaf.rpc.registry.list_api_keys"
+    REVOKE_API_KEY = "eaf.rpc.registry.revoke_api_key"
+
+
+SUBJECTS = RegistrySubjects
+VERSIONS_IN_USE_SUBJECT = "eaf.rpc.deployer.versions_in_use"
+
+
+class VersionStatus(StrEnum):
+    """Where a version is in its checks: uploaded → validating → validated | rejected → analyzed."""
+
+    UPLOADED = "uploaded"
+    VALIDATING = "validating"
+    VALIDATED = "validated"
+    REJECTED = "rejected"
+    ANALYZED = "analyzed"
+
+
+class VersionMetadata(WireModel):
+    """What the uploader tells about a version. Lineage is ``source_url`` and
+    ``parent_version``; who uploaded it and when are recorded by the registry."""
+
+    task: str = Field(default="", max_length=200, examples=["Image Classification"])
+    framework: str = Field(default="", max_length=100, examples=["pytorch"])
+    description: str = Field(default="", max_length=10_000)
+    tags: tuple[Tag, ...] = Field(default=(), max_length=64)
+    properties: dict[PropertyKey, Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=dict, max_length=128
+    )
+    #: Where the model came from: a training run, a repository, a URL.
+    source_url: str = Field(default="", max_length=2000)
+    parent_version: SemVer | None = None
+
+
+class VersionInfo(WireModel):
+    """One version of a model as the registry knows it."""
+
+    model: ModelName
+    version: str
+    #: Per-model number that only grows; the manifest's anti-rollback counter.
+    sequence: int
+    artifact_id: Sha256Hex
+    size_bytes: int
+    status: VersionStatus
+    metadata: VersionMetadata
+    uploaded_by: str
+    uploaded_at: AwareDatetime
+    status_changed_at: AwareDatetime
+    aliases: tuple[str, ...] = ()
+    rejection_reason: str = ""
+    reference_artifact_id: Sha256Hex | None = None
+
+
+class ModelInfo(WireModel):
+    name: ModelName
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    version_count: int
+    latest_version: str | None
+    latest_sequence: int
+    #: alias → version
+    aliases: dict[str, str]
+    task: str = ""
+    tags: tuple[str, ...] = ()
+
+
+class Page(WireModel):
+    total: int
+    offset: int
+    limit: int
+
+
+class ModelPage(Page):
+    items: tuple[ModelInfo, ...]
+
+
+class VersionPage(Page):
+    items: tuple[VersionInfo, ...]
+
+
+class AliasInfo(WireModel):
+    model: ModelName
+    alias: str
+    version: str
+    #: The version the alias pointed to before, if any.
+    previous_version: str | None = None
+
+
+class VersionReports(WireModel):
+    """Reports as the validator and analyzer sent them (``schemas.reports`` shapes)."""
+
+    model: ModelName
+    version: str
+    status: VersionStatus
+    validation: dict[str, Any] | None = None
+    analysis: dict[str, Any] | None = None
+    rejection_reason: str = ""
+
+
+class Deleted(WireModel):
+    model: ModelName
+    version: str | None = None
+    alias: str | None = None
+    #: True when the artifact file went too (no other version used it).
+    artifact_deleted: bool = False
+
+
+# ---- requests ------------------------------------------------------------------------
+
+
+class CreateVersionRequest(WireModel):
+    """Sent by the API after the bytes are safely in the artifact store."""
+
+    model: ModelName
+    version: SemVer
+    artifact_id: Sha256Hex
+    size_bytes: Annotated[int, Field(ge=0)]
+    metadata: VersionMetadata = VersionMetadata()
+    uploaded_by: str = Field(default="", max_length=200)
+    reference_artifact_id: Sha256Hex | None = None
+
+
+class GetVersionRequest(WireModel):
+    model: ModelName
+    #: A version or an alias.
+    ref: VersionRef
+
+
+class ListVersionsRequest(WireModel):
+    model: ModelName
+    offset: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    status: VersionStatus | None = None
+    tag: str | None = None
+
+
+class GetModelRequest(WireModel):
+    model: ModelName
+
+
+class ListModelsRequest(WireModel):
+    offset: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    #: Models whose name starts with this.
+    prefix: str | None = None
+    #: Models with at least one version of this task (exact match).
+    task: str | None = None
+    #: Models with at least one version carrying this tag.
+    tag: str | None = None
+
+
+class UpdateMetadataRequest(WireModel):
+    """Fields left ``None`` stay as they are; ``properties`` replaces the whole map."""
+
+    model: ModelName
+    version: SemVer
+    task: str | None = Field(default=None, max_length=200)
+    framework: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=10_000)
+    tags: tuple[Tag, ...] | None = Field(default=None, max_length=64)
+    properties: dict[PropertyKey, Annotated[str, Field(max_length=2000)]] | None = Field(
+        default=None, max_length=128
+    )
+    source_url: str | None = Field(default=None, max_length=2000)
+
+
+class SetAliasRequest(WireModel):
+    model: ModelName
+    alias: AliasName
+    version: SemVer
+
+
+class DeleteAliasRequest(WireModel):
+    model: ModelName
+    alias: AliasName
+
+
+class DeleteVersionRequest(WireModel):
+    model: ModelName
+    version: SemVer
+    deleted_by: str = ""
+
+
+class GetReportsRequest(WireModel):
+    model: ModelName
+    ref: VersionRef
+
+
+class PruneRequest(WireModel):
+    """Apply retention now to one model (or every model)."""
+
+    model: ModelName | None = None
+
+
+class PruneResult(WireModel):
+    deleted: tuple[VersionInfo, ...] = ()
+    #: Models whose pruning was skipped this round, with the reason.
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+
+# ---- API keys ------------------------------------------------------------------------
+
+ApiRole = Literal["admin", "deployer", "viewer"]
+
+
+class Principal(WireModel):
+    """Who is calling: the API key's id, name and role."""
+
+    key_id: str
+    name: str
+    role: ApiRole
+
+
+class AuthenticateRequest(WireModel):
+    token: str = Field(max_length=512)
+
+
+class CreateApiKeyRequest(WireModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: ApiRole
+    created_by: str = ""
+
+
+class ApiKeyInfo(WireModel):
+    key_id: str
+    name: str
+    role: ApiRole
+    created_at: AwareDatetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+
+class ApiKeyCreated(WireModel):
+    key: ApiKeyInfo
+    #: The bearer token. Shown once: only its hash is stored.
+    token: str
+
+
+class ListApiKeysRequest(WireModel):
+    include_revoked: bool = False
+
+
+class ApiKeyList(WireModel):
+    items: tuple[ApiKeyInfo, ...]
+
+
+class RevokeApiKeyRequest(WireModel):
+    key_id: str = Field(max_length=64)
+
+
+# ---- retention contract: served by the deployer -------------------------------------
+
+
+class VersionsInUseRequest(WireModel):
+    """Ask the deployer which versions devices need; ``model=None`` asks for all models."""
+
+    model: ModelName | None = None
+
+
+class VersionInUse(WireModel):
+    model: ModelName
+    version: str
+    #: ``active``: runs on a device; ``rollback_target``: a device's previous model;
+    #: ``deploying``: named by a deployment that is not finished.
+    reason: Literal["active", "rollback_target", "deploying"]
+
+
+class VersionsInUseReply(WireModel):
+    versions: tuple[VersionInUse, ...] = ()

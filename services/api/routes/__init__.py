@@ -1,0 +1,1 @@
+"""One router module per area; ``services.api.app.ROUTERS`` lists them."""

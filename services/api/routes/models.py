@@ -1,0 +1,260 @@
+"""Models and versions: upload, list, get, download, metadata, aliases, reports, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from schemas.api import AliasBody, MetadataPatch
+from schemas.registry import (
+    ALIAS_PATTERN,
+    NAME_PATTERN,
+    AliasInfo,
+    CreateVersionRequest,
+    DeleteAliasRequest,
+    Deleted,
+    DeleteVersionRequest,
+    GetModelRequest,
+    GetReportsRequest,
+    GetVersionRequest,
+    ListModelsRequest,
+    ListVersionsRequest,
+    ModelInfo,
+    ModelPage,
+    RegistrySubjects,
+    SetAliasRequest,
+    UpdateMetadataRequest,
+    VersionInfo,
+    VersionMetadata,
+    VersionPage,
+    VersionReports,
+    VersionStatus,
+)
+from services.api.auth import Admin, Deployer, Viewer
+from services.api.deps import Ctx
+from services.api.streaming import BINARY, receive_artifact, serve_plaintext
+from services.common.errors import BadRequest, Conflict, NotFound, ServiceError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+
+S = RegistrySubjects
+ModelPath = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name")]
+AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, description="Alias name")]
+VersionPath = Annotated[
+    str, Path(max_length=128, description="Semantic version, e.g. 1.0.0", examples=["1.0.0"])
+]
+RefPath = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$",
+        description="A version or an alias",
+        examples=["1.0.0", "production"],
+    ),
+]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The model file's bytes, as they are (not multipart, not base64).",
+        "content": {BINARY: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _properties(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"property {item!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+@router.put(
+    "/{model}/versions/{version}",
+    status_code=201,
+    response_model=VersionInfo,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload a version (raw body, streamed)",
+)
+async def upload_version(
+    request: Request,
+    ctx: Ctx,
+    principal: Deployer,
+    model: ModelPath,
+    version: VersionPath,
+    task: Annotated[str, Query(max_length=200)] = "",
+    framework: Annotated[str, Query(max_length=100)] = "",
+    description: Annotated[str, Query(max_length=10_000)] = "",
+    tag: Annotated[list[str] | None, Query(description="Repeat for several tags")] = None,
+    prop: Annotated[
+        list[str] | None,
+        Query(alias="property", description="key=value; repeat for several"),
+    ] = None,
+    source_url: Annotated[str, Query(max_length=2000)] = "",
+    parent_version: str | None = None,
+    reference_artifact_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+) -> VersionInfo:
+    """Store the body as a new version of ``model``.
+
+    The body is the model file itself (``Content-Type: application/octet-stream``, e.g.
+    ``curl -T model.onnx``); metadata goes in the query. The bytes are hashed and
+    encrypted as they arrive; the registry records the version once they are stored.
+    """
+    metadata = VersionMetadata(
+        task=task,
+        framework=framework,
+        description=description,
+        tags=tuple(tag or ()),
+        properties=_properties(prop or []),
+        source_url=source_url,
+        parent_version=parent_version,
+    )
+    # Validate names and the version before reading a byte of the body.
+    probe = CreateVersionRequest(
+        model=model,
+        version=version,
+        artifact_id="0" * 64,
+        size_bytes=0,
+        metadata=metadata,
+        uploaded_by=principal.name,
+        reference_artifact_id=reference_artifact_id,
+    )
+    try:
+        await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version), VersionInfo)
+    except NotFound:
+        pass
+    else:
+        raise Conflict(
+            f"model {model!r} already has version {version}; versions are immutable, "
+            "upload under a new version number"
+        )
+    stored = await receive_artifact(
+        request, ctx.artifacts, max_bytes=ctx.settings.model_repository.max_upload_bytes
+    )
+    req = probe.model_copy(
+        update={"artifact_id": stored.info.artifact_id, "size_bytes": stored.info.size}
+    )
+    try:
+        return await ctx.call(S.CREATE_VERSION, req, VersionInfo)
+    except ServiceError:
+        if stored.created:
+            # Only this request knew these bytes: do not leave an orphan behind.
+            ctx.artifacts.delete(stored.info.artifact_id)
+        raise
+
+
+@router.get("", response_model=ModelPage, summary="List models")
+async def list_models(
+    ctx: Ctx,
+    _: Viewer,
+    offset: Offset = 0,
+    limit: Limit = 50,
+    prefix: Annotated[str | None, Query(max_length=128)] = None,
+    task: str | None = None,
+    tag: str | None = None,
+) -> ModelPage:
+    return await ctx.call(
+        S.LIST_MODELS,
+        ListModelsRequest(offset=offset, limit=limit, prefix=prefix, task=task, tag=tag),
+        ModelPage,
+    )
+
+
+@router.get("/{model}", response_model=ModelInfo, summary="Get a model")
+async def get_model(ctx: Ctx, _: Viewer, model: ModelPath) -> ModelInfo:
+    return await ctx.call(S.GET_MODEL, GetModelRequest(model=model), ModelInfo)
+
+
+@router.get("/{model}/versions", response_model=VersionPage, summary="List a model's versions")
+async def list_versions(
+    ctx: Ctx,
+    _: Viewer,
+    model: ModelPath,
+    offset: Offset = 0,
+    limit: Limit = 50,
+    status: VersionStatus | None = None,
+    tag: str | None = None,
+) -> VersionPage:
+    """Newest first (by sequence number)."""
+    return await ctx.call(
+        S.LIST_VERSIONS,
+        ListVersionsRequest(model=model, offset=offset, limit=limit, status=status, tag=tag),
+        VersionPage,
+    )
+
+
+@router.get("/{model}/versions/{ref}", response_model=VersionInfo, summary="Get a version")
+async def get_version(ctx: Ctx, _: Viewer, model: ModelPath, ref: RefPath) -> VersionInfo:
+    """By version number or by alias."""
+    return await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo)
+
+
+@router.head("/{model}/versions/{ref}/artifact", include_in_schema=False)
+@router.get(
+    "/{model}/versions/{ref}/artifact",
+    response_class=StreamingResponse,
+    responses={200: {"content": {BINARY: {}}}, 206: {"description": "A byte range"}},
+    summary="Download a version's model file",
+)
+async def download_version(
+    request: Request, ctx: Ctx, _: Viewer, model: ModelPath, ref: RefPath
+) -> StreamingResponse:
+    """The model file, decrypted as it streams; supports ``Range``.
+
+    ``X-Content-SHA256`` and ``Repr-Digest`` carry the whole file's SHA-256.
+    """
+    info = await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo)
+    return await serve_plaintext(
+        request, ctx.artifacts, info.artifact_id, filename=f"{info.model}-{info.version}.onnx"
+    )
+
+
+@router.patch("/{model}/versions/{version}", response_model=VersionInfo, summary="Update metadata")
+async def update_metadata(
+    ctx: Ctx, _: Deployer, model: ModelPath, version: VersionPath, patch: MetadataPatch
+) -> VersionInfo:
+    """Fields left out stay as they are; ``properties`` and ``tags`` replace the old ones."""
+    req = UpdateMetadataRequest(
+        model=model, version=version, **patch.model_dump(exclude_unset=True)
+    )
+    return await ctx.call(S.UPDATE_METADATA, req, VersionInfo)
+
+
+@router.delete("/{model}/versions/{version}", response_model=Deleted, summary="Delete a version")
+async def delete_version(
+    ctx: Ctx, principal: Admin, model: ModelPath, version: VersionPath
+) -> Deleted:
+    """Refused (409) while an alias points to it or devices use it."""
+    req = DeleteVersionRequest(model=model, version=version, deleted_by=principal.name)
+    return await ctx.call(S.DELETE_VERSION, req, Deleted)
+
+
+@router.get("/{model}/versions/{ref}/reports", response_model=VersionReports, summary="Get reports")
+async def get_reports(ctx: Ctx, _: Viewer, model: ModelPath, ref: RefPath) -> VersionReports:
+    """The validation and analysis reports, as the validator and analyzer produced them."""
+    return await ctx.call(S.GET_REPORTS, GetReportsRequest(model=model, ref=ref), VersionReports)
+
+
+@router.put("/{model}/aliases/{alias}", response_model=AliasInfo, summary="Set or move an alias")
+async def set_alias(
+    ctx: Ctx, _: Deployer, model: ModelPath, alias: AliasPath, body: AliasBody
+) -> AliasInfo:
+    """Atomic: readers see the old target or the new one, never none."""
+    req = SetAliasRequest(model=model, alias=alias, version=body.version)
+    return await ctx.call(S.SET_ALIAS, req, AliasInfo)
+
+
+@router.delete(
+    "/{model}/aliases/{alias}", status_code=204, response_class=Response, summary="Remove an alias"
+)
+async def delete_alias(ctx: Ctx, _: Deployer, model: ModelPath, alias: AliasPath) -> Response:
+    await ctx.call(S.DELETE_ALIAS, DeleteAliasRequest(model=model, alias=alias), Deleted)
+    return Response(status_code=204)

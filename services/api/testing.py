@@ -1,0 +1,138 @@
+"""Run the registry and the API in-process, for tests and tools.
+
+``serve_in_thread(settings)`` runs both on their own event loop in a background thread,
+so synchronous code (the SDK, the CLI) can talk to them from the calling thread:
+
+    settings = platform_settings(tmp_path, nats_url=nats_server.url)
+    with serve_in_thread(settings) as url:
+        token = create_api_key(settings, role="admin")
+        ModelManager(url, token).list_models()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from schemas.config import Settings
+from schemas.registry import ApiRole
+from services.api.app import create_api_server
+from services.common.db import create_engine
+from services.registry.app import create_registry
+from services.registry.store import RegistryStore
+
+__all__ = ["create_api_key", "free_port", "platform_settings", "serve_in_thread"]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    from edgeaiforge._servers import free_port as _free_port
+
+    return _free_port()
+
+
+def platform_settings(
+    root: Path,
+    *,
+    nats_url: str,
+    database_url: str | None = None,
+    port: int | None = None,
+    **sections: dict[str, Any],
+) -> Settings:
+    """Settings with everything under ``root``: store, key, database; a free API port.
+
+    ``sections`` override or extend sections, e.g.
+    ``model_repository={"max_versions_per_model": 2}``.
+    """
+    data: dict[str, dict[str, Any]] = {
+        "model_repository": {"storage_path": root / "models", "cache_path": root / "cache"},
+        "security": {
+            "encryption_key_path": root / "keys" / "kek.key",
+            "signing_key_path": root / "keys" / "signing.pem",
+            "dev_mode": True,
+        },
+        "nats": {"url": nats_url, "request_timeout": 5.0},
+        "database": {"url": database_url or f"sqlite+aiosqlite:///{root / 'registry.db'}"},
+        "api": {"host": "127.0.0.1", "port": port or free_port()},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Settings.model_validate(data)
+
+
+async def _create_key(settings: Settings, role: ApiRole, name: str) -> str:
+    engine = create_engine(settings.database)
+    try:
+        store = RegistryStore(engine)
+        await store.create_tables()
+        created = await store.create_api_key(name=name, role=role, created_by="testing")
+        return created.token
+    finally:
+        await engine.dispose()
+
+
+def create_api_key(settings: Settings, *, role: ApiRole, name: str = "") -> str:
+    """Create an API key straight in the registry's database; returns its token."""
+    token: str = _run_coroutine_in_thread(_create_key(settings, role, name or f"{role}-key"))
+    return token
+
+
+def _run_coroutine_in_thread(coro: Any) -> Any:
+    # Safe to call from inside a running event loop (async tests) as well as outside.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@contextmanager
+def serve_in_thread(
+    settings: Settings, *, registry: bool = True, durable_prefix: str = "registry"
+) -> Iterator[str]:
+    """Run the registry (unless ``registry=False``) and the API; yields the API's URL."""
+    ready = threading.Event()
+    failure: list[BaseException] = []
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            try:
+                if registry:
+                    await stack.enter_async_context(
+                        create_registry(settings, durable_prefix=durable_prefix)
+                    )
+                await stack.enter_async_context(create_api_server(settings))
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(60)
+    if failure:
+        thread.join(10)
+        raise failure[0]
+    try:
+        yield f"http://{settings.api.host}:{settings.api.port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

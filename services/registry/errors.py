@@ -1,0 +1,73 @@
+"""The registry's errors. They travel over NATS as ``ServiceError`` code, status and detail."""
+
+from __future__ import annotations
+
+from services.common.errors import BadRequest, Conflict, NotFound, ServiceError
+
+__all__ = [
+    "AliasInUse",
+    "ApiKeyNotFound",
+    "ArtifactMissing",
+    "ModelNotFound",
+    "RegistryError",
+    "Unauthorized",
+    "VersionExists",
+    "VersionNotFound",
+]
+
+
+class RegistryError(ServiceError):
+    """Root of the registry's own errors (each also a standard ``ServiceError`` kind)."""
+
+
+class ModelNotFound(RegistryError, NotFound):
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(f"model {model!r} does not exist; list models with GET /api/v1/models")
+
+
+class VersionNotFound(RegistryError, NotFound):
+    def __init__(self, model: str, ref: str) -> None:
+        self.model = model
+        self.ref = ref
+        super().__init__(
+            f"model {model!r} has no version or alias {ref!r}; "
+            f"list its versions with GET /api/v1/models/{model}/versions"
+        )
+
+
+class VersionExists(RegistryError, Conflict):
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(
+            f"model {model!r} already has version {version}; versions are immutable, "
+            "upload under a new version number"
+        )
+
+
+class AliasInUse(RegistryError, Conflict):
+    def __init__(self, model: str, version: str, aliases: list[str]) -> None:
+        names = ", ".join(sorted(aliases))
+        super().__init__(
+            f"version {version} of {model!r} is the target of alias(es) {names}; "
+            "move or remove them first"
+        )
+
+
+class ArtifactMissing(RegistryError, BadRequest):
+    def __init__(self, artifact_id: str, reason: str) -> None:
+        super().__init__(f"artifact {artifact_id} cannot be registered: {reason}; upload again")
+
+
+class ApiKeyNotFound(RegistryError, NotFound):
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"there is no API key {key_id!r}; list keys with GET /api/v1/keys")
+
+
+class Unauthorized(RegistryError):
+    """A bearer token that is unknown, malformed or revoked."""
+
+    code = "unauthorized"
+    status = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; send 'Authorization: Bearer <API key>' with a valid key")
