@@ -12,6 +12,7 @@ __all__ = [
     "ConnectionFailedError",
     "DownloadIntegrityError",
     "EdgeAIForgeError",
+    "InvalidInputError",
     "InvalidRequestError",
     "ModelFileError",
     "NotFoundError",
@@ -27,6 +28,10 @@ class EdgeAIForgeError(Exception):
 class ConfigurationError(EdgeAIForgeError):
     def __init__(self, what: str, env: str) -> None:
         super().__init__(f"no {what} given: pass it to ModelManager(...) or set {env}")
+
+
+class InvalidInputError(EdgeAIForgeError, ValueError):
+    """A model name or a metadata value the platform would refuse, caught before sending."""
 
 
 class ModelFileError(EdgeAIForgeError):

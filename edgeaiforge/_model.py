@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeaiforge._errors import ModelFileError
+from edgeaiforge._errors import InvalidInputError, ModelFileError
 from schemas.registry import NAME_PATTERN, VersionMetadata, is_semver
 
 __all__ = ["Model", "ModelMetadata"]
@@ -25,7 +25,7 @@ class Model:
 
     def __init__(self, name: str, path: str | os.PathLike[str]) -> None:
         if not _NAME.match(name):
-            raise ValueError(
+            raise InvalidInputError(
                 f"model name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit, at most 128 characters"
             )
@@ -61,12 +61,12 @@ class ModelMetadata:
 
     def __post_init__(self) -> None:
         if not is_semver(self.version):
-            raise ValueError(
+            raise InvalidInputError(
                 f"version {self.version!r} is not a semantic version "
                 "(MAJOR.MINOR.PATCH, e.g. 1.0.0 or 1.1.0-rc.1)"
             )
         if isinstance(self.tags, str):
-            raise TypeError("tags must be a sequence of strings, not one string")
+            raise InvalidInputError("tags must be a sequence of strings, not one string")
         object.__setattr__(self, "tags", tuple(self.tags))
 
     def to_wire(self) -> VersionMetadata:

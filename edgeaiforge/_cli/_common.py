@@ -1,0 +1,89 @@
+"""What every sub-command shares: the connection options, JSON output, errors, progress."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from edgeaiforge._errors import EdgeAIForgeError
+from edgeaiforge._manager import ENV_TOKEN, ENV_URL, ModelManager
+
+__all__ = [
+    "JsonOption",
+    "console",
+    "err_console",
+    "manager",
+    "print_json",
+    "progress_bar",
+    "run",
+]
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def manager(ctx: typer.Context) -> ModelManager:
+    """The ``ModelManager`` for the root command's ``--url`` and ``--token``."""
+    obj = ctx.find_root().obj or {}
+    return ModelManager(obj.get("url"), obj.get("token"))
+
+
+def print_json(value: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        data = [v.model_dump(mode="json") for v in value]
+    else:
+        data = value
+    typer.echo(json.dumps(data, indent=2))
+
+
+def run(ctx: typer.Context, action: Callable[[ModelManager], None]) -> None:
+    """Run ``action`` with a manager; an SDK error is one red line and exit status 1."""
+    try:
+        with manager(ctx) as mm:
+            action(mm)
+    except EdgeAIForgeError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich transfer bar (on stderr); yields the SDK's progress callback."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total if total >= 0 else None)
+
+        yield update
+
+
+ENV_HELP = f"from {ENV_URL} / {ENV_TOKEN}"

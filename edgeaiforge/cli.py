@@ -1,0 +1,46 @@
+"""The ``edgeaiforge`` command. Each area is a typer sub-app in ``edgeaiforge/_cli/<area>.py``
+mounted here with one line in ``SUBCOMMANDS``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeaiforge._cli import model
+from edgeaiforge._manager import ENV_TOKEN, ENV_URL
+
+__all__ = ["SUBCOMMANDS", "app", "main"]
+
+app = typer.Typer(
+    name="edgeaiforge",
+    help="EdgeAIForge: manage ONNX models for fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+#: (name, sub-app)
+SUBCOMMANDS: list[tuple[str, typer.Typer]] = [
+    ("model", model.app),
+]
+
+for _name, _sub in SUBCOMMANDS:
+    app.add_typer(_sub, name=_name)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(envvar=ENV_URL, help="API base URL, e.g. http://127.0.0.1:8000")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar=ENV_TOKEN, help="API key", show_default=False)
+    ] = None,
+) -> None:
+    ctx.obj = {"url": url, "token": token}
+
+
+def main() -> None:
+    """Entry point of the ``edgeaiforge`` script."""
+    app()
