@@ -1,0 +1,38 @@
+"""The device agent: enrolment, secure transfer, activation and rollback, local inference.
+
+Depends on ``schemas`` only. ``EdgeRuntime`` runs one device; ``edge-runtime`` is its
+command (``enroll``, ``run``, ``status``). Metrics hook: pass ``recorder=`` (called after
+every inference) and publish batches with ``EdgeRuntime.publish_metrics``.
+"""
+
+from edge_runtime._model import InferenceRecorder, ModelHost, sample_inputs
+from edge_runtime._runtime import RUNTIME_VERSION, EdgeRuntime
+from edge_runtime._state import StateDir
+from edge_runtime.enroll import capabilities, complete, enroll, prepare
+from edge_runtime.errors import (
+    EdgeRuntimeError,
+    EnrollmentError,
+    InferenceError,
+    NoModelError,
+    NotEnrolledError,
+    TransferRefused,
+)
+
+__all__ = [
+    "RUNTIME_VERSION",
+    "EdgeRuntime",
+    "EdgeRuntimeError",
+    "EnrollmentError",
+    "InferenceError",
+    "InferenceRecorder",
+    "ModelHost",
+    "NoModelError",
+    "NotEnrolledError",
+    "StateDir",
+    "TransferRefused",
+    "capabilities",
+    "complete",
+    "enroll",
+    "prepare",
+    "sample_inputs",
+]

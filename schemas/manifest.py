@@ -30,8 +30,10 @@ MAX_SIGNED_MANIFEST_BYTES = 64 * 1024
 class ManifestError(ValueError):
     """A manifest that cannot be accepted; the message says why."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, bad_signature: bool = False) -> None:
         self.reason = reason
+        #: True when the signature does not verify (as opposed to a malformed message).
+        self.bad_signature = bad_signature
         super().__init__(f"manifest refused: {reason}")
 
 
@@ -48,9 +50,10 @@ class Manifest(WireModel):
     deployment_id: str
     model: str
     version: str
-    #: Per-model sequence number that only grows (anti-rollback).
+    #: Per-model sequence number that only grows, rollbacks included (anti-replay): the
+    #: device refuses a sequence below the highest it accepted for this model.
     sequence: Annotated[int, Field(ge=0)]
-    #: A signed rollback may install a lower sequence than the device runs.
+    #: Installs an older version on purpose; the device may reuse its kept previous model.
     rollback: bool = False
     issued_at: int
     expires_at: int
@@ -65,6 +68,9 @@ class Manifest(WireModel):
     #: The data key sealed to this device with HPKE (base64) when encrypted.
     sealed_key: _B64 | None = None
     hpke_suite: str = crypto.HPKE_SUITE_NAME
+    #: The platform will also publish the chunks once on ``artifacts/{id}/chunks`` for a
+    #: whole wave: the device listens there first and pulls only what it still lacks.
+    broadcast: bool = False
 
     @field_validator("device_id")
     @classmethod
@@ -122,7 +128,7 @@ class SignedManifest(WireModel):
         try:
             crypto.verify(key, body, signature, what="manifest")
         except crypto.SignatureError as exc:
-            raise ManifestError(str(exc)) from None
+            raise ManifestError(str(exc), bad_signature=True) from None
         try:
             manifest = Manifest.model_validate_json(body)
         except ValidationError as exc:

@@ -1,0 +1,5 @@
+"""``python -m edge_runtime`` is the ``edge-runtime`` command."""
+
+from edge_runtime.cli import main
+
+main()

@@ -1,0 +1,597 @@
+"""The device agent: MQTT session, desired-state handling, transfer, activation, rollback.
+
+One ``EdgeRuntime`` per device. ``run()`` keeps a connection to the broker with jittered
+back-off (state that must survive lives on disk, not in the loop), follows the retained
+``desired`` manifest, pulls chunks with a window of outstanding requests, activates the
+new model atomically while inference continues, and reports every state change on the
+retained ``state`` topic. See ``docs/device-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime._model import InferenceRecorder, ModelHost
+from edge_runtime._state import Installed, StateDir
+from edge_runtime._transfer import (
+    ChunkOutcome,
+    Transfer,
+    check_manifest,
+    open_manifest_key,
+)
+from edge_runtime.errors import InferenceError, TransferRefused
+from schemas.events import TargetState
+from schemas.manifest import Manifest
+from schemas.topics import Topics
+from schemas.transfer import (
+    CHUNK_ARTIFACT_PROPERTY,
+    CHUNK_INDEX_PROPERTY,
+    MAX_INDEXES_PER_REQUEST,
+    ActiveModel,
+    ChunkRequest,
+    DeploymentProgress,
+    DeviceState,
+    Rejection,
+    RejectionCode,
+)
+
+__all__ = ["RUNTIME_VERSION", "EdgeRuntime"]
+
+RUNTIME_VERSION = "0.1.0"
+_FINAL = {"active", "failed", "rolled_back"}
+_PROGRESS_INTERVAL = 0.5
+_MAX_QUEUED_REPORTS = 200
+
+
+class EdgeRuntime:
+    """One device's runtime, bound to an enrolled state directory."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        mqtt_host: str | None = None,
+        mqtt_port: int | None = None,
+        window_size: int | None = None,
+        stall_timeout: float | None = None,
+        threads: int = 1,
+        recorder: InferenceRecorder | None = None,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.state = StateDir(state_dir)
+        self.config = self.state.enrollment()
+        self.device_id = self.config.device_id
+        self.topics = Topics(self.config.mqtt.topic_prefix)
+        self.mqtt_host = mqtt_host or self.config.mqtt.host
+        self.mqtt_port = mqtt_port or self.config.mqtt.port
+        self.window_size = window_size or self.config.window_size
+        self.stall_timeout = stall_timeout or self.config.stall_timeout
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.host = ModelHost(threads=threads, recorder=recorder)
+        self._log = log or (lambda _msg: None)
+        self._platform_key = self.state.platform_key()
+        self._private_key = self.state.private_key()
+        self._client: aiomqtt.Client | None = None
+        self._job: Transfer | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._report_wake = asyncio.Event()
+        self._reports: list[DeviceState] = []
+        self._progress: DeploymentProgress | None = None
+        self._rejection: Rejection | None = None
+        self._broadcast_topic: str | None = None
+        self._connected = asyncio.Event()
+        self._established = False
+        self._latest: DeviceState | None = None
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Condition()
+        #: Counters for operators and tests.
+        self.stats: dict[str, int] = {
+            "chunks_requested": 0,
+            "chunks_received": 0,
+            "chunks_refused": 0,
+            "duplicates": 0,
+            "connections": 0,
+        }
+
+    # ---- public API ------------------------------------------------------------------
+
+    @property
+    def active(self) -> ActiveModel | None:
+        return self.host.active
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def snapshot(self) -> DeviceState:
+        """What the device would report now."""
+        installed = self.state.installed()
+        return DeviceState(
+            device_id=self.device_id,
+            reported_at=int(time.time()),
+            active=self.host.active or installed.active,
+            previous=installed.previous,
+            deployment=self._progress,
+            rejection=self._rejection,
+            runtime_version=RUNTIME_VERSION,
+        )
+
+    async def infer(self, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run the active model (on sample inputs when ``inputs`` is None)."""
+        return await self.host.infer(inputs)
+
+    async def publish_metrics(self, payload: bytes) -> bool:
+        """Publish one metrics message on this device's ``metrics`` topic (QoS 1).
+
+        Returns False, without raising, when the device is offline: the caller spools.
+        """
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        try:
+            await client.publish(self.topics.metrics(self.device_id), payload, qos=1)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def wait_for(self, predicate: Callable[[EdgeRuntime], bool], timeout: float) -> None:
+        """Wait until ``predicate(self)`` holds after some state change."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Load the installed model, then stay connected until ``stop()`` or cancellation."""
+        await self._load_installed()
+        backoff = self.reconnect_min
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                session = asyncio.create_task(self._session())
+                done, _ = await asyncio.wait({session, stopper}, return_when="FIRST_COMPLETED")
+                if session in done:
+                    error = session.exception()
+                    if error is not None and not isinstance(error, aiomqtt.MqttError):
+                        raise error
+                    if self._established:
+                        backoff = self.reconnect_min
+                        self._established = False
+                    self._log(f"disconnected: {error!r}; reconnecting")
+                else:
+                    session.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await session
+                    break
+                # Full jitter: devices that lost the broker together do not return together.
+                await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - not crypto
+                backoff = min(backoff * 2, self.reconnect_max)
+        finally:
+            stopper.cancel()
+            if self._finishing is not None:
+                self._finishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._finishing
+            if self._job is not None:
+                self._job.close()
+            self.host.close()
+
+    # ---- connection --------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        online = self.topics.online(self.device_id)
+        mqtt = self.config.mqtt
+        client = aiomqtt.Client(
+            self.mqtt_host,
+            self.mqtt_port,
+            username=mqtt.username,
+            password=mqtt.password,
+            identifier=mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(online, b"0", qos=1, retain=True),
+            keepalive=15,
+            timeout=10,
+            max_inflight_messages=max(20, self.window_size),
+        )
+        async with client:
+            self._client = client
+            self.stats["connections"] += 1
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await client.subscribe(self.topics.desired(self.device_id), qos=1)
+                await client.subscribe(self.topics.device_chunks(self.device_id), qos=1)
+                self._broadcast_topic = None
+                if self._job is not None:
+                    await self._follow_broadcast(self._job.manifest)
+                await client.publish(online, b"1", qos=1, retain=True)
+                self._connected.set()
+                self._established = True
+                self._log("connected")
+                self._report(transition=True)
+                tasks = [
+                    asyncio.create_task(self._drive(client)),
+                    asyncio.create_task(self._reporter(client)),
+                ]
+                async for message in client.messages:
+                    try:
+                        await self._on_message(message)
+                    except aiomqtt.MqttError:
+                        raise
+                    except Exception as exc:  # a bad message must not end the runtime
+                        self._log(f"message on {message.topic} not handled: {exc!r}")
+                    for task in tasks:
+                        if task.done() and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+            finally:
+                self._connected.clear()
+                self._client = None
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await task
+
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        if topic == self.topics.desired(self.device_id):
+            await self._on_desired(bytes(payload))
+        else:
+            self._on_chunk(message, bytes(payload))
+
+    # ---- desired state -----------------------------------------------------------------
+
+    async def _on_desired(self, payload: bytes) -> None:
+        if not payload:
+            return  # the platform cleared the desired state
+        try:
+            manifest = check_manifest(
+                payload,
+                device_id=self.device_id,
+                platform_key=self._platform_key,
+                sequences=self.state.sequences(),
+            )
+        except TransferRefused as refusal:
+            self._refuse(refusal)
+            return
+        deployment = manifest.deployment_id
+        outcome = self.state.outcomes().get(deployment)
+        job = self._job
+        if job is not None and job.deployment_id == deployment:
+            job.manifest = manifest  # a re-issue (fresh expiry) of what is in progress
+            return
+        if outcome in _FINAL:
+            return  # finished already; the retained manifest stays until replaced
+        if self._finishing is not None and not self._finishing.done():
+            self._log("activation in progress; the new manifest waits for the next delivery")
+            return
+        active = self.host.active
+        if active is not None and active.artifact_id == manifest.artifact_id:
+            # Already running these bytes: adopt the new identity without a transfer.
+            self.state.accept_sequence(manifest.model, manifest.sequence)
+            info = _active_of(manifest)
+            await self._install(info, self.state.model_path(info.artifact_id), manifest)
+            return
+        installed = self.state.installed()
+        if (
+            manifest.rollback
+            and installed.previous is not None
+            and installed.previous.artifact_id == manifest.artifact_id
+            and self.state.model_path(manifest.artifact_id).exists()
+        ):
+            self.state.accept_sequence(manifest.model, manifest.sequence)
+            self._cancel_job()
+            self._set_progress(manifest, TargetState.ACTIVATING)
+            self._finishing = asyncio.create_task(
+                self._activate(manifest, self.state.model_path(manifest.artifact_id))
+            )
+            return
+        try:
+            dek = open_manifest_key(manifest, self._private_key)
+        except TransferRefused as refusal:
+            self._refuse(refusal)
+            return
+        self.state.accept_sequence(manifest.model, manifest.sequence)
+        self._cancel_job()
+        self.state.clear_staging(keep=manifest.artifact_id)
+        self._job = Transfer(self.state, manifest, payload, dek)
+        self._log(f"deployment {deployment}: {manifest.model}@{manifest.version} accepted")
+        await self._follow_broadcast(manifest)
+        self._set_progress(manifest, TargetState.DOWNLOADING, job=self._job)
+        if self._job.complete:
+            self._start_finish(self._job)
+        self._wake.set()
+
+    async def _follow_broadcast(self, manifest: Manifest) -> None:
+        client = self._client
+        if client is None or not manifest.broadcast:
+            return
+        topic = self.topics.artifact_chunks(manifest.artifact_id)
+        if self._broadcast_topic == topic:
+            return
+        if self._broadcast_topic is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(self._broadcast_topic)
+        await client.subscribe(topic, qos=1)
+        self._broadcast_topic = topic
+
+    def _cancel_job(self) -> None:
+        if self._job is not None:
+            self._job.close()
+            self._job = None
+
+    # ---- chunks ------------------------------------------------------------------------
+
+    def _on_chunk(self, message: aiomqtt.Message, payload: bytes) -> None:
+        job = self._job
+        if job is None:
+            return
+        props = _user_properties(message.properties)
+        try:
+            index = int(props.get(CHUNK_INDEX_PROPERTY, ""))
+        except ValueError:
+            self.stats["chunks_refused"] += 1
+            return
+        artifact = props.get(CHUNK_ARTIFACT_PROPERTY, "")
+        try:
+            outcome = job.accept(index, artifact, payload)
+        except TransferRefused as refusal:
+            self.stats["chunks_refused"] += 1
+            self._fail_job(job, refusal)
+            return
+        if outcome is ChunkOutcome.REFUSED:
+            self.stats["chunks_refused"] += 1
+            if job.last_refusal is not None:
+                self._refuse(job.last_refusal)
+        elif outcome is ChunkOutcome.DUPLICATE:
+            self.stats["duplicates"] += 1
+        else:
+            self.stats["chunks_received"] += 1
+            self._set_progress(job.manifest, TargetState.DOWNLOADING, job=job, throttle=True)
+            if job.complete:
+                self._start_finish(job)
+        self._wake.set()
+
+    async def _drive(self, client: aiomqtt.Client) -> None:
+        """Keep a window of chunk requests outstanding for the current transfer."""
+        while True:
+            job = self._job
+            if job is not None and not job.complete:
+                if job.stalled(self.stall_timeout):
+                    self._log(f"stalled; re-requesting {len(job.missing())} missing chunks")
+                indexes = job.next_request(self.window_size)
+                for start in range(0, len(indexes), MAX_INDEXES_PER_REQUEST):
+                    part = indexes[start : start + MAX_INDEXES_PER_REQUEST]
+                    await self._request(client, job, part)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(0.5, self.stall_timeout / 4)):
+                    await self._wake.wait()
+
+    async def _request(self, client: aiomqtt.Client, job: Transfer, indexes: list[int]) -> None:
+        request = ChunkRequest(
+            device_id=self.device_id, deployment_id=job.deployment_id, indexes=tuple(indexes)
+        )
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = self.topics.device_chunks(self.device_id)
+        props.CorrelationData = job.deployment_id.encode()
+        self.stats["chunks_requested"] += len(indexes)
+        await client.publish(
+            self.topics.artifact_get(job.manifest.artifact_id),
+            request.model_dump_json().encode(),
+            qos=1,
+            properties=props,
+        )
+
+    def _start_finish(self, job: Transfer) -> None:
+        if self._finishing is not None and not self._finishing.done():
+            return
+        self._finishing = asyncio.create_task(self._finish(job))
+
+    async def _finish(self, job: Transfer) -> None:
+        self._set_progress(job.manifest, TargetState.VERIFYING, job=job)
+        try:
+            path = await job.finish()
+        except TransferRefused as refusal:
+            self._fail_job(job, refusal)
+            return
+        except OSError as exc:
+            self._fail_job(job, TransferRefused(RejectionCode.STORAGE, str(exc)))
+            return
+        if self._job is job:
+            self._job = None
+        await self._unfollow_broadcast()
+        self.state.clear_staging()
+        await self._activate(job.manifest, path)
+
+    async def _activate(self, manifest: Manifest, path: Path) -> None:
+        self._set_progress(manifest, TargetState.ACTIVATING)
+        info = _active_of(manifest)
+        try:
+            loaded = await self.host.prepare(path, info)
+        except InferenceError as exc:
+            installed = self.state.installed()
+            keep = {m.artifact_id for m in (installed.active, installed.previous) if m}
+            if manifest.artifact_id not in keep:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+            code = (
+                RejectionCode.LOAD_FAILED
+                if "does not load" in str(exc)
+                else RejectionCode.HEALTH_CHECK
+            )
+            self._log(f"deployment {manifest.deployment_id} rolled back: {exc}")
+            self.state.record_outcome(manifest.deployment_id, "rolled_back")
+            self._rejection = Rejection(
+                code=code,
+                detail=str(exc),
+                at=int(time.time()),
+                deployment_id=manifest.deployment_id,
+            )
+            self._set_progress(manifest, TargetState.ROLLED_BACK, detail=str(exc), error_code=code)
+            return
+        await self._install(loaded.info, path, manifest, loaded=loaded)
+
+    async def _install(
+        self,
+        info: ActiveModel,
+        path: Path,
+        manifest: Manifest,
+        *,
+        loaded: object | None = None,
+    ) -> None:
+        from edge_runtime._model import LoadedModel
+
+        installed = self.state.installed()
+        current = self.host.current
+        previous = installed.previous
+        if current is not None and current.info.artifact_id != info.artifact_id:
+            previous = current.info
+        if isinstance(loaded, LoadedModel):
+            self.host.switch(loaded)
+        elif current is not None:
+            self.host.switch(type(current)(info=info, session=current.session, path=path))
+        self.state.save_installed(Installed(active=info, previous=previous))
+        self.state.record_outcome(manifest.deployment_id, "active")
+        self._log(f"deployment {manifest.deployment_id}: {info.model}@{info.version} active")
+        self._set_progress(manifest, TargetState.ACTIVE)
+
+    def _fail_job(self, job: Transfer, refusal: TransferRefused) -> None:
+        self._log(f"deployment {job.deployment_id} failed: {refusal}")
+        job.close()
+        if self._job is job:
+            self._job = None
+        self.state.record_outcome(job.deployment_id, "failed")
+        self.state.clear_staging()
+        self._rejection = Rejection(
+            code=refusal.code, detail=refusal.detail, at=int(time.time()),
+            deployment_id=job.deployment_id,
+        )  # fmt: skip
+        self._set_progress(
+            job.manifest,
+            TargetState.FAILED,
+            job=job,
+            detail=refusal.detail,
+            error_code=refusal.code,
+        )
+        asyncio.get_running_loop().create_task(self._unfollow_broadcast())
+
+    async def _unfollow_broadcast(self) -> None:
+        topic, self._broadcast_topic = self._broadcast_topic, None
+        if topic is not None and self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(topic)
+
+    async def _load_installed(self) -> None:
+        installed = self.state.installed()
+        for candidate in (installed.active, installed.previous):
+            if candidate is None:
+                continue
+            try:
+                loaded = await self.host.prepare(
+                    self.state.model_path(candidate.artifact_id), candidate
+                )
+            except InferenceError as exc:
+                self._log(f"installed model {candidate.model}@{candidate.version}: {exc}")
+                continue
+            self.host.switch(loaded)
+            if candidate is not installed.active:
+                self.state.save_installed(Installed(active=candidate, previous=None))
+            return
+
+    # ---- reporting -----------------------------------------------------------------------
+
+    def _refuse(self, refusal: TransferRefused) -> None:
+        self._log(f"refused: {refusal}")
+        self._rejection = Rejection(
+            code=refusal.code,
+            detail=refusal.detail,
+            at=int(time.time()),
+            deployment_id=refusal.deployment_id,
+        )
+        self._report(transition=True)
+
+    def _set_progress(
+        self,
+        manifest: Manifest,
+        state: TargetState,
+        *,
+        job: Transfer | None = None,
+        detail: str = "",
+        error_code: RejectionCode | None = None,
+        throttle: bool = False,
+    ) -> None:
+        self._progress = DeploymentProgress(
+            deployment_id=manifest.deployment_id,
+            state=state,
+            model=manifest.model,
+            version=manifest.version,
+            sequence=manifest.sequence,
+            chunks_received=job.chunks_received if job else manifest.chunk_count,
+            chunk_count=manifest.chunk_count,
+            bytes_received=job.bytes_received if job else manifest.size,
+            detail=detail,
+            error_code=error_code,
+        )
+        self._report(transition=not throttle)
+
+    def _report(self, *, transition: bool) -> None:
+        snapshot = self.snapshot()
+        if transition:
+            self._reports.append(snapshot)
+            del self._reports[:-_MAX_QUEUED_REPORTS]
+        self._latest = snapshot
+        self._report_wake.set()
+        asyncio.get_running_loop().create_task(self._notify_change())
+
+    async def _notify_change(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _reporter(self, client: aiomqtt.Client) -> None:
+        topic = self.topics.state(self.device_id)
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            # Every transition in order, then the latest progress (which may coalesce).
+            while self._reports:
+                state = self._reports[0]
+                await client.publish(topic, state.model_dump_json().encode(), qos=1, retain=True)
+                self._reports.pop(0)
+            latest = self._latest
+            if latest is not None:
+                await client.publish(topic, latest.model_dump_json().encode(), qos=1, retain=True)
+            await asyncio.sleep(_PROGRESS_INTERVAL)
+
+
+def _active_of(manifest: Manifest) -> ActiveModel:
+    return ActiveModel(
+        model=manifest.model,
+        version=manifest.version,
+        sequence=manifest.sequence,
+        artifact_id=manifest.artifact_id,
+    )
+
+
+def _user_properties(properties: Properties | None) -> dict[str, str]:
+    if properties is None:
+        return {}
+    pairs = getattr(properties, "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs}

@@ -1,0 +1,176 @@
+"""The device's state directory: keys, enrolment, installed models, transfer staging.
+
+Layout (everything written atomically: temp file, fsync, rename)::
+
+    device.json        enrolment reply: MQTT credentials, pinned platform key (0600)
+    device.key         X25519 private key, raw 32 bytes (0600); never leaves the device
+    installed.json     the active and the previous model (paths under models/)
+    sequences.json     highest manifest sequence accepted per model (anti-replay)
+    outcomes.json      final outcome per deployment id, so a retained manifest is not retried
+    models/<artifact_id>.onnx
+    staging/<artifact_id>/  model.part, bitmap, manifest.json (the signed bytes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
+
+from edge_runtime.errors import NotEnrolledError
+from schemas.deployer import EnrollReply
+from schemas.transfer import ActiveModel
+
+__all__ = ["Installed", "StateDir", "atomic_write"]
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``path`` so that a crash leaves either the old or the new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """The models on disk: what serves now and what a rollback would return to."""
+
+    active: ActiveModel | None = None
+    previous: ActiveModel | None = None
+
+
+class StateDir:
+    """Typed access to one device's state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- paths --
+    @property
+    def device_file(self) -> Path:
+        return self.root / "device.json"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "device.key"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model_path(self, artifact_id: str) -> Path:
+        return self.models_dir / f"{artifact_id}.onnx"
+
+    def staging(self, artifact_id: str) -> Path:
+        return self.root / "staging" / artifact_id
+
+    # -- identity --
+    def create_key(self) -> X25519PrivateKey:
+        """Make the device key pair (once); the private key is written with mode 0600."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.key_file.exists():
+            return self.private_key()
+        key = X25519PrivateKey.generate()
+        raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, _no_encryption())
+        atomic_write(self.key_file, raw, mode=0o600)
+        return key
+
+    def private_key(self) -> X25519PrivateKey:
+        try:
+            return X25519PrivateKey.from_private_bytes(self.key_file.read_bytes())
+        except FileNotFoundError:
+            raise NotEnrolledError(self.root) from None
+
+    def public_key_raw(self) -> bytes:
+        return self.private_key().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def save_enrollment(self, reply: EnrollReply) -> None:
+        atomic_write(self.device_file, reply.model_dump_json(indent=2).encode(), mode=0o600)
+
+    def enrollment(self) -> EnrollReply:
+        try:
+            return EnrollReply.model_validate_json(self.device_file.read_bytes())
+        except FileNotFoundError:
+            raise NotEnrolledError(self.root) from None
+
+    def platform_key(self) -> Ed25519PublicKey:
+        import base64
+
+        raw = base64.b64decode(self.enrollment().platform_public_key)
+        return Ed25519PublicKey.from_public_bytes(raw)
+
+    # -- installed models --
+    def installed(self) -> Installed:
+        data = self._read_json("installed.json")
+        return Installed(
+            active=ActiveModel.model_validate(data["active"]) if data.get("active") else None,
+            previous=ActiveModel.model_validate(data["previous"]) if data.get("previous") else None,
+        )
+
+    def save_installed(self, installed: Installed) -> None:
+        data = {
+            "active": installed.active.model_dump() if installed.active else None,
+            "previous": installed.previous.model_dump() if installed.previous else None,
+        }
+        atomic_write(self.root / "installed.json", json.dumps(data).encode())
+        # Only the active and the previous model are kept on disk.
+        keep = {m.artifact_id for m in (installed.active, installed.previous) if m is not None}
+        if self.models_dir.is_dir():
+            for path in self.models_dir.glob("*.onnx"):
+                if path.stem not in keep:
+                    path.unlink(missing_ok=True)
+
+    # -- anti-replay --
+    def sequences(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._read_json("sequences.json").items()}
+
+    def accept_sequence(self, model: str, sequence: int) -> None:
+        data = self.sequences()
+        data[model] = max(sequence, data.get(model, -1))
+        atomic_write(self.root / "sequences.json", json.dumps(data).encode())
+
+    # -- outcomes --
+    def outcomes(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._read_json("outcomes.json").items()}
+
+    def record_outcome(self, deployment_id: str, outcome: str) -> None:
+        data = self.outcomes()
+        data[deployment_id] = outcome
+        # Bounded: only recent deployments matter (their manifests may still be retained).
+        if len(data) > 64:
+            data = dict(list(data.items())[-64:])
+        atomic_write(self.root / "outcomes.json", json.dumps(data).encode())
+
+    def clear_staging(self, keep: str | None = None) -> None:
+        base = self.root / "staging"
+        if not base.is_dir():
+            return
+        for entry in base.iterdir():
+            if entry.name != keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / name).read_bytes())
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _no_encryption() -> Any:
+    from cryptography.hazmat.primitives.serialization import NoEncryption
+
+    return NoEncryption()

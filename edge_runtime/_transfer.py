@@ -1,0 +1,308 @@
+"""One transfer on the device: manifest checks, chunk intake into staging, final checks.
+
+Chunks are decrypted and authenticated as they arrive and written at their offset in
+``staging/<artifact>/model.part``; a one-byte-per-chunk bitmap next to it records which
+are there. The bitmap is saved after the data it describes is synced, so after a crash it
+may miss a few chunks that arrived (they are fetched again) but never claims one that did
+not. A restart resumes from it and asks only for what it lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge_runtime._state import StateDir, atomic_write
+from edge_runtime.errors import TransferRefused
+from schemas import crypto
+from schemas.manifest import Manifest, ManifestError, SignedManifest
+from schemas.transfer import RejectionCode
+
+__all__ = ["ChunkOutcome", "Transfer", "check_manifest", "open_manifest_key"]
+
+#: Times one chunk may fail authentication (or have the wrong size) before the transfer fails.
+MAX_CHUNK_FAILURES = 3
+_PERSIST_EVERY = 8
+
+
+def check_manifest(
+    payload: bytes,
+    *,
+    device_id: str,
+    platform_key: Ed25519PublicKey,
+    sequences: dict[str, int],
+    now: float | None = None,
+) -> Manifest:
+    """Verify a ``desired`` payload; raises ``TransferRefused`` with the reason.
+
+    Checks, in order: well-formed, signed by the pinned key, for this device, not expired,
+    sequence not below the highest accepted for the model (replay).
+    """
+    try:
+        signed = SignedManifest.from_bytes(payload)
+        manifest = signed.verify(platform_key)
+    except ManifestError as exc:
+        code = RejectionCode.SIGNATURE if exc.bad_signature else RejectionCode.MALFORMED
+        raise TransferRefused(code, exc.reason, deployment_id=_claimed_id(payload)) from None
+    ident = manifest.deployment_id
+    if manifest.device_id != device_id:
+        raise TransferRefused(
+            RejectionCode.WRONG_DEVICE,
+            f"manifest is for device {manifest.device_id!r}, this is {device_id!r}",
+            deployment_id=ident,
+        )
+    current = time.time() if now is None else now
+    if manifest.expires_at <= current:
+        raise TransferRefused(
+            RejectionCode.EXPIRED,
+            f"manifest expired at {manifest.expires_at} (now {int(current)})",
+            deployment_id=ident,
+        )
+    high = sequences.get(manifest.model, -1)
+    if manifest.sequence < high:
+        raise TransferRefused(
+            RejectionCode.REPLAY,
+            f"sequence {manifest.sequence} of {manifest.model!r} is older than {high}, "
+            "the highest this device accepted",
+            deployment_id=ident,
+        )
+    return manifest
+
+
+def open_manifest_key(manifest: Manifest, key: X25519PrivateKey) -> bytes | None:
+    """The data key sealed in the manifest (``None`` for an unencrypted artifact)."""
+    if not manifest.encrypted:
+        return None
+    try:
+        sealed = base64.b64decode(manifest.sealed_key or "")
+        return crypto.open_dek(
+            sealed, key, device_id=manifest.device_id, artifact_id=manifest.artifact_id
+        )
+    except (crypto.SealedKeyError, ValueError) as exc:
+        raise TransferRefused(
+            RejectionCode.SEALED_KEY, str(exc), deployment_id=manifest.deployment_id
+        ) from None
+
+
+def _claimed_id(payload: bytes) -> str:
+    # Only for the report: an unverified manifest's claimed deployment id, if readable.
+    try:
+        signed = SignedManifest.model_validate_json(payload)
+        body = Manifest.model_validate_json(base64.b64decode(signed.signed))
+        return body.deployment_id[:64]
+    except Exception:
+        return ""
+
+
+class ChunkOutcome(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+
+
+@dataclass
+class Transfer:
+    """Receiving one artifact into staging (a single coroutine drives it; no locking)."""
+
+    state: StateDir
+    manifest: Manifest
+    signed: bytes
+    dek: bytes | None
+    received: bytearray = field(init=False)
+    failures: dict[int, int] = field(init=False, default_factory=dict)
+    last_refusal: TransferRefused | None = field(init=False, default=None)
+    #: Index -> monotonic time of the request still waiting for an answer.
+    outstanding: dict[int, float] = field(init=False, default_factory=dict)
+    last_activity: float = field(init=False, default_factory=time.monotonic)
+    #: In broadcast mode the device waits for the broadcast before it pulls.
+    pulling: bool = field(init=False)
+    requested: int = field(init=False, default=0)
+    duplicates: int = field(init=False, default=0)
+    _fd: int = field(init=False, default=-1)
+    _unsaved: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.pulling = not self.manifest.broadcast
+        directory = self.state.staging(self.manifest.artifact_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        count = self.manifest.chunk_count
+        bitmap = directory / "bitmap"
+        part = directory / "model.part"
+        # A bitmap from an earlier run of the same artifact is reused (same plaintext).
+        previous = bitmap.read_bytes() if bitmap.exists() and part.exists() else b""
+        if len(previous) == count and part.stat().st_size == self.manifest.size:
+            self.received = bytearray(previous)
+        else:
+            self.received = bytearray(count)
+        self._fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, self.manifest.size)
+        atomic_write(directory / "manifest.json", self.signed)
+
+    @property
+    def deployment_id(self) -> str:
+        return self.manifest.deployment_id
+
+    @property
+    def directory(self) -> Path:
+        return self.state.staging(self.manifest.artifact_id)
+
+    @property
+    def chunks_received(self) -> int:
+        return sum(self.received)
+
+    @property
+    def bytes_received(self) -> int:
+        m = self.manifest
+        last = m.chunk_count - 1
+        n = self.chunks_received
+        if n and self.received[last]:
+            return (n - 1) * m.chunk_size + (m.size - last * m.chunk_size)
+        return n * m.chunk_size
+
+    @property
+    def complete(self) -> bool:
+        return all(self.received)
+
+    def missing(self) -> list[int]:
+        return [i for i, got in enumerate(self.received) if not got]
+
+    def next_request(self, window: int) -> list[int]:
+        """Indexes to request now so that at most ``window`` are outstanding."""
+        free = window - len(self.outstanding)
+        if free <= 0 or not self.pulling:
+            return []
+        wanted = [i for i in self.missing() if i not in self.outstanding][:free]
+        now = time.monotonic()
+        for i in wanted:
+            self.outstanding[i] = now
+        self.requested += len(wanted)
+        return wanted
+
+    def stalled(self, stall_timeout: float) -> bool:
+        """True (and the outstanding requests forgotten) when nothing came for a while."""
+        if time.monotonic() - self.last_activity < stall_timeout:
+            return False
+        self.outstanding.clear()
+        self.pulling = True
+        self.last_activity = time.monotonic()
+        return True
+
+    def accept(self, index: int, artifact_id: str, payload: bytes) -> ChunkOutcome:
+        """Take one chunk; raises ``TransferRefused`` when the transfer must fail."""
+        m = self.manifest
+        if artifact_id != m.artifact_id:
+            self.last_refusal = TransferRefused(
+                RejectionCode.FOREIGN_CHUNK,
+                f"chunk {index} of artifact {artifact_id[:16]}… is not part of "
+                f"{m.artifact_id[:16]}…; ignored",
+                deployment_id=m.deployment_id,
+            )
+            return ChunkOutcome.REFUSED
+        if not 0 <= index < m.chunk_count:
+            self.last_refusal = TransferRefused(
+                RejectionCode.CHUNK_SIZE,
+                f"chunk index {index} is beyond the {m.chunk_count} chunks the manifest declares",
+                deployment_id=m.deployment_id,
+            )
+            return ChunkOutcome.REFUSED
+        self.outstanding.pop(index, None)
+        self.last_activity = time.monotonic()
+        if self.received[index]:
+            self.duplicates += 1
+            return ChunkOutcome.DUPLICATE
+        last = index == m.chunk_count - 1
+        plain_len = (m.size - index * m.chunk_size) if last else m.chunk_size
+        expected = plain_len + (crypto.TAG_LEN if m.encrypted else 0)
+        if len(payload) != expected:
+            return self._fail(
+                index,
+                RejectionCode.CHUNK_SIZE,
+                f"chunk {index} is {len(payload)} bytes where the manifest declares {expected}",
+            )
+        plain = payload
+        if self.dek is not None:
+            try:
+                plain = crypto.open_chunk(self.dek, self._prefix, index, last, payload)
+            except crypto.ChunkIntegrityError as exc:
+                return self._fail(index, RejectionCode.CHUNK_INTEGRITY, str(exc))
+        os.pwrite(self._fd, plain, index * m.chunk_size)
+        self.received[index] = 1
+        self._unsaved += 1
+        if self._unsaved >= _PERSIST_EVERY or self.complete:
+            self.persist()
+        return ChunkOutcome.NEW
+
+    @property
+    def _prefix(self) -> bytes:
+        return base64.b64decode(self.manifest.nonce_prefix or "")
+
+    def _fail(self, index: int, code: RejectionCode, detail: str) -> ChunkOutcome:
+        count = self.failures.get(index, 0) + 1
+        self.failures[index] = count
+        refusal = TransferRefused(code, detail, deployment_id=self.manifest.deployment_id)
+        self.last_refusal = refusal
+        if count >= MAX_CHUNK_FAILURES:
+            raise TransferRefused(
+                code,
+                f"{detail} (refused {count} times; giving up)",
+                deployment_id=self.manifest.deployment_id,
+            )
+        return ChunkOutcome.REFUSED
+
+    def persist(self) -> None:
+        """Sync the data, then record which chunks it holds."""
+        if self._fd < 0:
+            return
+        os.fdatasync(self._fd)
+        atomic_write(self.directory / "bitmap", bytes(self.received))
+        self._unsaved = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                self.persist()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+    async def finish(self) -> Path:
+        """Check size and SHA-256, then move the model next to the installed ones."""
+        self.close()
+        part = self.directory / "model.part"
+        m = self.manifest
+        size, digest = await asyncio.to_thread(_size_and_digest, part)
+        if size != m.size:
+            raise TransferRefused(
+                RejectionCode.SIZE_MISMATCH,
+                f"received {size} bytes, the manifest declares {m.size}",
+                deployment_id=m.deployment_id,
+            )
+        if digest != m.artifact_id:
+            raise TransferRefused(
+                RejectionCode.DIGEST_MISMATCH,
+                f"SHA-256 is {digest}, the manifest declares {m.artifact_id}",
+                deployment_id=m.deployment_id,
+            )
+        target = self.state.model_path(m.artifact_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+        return target
+
+
+def _size_and_digest(path: Path) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+            size += len(block)
+    return size, sha.hexdigest()

@@ -1,0 +1,136 @@
+"""The ``edge-runtime`` command: ``enroll``, ``run`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from edge_runtime._runtime import EdgeRuntime
+from edge_runtime._state import StateDir
+from edge_runtime.enroll import enroll
+from edge_runtime.errors import EdgeRuntimeError, NoModelError
+
+__all__ = ["main"]
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} edge-runtime: {message}", file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-runtime", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("enroll", help="register this device with the platform (once)")
+    p.add_argument("--api", required=True, help="the platform's REST API, e.g. http://host:8000")
+    p.add_argument("--token", required=True, help="one-time enrolment token")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--state-dir", type=Path, required=True)
+
+    p = sub.add_parser("run", help="run the device agent")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--mqtt-host", help="override the broker host given at enrolment")
+    p.add_argument("--mqtt-port", type=int, help="override the broker port given at enrolment")
+    p.add_argument("--window", type=int, help="chunk requests kept outstanding")
+    p.add_argument("--stall-timeout", type=float, help="seconds without a chunk before retrying")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--http", default="127.0.0.1:8470", help="local inference endpoint HOST:PORT ('' = off)"
+    )
+    p.add_argument(
+        "--simulate", type=float, default=0.0, metavar="RATE", help="run RATE inferences/s"
+    )
+
+    p = sub.add_parser("status", help="print the device's installed models")
+    p.add_argument("--state-dir", type=Path, required=True)
+    return parser
+
+
+async def _simulate(runtime: EdgeRuntime, rate: float) -> None:
+    interval = 1.0 / rate
+    next_at = time.monotonic()
+    while True:
+        next_at += interval
+        with contextlib.suppress(EdgeRuntimeError):
+            await runtime.infer()
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def _serve_http(runtime: EdgeRuntime, address: str) -> None:
+    import uvicorn
+
+    from edge_runtime._http import create_http_app
+
+    host, _, port = address.rpartition(":")
+    config = uvicorn.Config(
+        create_http_app(runtime), host=host or "127.0.0.1", port=int(port), log_level="warning"
+    )
+    # uvicorn captures SIGTERM/SIGINT while serving and raises them again when it stops,
+    # so the runtime's own handlers still see them.
+    await uvicorn.Server(config).serve()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    runtime = EdgeRuntime(
+        args.state_dir,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        window_size=args.window,
+        stall_timeout=args.stall_timeout,
+        threads=args.threads,
+        log=_log,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop)
+    extras: list[asyncio.Task[None]] = []
+    if args.simulate > 0:
+        extras.append(asyncio.create_task(_simulate(runtime, args.simulate)))
+    if args.http:
+        extras.append(asyncio.create_task(_serve_http(runtime, args.http)))
+    try:
+        await runtime.run()
+    finally:
+        for task in extras:
+            task.cancel()
+        for task in extras:
+            with contextlib.suppress(asyncio.CancelledError, NoModelError):
+                await task
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``edge-runtime``."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "enroll":
+            reply = enroll(
+                args.api, token=args.token, device_id=args.device_id, state_dir=args.state_dir
+            )
+            print(f"enrolled {reply.device_id}; broker {reply.mqtt.host}:{reply.mqtt.port}")
+        elif args.command == "status":
+            state = StateDir(args.state_dir)
+            installed = state.installed()
+            print(
+                json.dumps(
+                    {
+                        "device_id": state.enrollment().device_id,
+                        "active": installed.active.model_dump() if installed.active else None,
+                        "previous": installed.previous.model_dump() if installed.previous else None,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            asyncio.run(_run(args))
+    except EdgeRuntimeError as exc:
+        print(f"edge-runtime: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass

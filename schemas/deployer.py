@@ -1,0 +1,262 @@
+"""Request/reply models of the deployer (``eaf.rpc.deployer.<verb>``).
+
+Enrolment, the device registry and deployments. The REST API maps its routes onto these
+subjects one to one; ``SUBJECTS`` lists them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from schemas._base import WireModel
+from schemas.events import DeploymentOutcome, TargetState
+
+__all__ = [
+    "SUBJECTS",
+    "Capabilities",
+    "CreateDeployment",
+    "CreateEnrollmentToken",
+    "DeploymentInfo",
+    "DeploymentList",
+    "DeploymentRef",
+    "DeploymentStatus",
+    "DeploymentStrategy",
+    "DeviceInfo",
+    "DeviceList",
+    "DeviceMqttSettings",
+    "DeviceRef",
+    "EnrollReply",
+    "EnrollRequest",
+    "EnrollmentToken",
+    "ListDeployments",
+    "ListDevices",
+    "SetLabels",
+    "TargetInfo",
+    "TargetSelector",
+]
+
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+#: A wave's cumulative size: a count (``"1"``) or a share of all targets (``"10%"``).
+WaveSpec = Annotated[str, Field(pattern=r"^(?:[1-9][0-9]*|(?:100|[1-9]?[0-9](?:\.[0-9]+)?)%)$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+SUBJECTS = {
+    "create_enrollment_token": "eaf.rpc.deployer.create_enrollment_token",
+    "enroll": "eaf.rpc.deployer.enroll",
+    "list_devices": "eaf.rpc.deployer.list_devices",
+    "get_device": "eaf.rpc.deployer.get_device",
+    "set_labels": "eaf.rpc.deployer.set_labels",
+    "create_deployment": "eaf.rpc.deployer.create_deployment",
+    "list_deployments": "eaf.rpc.deployer.list_deployments",
+    "get_deployment": "eaf.rpc.deployer.get_deployment",
+    "pause": "eaf.rpc.deployer.pause",
+    "resume": "eaf.rpc.deployer.resume",
+    "cancel": "eaf.rpc.deployer.cancel",
+    "rollback": "eaf.rpc.deployer.rollback",
+    "versions_in_use": "eaf.rpc.deployer.versions_in_use",
+}
+
+
+# ---- enrolment ------------------------------------------------------------------------
+
+
+class Capabilities(WireModel):
+    """What a device's runtime can run, reported at enrolment."""
+
+    onnxruntime_version: str
+    #: Highest opset supported per domain ("" is the default ONNX domain).
+    opsets: dict[str, int] = Field(default_factory=dict)
+    execution_providers: tuple[str, ...] = ()
+    cpu_arch: str = ""
+    memory_bytes: Annotated[int, Field(ge=0)] = 0
+    runtime_version: str = ""
+
+
+class CreateEnrollmentToken(WireModel):
+    """Make a one-time token; the device that uses it gets this group and these labels."""
+
+    device_id: DeviceId | None = None
+    group: Label | None = None
+    labels: dict[Label, str] = Field(default_factory=dict)
+    ttl_seconds: Annotated[int, Field(gt=0, le=30 * 86400)] | None = None
+    created_by: str = ""
+
+
+class EnrollmentToken(WireModel):
+    token: str
+    expires_at: datetime
+    device_id: str | None = None
+
+
+class EnrollRequest(WireModel):
+    token: Annotated[str, Field(min_length=16, max_length=256)]
+    device_id: DeviceId
+    #: The device's raw 32-byte X25519 public key, base64.
+    public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+    capabilities: Capabilities
+
+
+class DeviceMqttSettings(WireModel):
+    host: str
+    port: int
+    tls: bool = False
+    username: str
+    password: str
+    client_id: str
+    topic_prefix: str
+
+
+class EnrollReply(WireModel):
+    device_id: str
+    mqtt: DeviceMqttSettings
+    #: The platform's Ed25519 public key (raw 32 bytes, base64): the device pins it.
+    platform_public_key: str
+    platform_key_id: str
+    window_size: int
+    stall_timeout: float
+
+
+# ---- devices ----------------------------------------------------------------------------
+
+
+class TargetSelector(WireModel):
+    """Exactly one of: one device, a group, or every device whose labels match all pairs."""
+
+    device_id: DeviceId | None = None
+    group: Label | None = None
+    labels: dict[Label, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetSelector:
+        given = [x for x in (self.device_id, self.group, self.labels) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of device_id, group or labels")
+        return self
+
+
+class DeviceRef(WireModel):
+    device_id: DeviceId
+
+
+class ListDevices(WireModel):
+    group: str | None = None
+    labels: dict[str, str] | None = None
+    online: bool | None = None
+
+
+class SetLabels(WireModel):
+    device_id: DeviceId
+    labels: dict[Label, str]
+    #: ``None`` keeps the group; ``""`` clears it.
+    group: str | None = None
+
+
+class DeviceInfo(WireModel):
+    device_id: str
+    group: str | None
+    labels: dict[str, str]
+    capabilities: Capabilities
+    online: bool
+    last_seen: datetime | None
+    enrolled_at: datetime
+    active_model: str | None = None
+    active_version: str | None = None
+    previous_model: str | None = None
+    previous_version: str | None = None
+    last_rejection: str | None = None
+
+
+class DeviceList(WireModel):
+    devices: tuple[DeviceInfo, ...]
+
+
+# ---- deployments ------------------------------------------------------------------------
+
+
+class DeploymentStrategy(StrEnum):
+    ALL_AT_ONCE = "all_at_once"
+    WAVES = "waves"
+
+
+class DeploymentStatus(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+
+
+class CreateDeployment(WireModel):
+    model: Label
+    #: A version, or an alias of the registry (``@production`` or ``production``).
+    version: Label
+    target: TargetSelector
+    strategy: DeploymentStrategy = DeploymentStrategy.ALL_AT_ONCE
+    #: Cumulative wave sizes for ``waves``; the last wave always takes the rest.
+    waves: tuple[WaveSpec, ...] = ("1", "10%", "50%", "100%")
+    #: Share of a wave that must be active before the next wave starts.
+    success_threshold: Fraction = 1.0
+    #: Share of a wave that may fail; beyond it the rollout stops.
+    error_threshold: Fraction = 0.0
+    #: When the rollout stops, roll the devices it changed back to their previous model.
+    auto_rollback: bool = False
+    #: Seconds without progress before a target times out (default from config).
+    device_timeout: Annotated[float, Field(gt=0)] | None = None
+    #: Leave out devices that cannot run the model instead of refusing the deployment.
+    skip_incompatible: bool = False
+    created_by: str = ""
+
+
+class DeploymentRef(WireModel):
+    deployment_id: str
+
+
+class ListDeployments(WireModel):
+    model: str | None = None
+    status: DeploymentStatus | None = None
+    device_id: str | None = None
+    limit: Annotated[int, Field(gt=0, le=1000)] = 100
+
+
+class TargetInfo(WireModel):
+    device_id: str
+    wave: int
+    state: TargetState
+    model: str
+    version: str
+    detail: str = ""
+    chunks_received: int = 0
+    chunk_count: int = 0
+    bytes_received: int = 0
+    attempts: int = 0
+    updated_at: datetime
+
+
+class DeploymentInfo(WireModel):
+    deployment_id: str
+    model: str
+    version: str
+    artifact_id: str
+    kind: Literal["deploy", "rollback"] = "deploy"
+    rollback_of: str | None = None
+    strategy: DeploymentStrategy
+    waves: tuple[int, ...]
+    current_wave: int
+    success_threshold: float
+    error_threshold: float
+    auto_rollback: bool
+    status: DeploymentStatus
+    outcome: DeploymentOutcome | None = None
+    reason: str = ""
+    created_at: datetime
+    updated_at: datetime
+    created_by: str = ""
+    counts: dict[TargetState, int]
+    targets: tuple[TargetInfo, ...] = ()
+
+
+class DeploymentList(WireModel):
+    deployments: tuple[DeploymentInfo, ...]

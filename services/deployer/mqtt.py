@@ -1,0 +1,137 @@
+"""The deployer's MQTT connection, kept up with jittered back-off (aiomqtt reconnect loop).
+
+Messages of the subscriptions go to one callback; ``publish`` waits (bounded) for the
+connection. Subscriptions are made again after every reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiomqtt
+from paho.mqtt.properties import Properties
+
+from schemas.config import MqttConfig
+from services.common.logging import get_logger
+
+__all__ = ["MqttLink", "MqttUnavailableError"]
+
+log = get_logger(__name__)
+
+
+class MqttUnavailableError(Exception):
+    """The broker could not be reached in time; the caller retries later."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        super().__init__(
+            f"MQTT broker {host}:{port} not reachable within {timeout:g} s: check [mqtt] "
+            "host, port and credentials, and that the broker runs"
+        )
+
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+class MqttLink:
+    """A reconnecting MQTT 5 client for a platform service."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        client_id: str,
+        subscriptions: Sequence[str] = (),
+        on_message: MessageHandler | None = None,
+        max_inflight: int = 256,
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.subscriptions = tuple(subscriptions)
+        self.on_message = on_message
+        self.max_inflight = max_inflight
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.connections = 0
+
+    async def start(self, *, wait: float | None = 10.0) -> None:
+        self._task = asyncio.create_task(self._loop())
+        if wait:
+            await self.wait_connected(wait)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            raise MqttUnavailableError(self.config.host, self.config.port, timeout) from None
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish once the link is up; raises ``MqttUnavailableError`` or ``MqttError``."""
+        await self.wait_connected(timeout)
+        client = self._client
+        if client is None:
+            raise MqttUnavailableError(self.config.host, self.config.port, timeout)
+        await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    async def _loop(self) -> None:
+        backoff = 0.2
+        cfg = self.config
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    cfg.host,
+                    cfg.port,
+                    username=cfg.username,
+                    password=cfg.password.get_secret_value() if cfg.password else None,
+                    identifier=self.client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    keepalive=cfg.keepalive,
+                    timeout=30,
+                    max_inflight_messages=self.max_inflight,
+                ) as client:
+                    for topic in self.subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self.connections += 1
+                    self._connected.set()
+                    backoff = 0.2
+                    async for message in client.messages:
+                        if self.on_message is not None:
+                            await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt connection lost", error=str(exc), client=self.client_id)
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
+            backoff = min(backoff * 2, 10.0)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        assert self.on_message is not None
+        try:
+            await self.on_message(message)
+        except Exception:  # a bad message never ends the connection
+            log.exception("mqtt message handler failed", topic=str(message.topic))
