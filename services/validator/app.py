@@ -1,0 +1,187 @@
+"""The validator service: consumes ``eaf.model.uploaded``, runs every check in a sandboxed
+worker and publishes ``eaf.model.validated`` or ``eaf.model.rejected``.
+
+Idempotency: the outgoing event's id is derived from the incoming one, so a re-publish
+after a crash is dropped by the stream's duplicate window, and the incoming event id is
+recorded (``processed_events``) once the report is published, so a redelivery later
+publishes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.config import SandboxLimits, Settings, ValidatorConfig
+from schemas.events import ModelRejected, ModelUploaded, ModelValidated
+from schemas.reports import CheckOutcome, CheckResult, ValidationReport
+from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
+from services.common.bus import Bus
+from services.common.db import ProcessedEvent, claim_event, create_engine, create_tables
+from services.common.logging import get_logger
+from services.validator.artifacts import ArtifactSource, open_artifacts
+from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
+from services.validator.pipeline import CHECKS, validate_upload, write_stream
+from services.validator.sandbox import private_workdir, run_task
+
+__all__ = ["CONSUMER", "ValidatorService", "create_service", "derived_event_id", "ensure_sandbox"]
+
+log = get_logger(__name__)
+
+CONSUMER = "validator"
+_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
+
+
+def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
+    """The id of the event ``consumer`` publishes in answer to event ``source``."""
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
+
+
+async def already_processed(session: AsyncSession, consumer: str, event_id: uuid.UUID) -> bool:
+    """True when ``consumer`` has recorded ``event_id`` as handled."""
+    found = await session.scalar(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == str(event_id)
+        )
+    )
+    return found is not None
+
+
+async def ensure_sandbox(config: ValidatorConfig) -> str:
+    """Start one worker to prove it can confine itself; returns the isolation it got."""
+    async with private_workdir(config.work_dir) as workdir:
+        outcome = await run_task(
+            "services.validator.tasks:probe",
+            {},
+            limits=SandboxLimits(
+                cpu_seconds=30, memory_mb=config.sandbox.memory_mb, wall_seconds=60
+            ),
+            workdir=workdir,
+            require_isolation=config.require_network_isolation,
+        )
+    if not outcome.ok:
+        raise SandboxUnavailableError(outcome.detail or outcome.status.value)
+    if outcome.isolation == "none":
+        log.warning(
+            "sandbox workers run WITHOUT network isolation",
+            setting="validator.require_network_isolation",
+        )
+    return outcome.isolation
+
+
+class ValidatorService:
+    """The running validator: its bus, database and artifact source."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: Bus,
+        sessions: async_sessionmaker[AsyncSession],
+        artifacts: ArtifactSource,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.validator
+        self.bus = bus
+        self.sessions = sessions
+        self.artifacts = artifacts
+
+    async def handle_uploaded(self, event: ModelUploaded) -> None:
+        """Validate one upload and publish the verdict, once per event."""
+        async with self.sessions() as session:
+            if await already_processed(session, CONSUMER, event.event_id):
+                log.info("upload already validated", event_id=str(event.event_id))
+                return
+        report = await self.validate(event)
+        common = {
+            "event_id": derived_event_id(CONSUMER, event.event_id),
+            "model": event.model,
+            "version": event.version,
+            "artifact_id": event.artifact_id,
+            "report": report,
+        }
+        failure = report.first_failure
+        if failure is None:
+            await self.bus.publish(ModelValidated(**common))
+        else:
+            reason = f"{failure.name}: {failure.message}"
+            await self.bus.publish(ModelRejected(**common, reason=reason[:1000]))
+        async with self.sessions.begin() as session:
+            await claim_event(session, consumer=CONSUMER, event_id=event.event_id)
+        log.info(
+            "upload validated",
+            model=event.model,
+            version=event.version,
+            passed=failure is None,
+            failed_check=failure.name if failure else None,
+        )
+
+    async def validate(self, event: ModelUploaded) -> ValidationReport:
+        """Decrypt the upload into a private directory and run the checks on it."""
+        cfg = self.config
+        async with private_workdir(cfg.work_dir) as workdir:
+            upload = workdir / "upload"
+            try:
+                size = await write_stream(
+                    self.artifacts.iter_plaintext(event.artifact_id),
+                    upload,
+                    limit=cfg.max_file_size,
+                )
+            except ArtifactNotFoundError as exc:
+                # The store may not be visible here yet: let the bus redeliver.
+                raise ArtifactUnavailableError(event.artifact_id, str(exc)) from exc
+            except ArtifactCorruptError as exc:
+                return _storage_failure(f"the stored artifact is damaged: {exc.reason}")
+            reference = None
+            if event.reference_artifact_id is not None:
+                reference = workdir / "reference.npz"
+                try:
+                    await write_stream(
+                        self.artifacts.iter_plaintext(event.reference_artifact_id),
+                        reference,
+                        limit=cfg.max_file_size,
+                    )
+                except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
+                    raise ArtifactUnavailableError(event.reference_artifact_id, str(exc)) from exc
+            return await validate_upload(
+                upload, size=size, reference=reference, config=cfg, workdir=workdir
+            )
+
+
+def _storage_failure(message: str) -> ValidationReport:
+    checks = [CheckResult(name="file", outcome=CheckOutcome.FAILED, message=message)]
+    checks += [
+        CheckResult(name=n, outcome=CheckOutcome.SKIPPED, message="not run: 'file' failed")
+        for n in CHECKS[1:]
+    ]
+    return ValidationReport(checks=tuple(checks))
+
+
+@asynccontextmanager
+async def create_service(
+    settings: Settings, *, artifacts: ArtifactSource | None = None
+) -> AsyncIterator[ValidatorService]:
+    """Start the validator (bus, health subject, database, consumer); stop it on exit."""
+    from services.validator.handlers import register
+
+    await ensure_sandbox(settings.validator)
+    bus = Bus(settings.nats, service="validator")
+    bus.serve_health()
+    engine = create_engine(settings.database)
+    try:
+        await create_tables(engine)
+        service = ValidatorService(
+            settings,
+            bus=bus,
+            sessions=async_sessionmaker(engine, expire_on_commit=False),
+            artifacts=artifacts if artifacts is not None else open_artifacts(settings),
+        )
+        register(bus, service)
+        async with bus:
+            yield service
+    finally:
+        await engine.dispose()

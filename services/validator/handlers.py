@@ -1,0 +1,22 @@
+"""The validator's subscribers: thin wrappers that hand events to the service."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from schemas.events import ModelUploaded
+from services.common.bus import Bus
+
+if TYPE_CHECKING:
+    from services.validator.app import ValidatorService
+
+__all__ = ["register"]
+
+
+def register(bus: Bus, service: ValidatorService) -> None:
+    """Subscribe ``service`` to ``eaf.model.uploaded`` (durable consumer ``validator``)."""
+
+    @bus.consumer(ModelUploaded, durable="validator")
+    async def on_uploaded(event: ModelUploaded) -> None:
+        """Validate an uploaded model version; publish eaf.model.validated or rejected."""
+        await service.handle_uploaded(event)
