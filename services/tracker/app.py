@@ -1,0 +1,177 @@
+"""The tracker service: stats over RPC, periodic regression checks, events.
+
+RPC: ``eaf.rpc.tracker.stats`` (``StatsRequest`` -> ``ModelStats``) and
+``eaf.rpc.tracker.evaluate`` (``EvaluateRequest`` -> ``EvaluateReply``). Every
+``evaluation_interval`` seconds each model with metrics is evaluated; a regression is
+published once as ``eaf.model.performance.regressed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from schemas.config import Settings
+from schemas.events import ModelPerformanceRegressed
+from schemas.stats import (
+    EVALUATE_SUBJECT,
+    STATS_SUBJECT,
+    EvaluateReply,
+    EvaluateRequest,
+    ModelStats,
+    StatsRequest,
+    VersionComparison,
+)
+from services.common.bus import Bus
+from services.common.db import create_engine
+from services.common.logging import get_logger
+from services.tracker.domain import compare_versions, model_stats, order_versions
+from services.tracker.store import InfluxReader, RegressionStore
+
+__all__ = ["Tracker", "create_service"]
+
+log = get_logger(__name__)
+_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-5a7b-4f0e-9d51-2f3b8e0c7a11")
+
+
+class Tracker:
+    """Reads InfluxDB, answers stats, publishes regressions."""
+
+    def __init__(
+        self, settings: Settings, *, bus: Bus, influx: InfluxReader, regressions: RegressionStore
+    ) -> None:
+        self.settings = settings
+        self.config = settings.performance_tracking
+        self.bus = bus
+        self.influx = influx
+        self.regressions = regressions
+
+    def register(self) -> None:
+        """Serve the RPC subjects (call before ``bus.start``)."""
+
+        @self.bus.rpc(STATS_SUBJECT, StatsRequest)
+        async def stats(request: StatsRequest) -> ModelStats:
+            """A model's performance per version and device over a window."""
+            return await self.stats(request)
+
+        @self.bus.rpc(EVALUATE_SUBJECT, EvaluateRequest)
+        async def evaluate(request: EvaluateRequest) -> EvaluateReply:
+            """Compare each version with the one before it now; publish regressions."""
+            return await self.evaluate(request)
+
+    async def stats(self, request: StatsRequest) -> ModelStats:
+        end = request.end or datetime.now(UTC)
+        start = end - timedelta(seconds=request.window_seconds)
+        rows = await self.influx.sums(request.model, start, end, request.version)
+        return model_stats(request.model, start, end, rows)
+
+    async def evaluate(self, request: EvaluateRequest) -> EvaluateReply:
+        end = request.end or datetime.now(UTC)
+        window = request.window_seconds or self.config.evaluation_window
+        start = end - timedelta(seconds=window)
+        rows = await self.influx.sums(request.model, start, end)
+        ordered = order_versions(await self.influx.first_seen(request.model, start, end))
+        comparisons = compare_versions(
+            request.model,
+            ordered,
+            rows,
+            window_seconds=window,
+            p95_threshold=self.config.p95_regression_threshold,
+            error_rate_threshold=self.config.error_rate_regression_threshold,
+            min_inferences=self.config.min_inferences,
+        )
+        for c in comparisons:
+            for metric in c.regressed:
+                await self._announce(
+                    c, "error_rate" if metric == "error_rate" else "latency_p95_ms"
+                )
+        return EvaluateReply(comparisons=tuple(comparisons))
+
+    async def _announce(
+        self, c: VersionComparison, metric: Literal["latency_p95_ms", "error_rate"]
+    ) -> None:
+        if await self.regressions.seen(c.model, c.version, c.baseline_version, metric):
+            return
+        if metric == "latency_p95_ms":
+            value, baseline, threshold = (
+                c.latency_p95_ms,
+                c.baseline_latency_p95_ms,
+                self.config.p95_regression_threshold,
+            )
+        else:
+            value, baseline, threshold = (
+                c.error_rate,
+                c.baseline_error_rate,
+                self.config.error_rate_regression_threshold,
+            )
+        event = ModelPerformanceRegressed(
+            # The same regression always has the same id: the stream stores it once even
+            # if two instances announce it at the same moment.
+            event_id=uuid.uuid5(
+                _EVENT_NAMESPACE, f"{c.model}\0{c.version}\0{c.baseline_version}\0{metric}"
+            ),
+            model=c.model,
+            version=c.version,
+            baseline_version=c.baseline_version,
+            metric=metric,
+            baseline_value=baseline,
+            value=value,
+            threshold=threshold,
+            devices=c.devices,
+        )
+        await self.bus.publish(event)
+        await self.regressions.mark(c.model, c.version, c.baseline_version, metric)
+        log.warning(
+            "performance regression",
+            model=c.model,
+            version=c.version,
+            baseline=c.baseline_version,
+            metric=metric,
+            value=value,
+            baseline_value=baseline,
+        )
+
+    async def evaluate_all(self) -> None:
+        """One round of checks over every model with metrics."""
+        for model in await self.influx.models():
+            try:
+                await self.evaluate(EvaluateRequest(model=model))
+            except Exception:
+                log.exception("evaluation failed", model=model)
+
+    async def evaluate_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.evaluation_interval)
+            try:
+                await self.evaluate_all()
+            except Exception:
+                log.exception("evaluation round failed")
+
+
+@contextlib.asynccontextmanager
+async def create_service(settings: Settings) -> AsyncIterator[Tracker]:
+    """The tracker with its bus, database and periodic checks."""
+    engine = create_engine(settings.database)
+    regressions = RegressionStore(engine)
+    try:
+        await regressions.create_tables()
+        async with InfluxReader(settings.influxdb) as influx:
+            bus = Bus(settings.nats, service="tracker")
+            tracker = Tracker(settings, bus=bus, influx=influx, regressions=regressions)
+            tracker.register()
+            bus.serve_health()
+            await bus.start()
+            checks = asyncio.create_task(tracker.evaluate_forever())
+            try:
+                yield tracker
+            finally:
+                checks.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checks
+                await bus.stop()
+    finally:
+        await engine.dispose()
