@@ -248,8 +248,10 @@ class Registry:
         subject = VERSIONS_IN_USE_SUBJECT
         payload = VersionsInUseRequest(model=model).model_dump_json().encode()
         try:
+            # A quarter of the request timeout: a prune request (which may wait behind one
+            # background round) then still answers its caller in time.
             msg = await self.bus.broker.connection.request(
-                subject, payload, timeout=self.settings.nats.request_timeout
+                subject, payload, timeout=self.settings.nats.request_timeout / 4
             )
         except nats.errors.NoRespondersError:
             return set()
