@@ -279,3 +279,104 @@ async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
         runtime.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
+
+
+# ---- the deployer in-process ------------------------------------------------------------
+
+
+class StaticCatalog:
+    """A registry stand-in: versions put here resolve (the deployer's ``Catalog``)."""
+
+    def __init__(self) -> None:
+        from services.deployer.catalog import VersionToDeploy
+
+        self.versions: dict[tuple[str, str], VersionToDeploy] = {}
+
+    def add(
+        self,
+        model: str,
+        version: str,
+        info: ArtifactInfo,
+        *,
+        status: str = "validated",
+        requirements: Any = None,
+        aliases: tuple[str, ...] = (),
+    ) -> None:
+        from services.deployer.catalog import VersionToDeploy
+
+        entry = VersionToDeploy(model, version, info.artifact_id, info.size, status, requirements)
+        self.versions[(model, version)] = entry
+        for alias in aliases:
+            self.versions[(model, alias)] = entry
+
+    async def resolve(self, model: str, ref: str) -> Any:
+        from services.common.errors import NotFound
+
+        entry = self.versions.get((model, ref.removeprefix("@")))
+        if entry is None:
+            raise NotFound(f"{model}@{ref} is not in the registry")
+        return entry
+
+
+def deployer_settings(
+    tmp_path: Path,
+    *,
+    nats_url: str,
+    mosquitto: Any,
+    service_user: tuple[str, str],
+    chunk_size: int = 262144,
+    device_timeout: float = 20.0,
+    **deployer: Any,
+) -> Any:
+    from schemas.config import Settings
+
+    return Settings.model_validate(
+        {
+            "model_repository": {"storage_path": str(tmp_path / "models")},
+            "security": {
+                "encryption_key_path": str(tmp_path / "keys" / "kek.key"),
+                "signing_key_path": str(tmp_path / "keys" / "signing.pem"),
+                "dev_mode": True,
+            },
+            "deployment": {
+                "chunk_size": chunk_size,
+                "default_device_timeout": device_timeout,
+                "window_size": 16,
+            },
+            "nats": {"url": nats_url},
+            "mqtt": {
+                "host": mosquitto.host,
+                "port": mosquitto.port,
+                "username": service_user[0],
+                "password": service_user[1],
+            },
+            "deployer": {
+                "admin_username": mosquitto.admin_username,
+                "admin_password": mosquitto.admin_password,
+                "tick_interval": 0.2,
+                "stall_timeout": 1.0,
+                **deployer,
+            },
+            "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'deployer.db'}"},
+        }
+    )
+
+
+async def enroll_via_rpc(
+    bus: Any, state_dir: Path, device_id: str, *, group: str | None = None,
+    labels: dict[str, str] | None = None, capabilities: Any = None,
+) -> EnrollReply:  # fmt: skip
+    """Enrolment as ``edge-runtime enroll`` does it, with the REST hop replaced by the RPC."""
+    from schemas.deployer import SUBJECTS, CreateEnrollmentToken, EnrollmentToken
+
+    token = await bus.request(
+        SUBJECTS["create_enrollment_token"],
+        CreateEnrollmentToken(device_id=device_id, group=group, labels=labels or {}),
+        EnrollmentToken,
+    )
+    request = prepare(state_dir, device_id=device_id, token=token.token)
+    if capabilities is not None:
+        request = request.model_copy(update={"capabilities": capabilities})
+    reply: EnrollReply = await bus.request(SUBJECTS["enroll"], request, EnrollReply)
+    complete(state_dir, reply)
+    return reply

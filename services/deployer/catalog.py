@@ -1,0 +1,78 @@
+"""Where the deployer learns what a model version is: the registry, over its RPC.
+
+``Catalog`` is the small interface the deployer needs (resolve ``model@version`` or an
+alias to an artifact, a status and the analyzer's device requirements);
+``RegistryCatalog`` implements it with ``eaf.rpc.registry.get_version`` and
+``get_reports``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from schemas.registry import (
+    GetReportsRequest,
+    GetVersionRequest,
+    RegistrySubjects,
+    VersionInfo,
+    VersionReports,
+)
+from schemas.reports import DeviceRequirements
+from services.common.bus import Bus
+
+__all__ = ["DEPLOYABLE", "Catalog", "RegistryCatalog", "VersionToDeploy"]
+
+#: Statuses of a version that may be deployed.
+DEPLOYABLE = frozenset({"validated", "analyzed"})
+
+
+@dataclass(frozen=True, slots=True)
+class VersionToDeploy:
+    model: str
+    version: str
+    artifact_id: str
+    size: int
+    status: str
+    requirements: DeviceRequirements | None = None
+
+
+class Catalog(Protocol):
+    async def resolve(self, model: str, ref: str) -> VersionToDeploy:
+        """The version named by ``ref`` (a version or an alias); raises ``NotFound``."""
+        ...
+
+
+class RegistryCatalog:
+    """The registry service, asked over the bus."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def resolve(self, model: str, ref: str) -> VersionToDeploy:
+        ref = ref.removeprefix("@")
+        info = await self.bus.request(
+            RegistrySubjects.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo
+        )
+        requirements = None
+        reports = await self.bus.request(
+            RegistrySubjects.GET_REPORTS,
+            GetReportsRequest(model=model, ref=info.version),
+            VersionReports,
+        )
+        raw = (reports.analysis or {}).get("requirements")
+        if raw is not None:
+            try:
+                requirements = DeviceRequirements.model_validate(raw)
+            except ValidationError:
+                requirements = None
+        return VersionToDeploy(
+            model=info.model,
+            version=info.version,
+            artifact_id=info.artifact_id,
+            size=info.size_bytes,
+            status=str(info.status),
+            requirements=requirements,
+        )

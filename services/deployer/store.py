@@ -1,0 +1,119 @@
+"""The deployer's tables: enrolment tokens, devices, deployments, targets, sequences.
+
+The database is the truth about what each device should run; MQTT state is reconciled
+against it. Tables are prefixed ``deployer_`` so they can share a database with others.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Deployment", "Device", "EnrollmentToken", "ModelSequence", "Target", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "deployer_enrollment_tokens"
+
+    #: SHA-256 of the token: the token itself is shown once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(128))
+    group: Mapped[str | None] = mapped_column(String(128))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by: Mapped[str | None] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Device(Base):
+    __tablename__ = "deployer_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group: Mapped[str | None] = mapped_column(String(128), index=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    public_key: Mapped[str] = mapped_column(String(64))
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    mqtt_username: Mapped[str] = mapped_column(String(128))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    active_model: Mapped[str | None] = mapped_column(String(128))
+    active_version: Mapped[str | None] = mapped_column(String(128))
+    active_artifact: Mapped[str | None] = mapped_column(String(64))
+    active_sequence: Mapped[int | None] = mapped_column(Integer)
+    previous_model: Mapped[str | None] = mapped_column(String(128))
+    previous_version: Mapped[str | None] = mapped_column(String(128))
+    previous_artifact: Mapped[str | None] = mapped_column(String(64))
+    last_rejection: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelSequence(Base):
+    """The per-model manifest sequence: only grows (devices refuse anything lower)."""
+
+    __tablename__ = "deployer_sequences"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Deployment(Base):
+    __tablename__ = "deployer_deployments"
+
+    deployment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="deploy")
+    rollback_of: Mapped[str | None] = mapped_column(String(36))
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    artifact_id: Mapped[str] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(16))
+    #: Cumulative number of targets at the end of each wave.
+    waves: Mapped[list[Any]] = mapped_column(JSON)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    error_threshold: Mapped[float] = mapped_column(Float)
+    auto_rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    device_timeout: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Target(Base):
+    __tablename__ = "deployer_targets"
+
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployer_deployments.deployment_id"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    artifact_id: Mapped[str] = mapped_column(String(64), index=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    chunks_received: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_received: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    broadcast: Mapped[bool] = mapped_column(Boolean, default=False)
+    manifest_expires_at: Mapped[int | None] = mapped_column(Integer)
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,230 @@
+"""The deployer on real NATS and Mosquitto: enrolment over RPC, rollouts to in-process
+devices, preflight, wave thresholds, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from deploy_support import (
+    StaticCatalog,
+    bias_model,
+    deployer_settings,
+    enroll_via_rpc,
+    padded_model,
+    put,
+)
+
+from edge_runtime import EdgeRuntime, capabilities
+from schemas.config import Settings
+from schemas.deployer import (
+    SUBJECTS,
+    CreateDeployment,
+    CreateEnrollmentToken,
+    DeploymentInfo,
+    DeploymentRef,
+    DeploymentStatus,
+    DeviceInfo,
+    DeviceRef,
+    EnrollmentToken,
+    EnrollReply,
+    TargetSelector,
+)
+from schemas.events import DeploymentOutcome, TargetState
+from schemas.registry import VersionsInUseReply, VersionsInUseRequest
+from schemas.reports import DeviceRequirements
+from services.common.artifacts import ArtifactStore
+from services.common.bus import Bus
+from services.common.errors import Conflict, Forbidden
+from services.common.keys import load_kek
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.deployer.app import DeployerApp, create_app
+
+
+@dataclass
+class Env:
+    app: DeployerApp
+    bus: Bus
+    settings: Settings
+    store: ArtifactStore
+    catalog: StaticCatalog
+    tmp: Path
+
+    async def deployment(self, deployment_id: str) -> DeploymentInfo:
+        return await self.bus.request(
+            SUBJECTS["get_deployment"], DeploymentRef(deployment_id=deployment_id), DeploymentInfo
+        )
+
+    async def wait_completed(self, deployment_id: str, timeout: float = 60) -> DeploymentInfo:
+        async with asyncio.timeout(timeout):
+            while True:
+                info = await self.deployment(deployment_id)
+                if info.status is DeploymentStatus.COMPLETED:
+                    return info
+                await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
+    user = await mqtt_user(roles=[SERVICE_ROLE])
+    settings = deployer_settings(
+        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
+    )
+    catalog = StaticCatalog()
+    async with create_app(settings, catalog=catalog) as app:
+        store = ArtifactStore(
+            root=settings.model_repository.storage_path,
+            kek=load_kek(settings.security),
+            chunk_size=settings.deployment.chunk_size,
+        )
+        yield Env(app, app.bus, settings, store, catalog, tmp_path)
+
+
+@contextlib.asynccontextmanager
+async def devices(runtimes: list[EdgeRuntime]) -> AsyncIterator[list[EdgeRuntime]]:
+    tasks = [asyncio.create_task(rt.run()) for rt in runtimes]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(rt.wait_connected() for rt in runtimes)), 30)
+        yield runtimes
+    finally:
+        for rt in runtimes:
+            rt.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    device_id = unique_id("dev-")
+    state_dir = env.tmp / device_id
+    await enroll_via_rpc(env.bus, state_dir, device_id)
+    data = padded_model(64 * 1024 * 1024, seed=64)
+    info = await put(env.store, data)
+    model = unique_id("big-")
+    env.catalog.add(model, "1.0.0", info, aliases=("production",))
+    async with devices([EdgeRuntime(state_dir)]):
+        created = await env.bus.request(
+            SUBJECTS["create_deployment"],
+            CreateDeployment(
+                model=model, version="@production", target=TargetSelector(device_id=device_id)
+            ),
+            DeploymentInfo,
+        )
+        assert created.version == "1.0.0"
+        done = await env.wait_completed(created.deployment_id, timeout=120)
+    assert done.outcome is DeploymentOutcome.SUCCEEDED
+    assert [t.state for t in done.targets] == [TargetState.ACTIVE]
+    assert done.targets[0].bytes_received == len(data)
+    assert (state_dir / "models" / f"{info.artifact_id}.onnx").read_bytes() == data
+    device = await env.bus.request(
+        SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
+    )
+    assert (device.active_model, device.active_version, device.online) == (model, "1.0.0", True)
+    in_use = await env.bus.request(
+        SUBJECTS["versions_in_use"], VersionsInUseRequest(model=model), VersionsInUseReply
+    )
+    assert [(v.version, v.reason) for v in in_use.versions] == [("1.0.0", "active")]
+
+
+async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    group = unique_id("fleet-")
+    runtimes = []
+    for i in range(20):
+        device_id = f"{group}-{i:02d}"
+        await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group=group)
+        runtimes.append(EdgeRuntime(env.tmp / device_id))
+    info = await put(env.store, padded_model(600_000, seed=20))
+    model = unique_id("m-")
+    env.catalog.add(model, "2.0.0", info)
+    async with devices(runtimes):
+        created = await env.bus.request(
+            SUBJECTS["create_deployment"],
+            CreateDeployment(
+                model=model,
+                version="2.0.0",
+                target=TargetSelector(group=group),
+                strategy="waves",
+                waves=("1", "10%", "50%", "100%"),
+            ),
+            DeploymentInfo,
+        )
+        assert created.waves == (1, 2, 10, 20)
+        done = await env.wait_completed(created.deployment_id, timeout=120)
+    assert done.outcome is DeploymentOutcome.SUCCEEDED
+    assert done.counts == {TargetState.ACTIVE: 20}
+    assert all(rt.active is not None and rt.active.version == "2.0.0" for rt in runtimes)
+    # The big waves got the artifact once on the broadcast topic.
+    assert env.app.chunks.broadcast_chunks > 0
+
+
+async def test_wave_past_error_threshold_stops_the_rollout(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    group = unique_id("fleet-")
+    runtimes = []
+    for i in range(6):
+        device_id = f"{group}-{i}"
+        await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group=group)
+        runtimes.append(EdgeRuntime(env.tmp / device_id))
+    info = await put(env.store, bias_model(0.5, nan=True))  # fails the health inference
+    model = unique_id("m-")
+    env.catalog.add(model, "1.0.0", info)
+    async with devices(runtimes):
+        created = await env.bus.request(
+            SUBJECTS["create_deployment"],
+            CreateDeployment(
+                model=model, version="1.0.0", target=TargetSelector(group=group),
+                strategy="waves", waves=("2", "100%"), error_threshold=0.4,
+            ),
+            DeploymentInfo,
+        )  # fmt: skip
+        done = await env.wait_completed(created.deployment_id)
+    assert done.outcome is DeploymentOutcome.STOPPED
+    states = {t.device_id: t.state for t in done.targets}
+    first_wave = {t.device_id for t in done.targets if t.wave == 0}
+    assert {states[d] for d in first_wave} == {TargetState.ROLLED_BACK}
+    assert [s for d, s in states.items() if d not in first_wave] == [TargetState.CANCELLED] * 4
+    # The stopped wave's devices never heard of it.
+    for rt in runtimes:
+        if rt.device_id not in first_wave:
+            assert rt.snapshot().deployment is None
+
+
+async def test_preflight_refuses_a_device_that_cannot_run_the_model(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    device_id = unique_id("dev-")
+    old = capabilities().model_copy(update={"opsets": {"ai.onnx": 11}})
+    await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, capabilities=old)
+    info = await put(env.store, bias_model(0.1))
+    model = unique_id("m-")
+    env.catalog.add(
+        model, "1.0.0", info,
+        requirements=DeviceRequirements(opsets={"ai.onnx": 17}, operators=("ai.onnx::Add",),
+                                        ir_version=8),
+    )  # fmt: skip
+    env.catalog.add(model, "0.9.0", info, status="uploaded")
+    request = CreateDeployment(
+        model=model, version="1.0.0", target=TargetSelector(device_id=device_id)
+    )
+    with pytest.raises(Conflict, match="opset 17"):
+        await env.bus.request(SUBJECTS["create_deployment"], request, DeploymentInfo)
+    with pytest.raises(Conflict, match="only validated or analyzed"):
+        await env.bus.request(
+            SUBJECTS["create_deployment"],
+            request.model_copy(update={"version": "0.9.0"}),
+            DeploymentInfo,
+        )
+
+
+async def test_enrolment_token_works_once(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    from edge_runtime import prepare
+
+    device_id = unique_id("dev-")
+    token = await env.bus.request(
+        SUBJECTS["create_enrollment_token"], CreateEnrollmentToken(), EnrollmentToken
+    )
+    request = prepare(env.tmp / device_id, device_id=device_id, token=token.token)
+    reply = await env.bus.request(SUBJECTS["enroll"], request, EnrollReply)
+    assert reply.mqtt.username == device_id
+    assert (env.tmp / device_id / "device.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(Forbidden, match="used already"):
+        await env.bus.request(SUBJECTS["enroll"], request, EnrollReply)
