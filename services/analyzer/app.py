@@ -48,8 +48,10 @@ class AnalyzerService:
         bus: Bus,
         sessions: async_sessionmaker[AsyncSession],
         artifacts: ArtifactSource,
+        consumer: str = CONSUMER,
     ) -> None:
         self.settings = settings
+        self.consumer = consumer
         self.config = settings.analyzer
         self.bus = bus
         self.sessions = sessions
@@ -58,7 +60,7 @@ class AnalyzerService:
     async def handle_validated(self, event: ModelValidated) -> None:
         """Analyse one validated version and publish the report, once per event."""
         async with self.sessions() as session:
-            if await already_processed(session, CONSUMER, event.event_id):
+            if await already_processed(session, self.consumer, event.event_id):
                 log.info("version already analysed", event_id=str(event.event_id))
                 return
             previous = await previous_analysis(session, model=event.model, version=event.version)
@@ -83,7 +85,7 @@ class AnalyzerService:
                 artifact_id=event.artifact_id,
                 report=report,
             )
-            await claim_event(session, consumer=CONSUMER, event_id=event.event_id)
+            await claim_event(session, consumer=self.consumer, event_id=event.event_id)
         log.info(
             "version analysed",
             model=event.model,
@@ -162,7 +164,7 @@ class AnalyzerService:
 
 @asynccontextmanager
 async def create_service(
-    settings: Settings, *, artifacts: ArtifactSource | None = None
+    settings: Settings, *, artifacts: ArtifactSource | None = None, durable: str = CONSUMER
 ) -> AsyncIterator[AnalyzerService]:
     """Start the analyzer (bus, health subject, database, consumer); stop it on exit."""
     from services.analyzer.handlers import register
@@ -179,8 +181,9 @@ async def create_service(
             bus=bus,
             sessions=async_sessionmaker(engine, expire_on_commit=False),
             artifacts=artifacts if artifacts is not None else open_artifacts(settings),
+            consumer=durable,
         )
-        register(bus, service)
+        register(bus, service, durable=durable)
         async with bus:
             yield service
     finally:

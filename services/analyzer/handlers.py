@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def register(bus: Bus, service: AnalyzerService) -> None:
-    """Subscribe ``service`` to ``eaf.model.validated`` (durable consumer ``analyzer``)."""
+def register(bus: Bus, service: AnalyzerService, *, durable: str = "analyzer") -> None:
+    """Subscribe ``service`` to ``eaf.model.validated`` (durable consumer ``durable``;
+    every instance of one deployment uses the same name, so they share the work)."""
 
-    @bus.consumer(ModelValidated, durable="analyzer")
+    @bus.consumer(ModelValidated, durable=durable)
     async def on_validated(event: ModelValidated) -> None:
         """Analyse a validated model version; publish eaf.model.analyzed."""
         await service.handle_validated(event)

@@ -83,8 +83,10 @@ class ValidatorService:
         bus: Bus,
         sessions: async_sessionmaker[AsyncSession],
         artifacts: ArtifactSource,
+        consumer: str = CONSUMER,
     ) -> None:
         self.settings = settings
+        self.consumer = consumer
         self.config = settings.validator
         self.bus = bus
         self.sessions = sessions
@@ -93,7 +95,7 @@ class ValidatorService:
     async def handle_uploaded(self, event: ModelUploaded) -> None:
         """Validate one upload and publish the verdict, once per event."""
         async with self.sessions() as session:
-            if await already_processed(session, CONSUMER, event.event_id):
+            if await already_processed(session, self.consumer, event.event_id):
                 log.info("upload already validated", event_id=str(event.event_id))
                 return
         report = await self.validate(event)
@@ -111,7 +113,7 @@ class ValidatorService:
             reason = f"{failure.name}: {failure.message}"
             await self.bus.publish(ModelRejected(**common, reason=reason[:1000]))
         async with self.sessions.begin() as session:
-            await claim_event(session, consumer=CONSUMER, event_id=event.event_id)
+            await claim_event(session, consumer=self.consumer, event_id=event.event_id)
         log.info(
             "upload validated",
             model=event.model,
@@ -163,7 +165,7 @@ def _storage_failure(message: str) -> ValidationReport:
 
 @asynccontextmanager
 async def create_service(
-    settings: Settings, *, artifacts: ArtifactSource | None = None
+    settings: Settings, *, artifacts: ArtifactSource | None = None, durable: str = CONSUMER
 ) -> AsyncIterator[ValidatorService]:
     """Start the validator (bus, health subject, database, consumer); stop it on exit."""
     from services.validator.handlers import register
@@ -179,8 +181,9 @@ async def create_service(
             bus=bus,
             sessions=async_sessionmaker(engine, expire_on_commit=False),
             artifacts=artifacts if artifacts is not None else open_artifacts(settings),
+            consumer=durable,
         )
-        register(bus, service)
+        register(bus, service, durable=durable)
         async with bus:
             yield service
     finally:

@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def register(bus: Bus, service: ValidatorService) -> None:
-    """Subscribe ``service`` to ``eaf.model.uploaded`` (durable consumer ``validator``)."""
+def register(bus: Bus, service: ValidatorService, *, durable: str = "validator") -> None:
+    """Subscribe ``service`` to ``eaf.model.uploaded`` (durable consumer ``durable``;
+    every instance of one deployment uses the same name, so they share the work)."""
 
-    @bus.consumer(ModelUploaded, durable="validator")
+    @bus.consumer(ModelUploaded, durable=durable)
     async def on_uploaded(event: ModelUploaded) -> None:
         """Validate an uploaded model version; publish eaf.model.validated or rejected."""
         await service.handle_uploaded(event)
