@@ -9,6 +9,7 @@ from types import TracebackType
 from edgeaiforge._errors import ConfigurationError
 from edgeaiforge._http import DEFAULT_TIMEOUT, HttpClient
 from edgeaiforge._registry import RegistryMixin
+from edgeaiforge._stats import StatsMixin
 
 __all__ = ["ENV_TOKEN", "ENV_URL", "ModelManager"]
 
@@ -16,7 +17,7 @@ ENV_URL = "EAF_API_URL"
 ENV_TOKEN = "EAF_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 
-class ModelManager(RegistryMixin):
+class ModelManager(RegistryMixin, StatsMixin):
     """A connection to the EdgeAIForge API.
 
     ``ModelManager()`` reads ``EAF_API_URL`` and ``EAF_API_TOKEN``; arguments win over them.
