@@ -24,6 +24,8 @@ _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _NOBODY = 65534
+#: Codecs the standard library looks up lazily (zip member names, host names, files).
+_PRELOADED_CODECS = ("cp437", "idna", "latin_1", "ascii", "utf_8", "utf_16", "utf_32")
 
 
 def _limit(which: int, value: int) -> None:
@@ -99,6 +101,8 @@ def main() -> None:
         # Our own code is imported while still privileged: the interpreter may live where
         # ``nobody`` cannot read (e.g. under /root). The untrusted files are opened only
         # after the drop.
+        for codec in _PRELOADED_CODECS:
+            importlib.import_module(f"encodings.{codec}")
         func = getattr(importlib.import_module(module_name), func_name)
         _drop_privileges()
         value = func(**spec["kwargs"])

@@ -7,9 +7,6 @@ str}``. They are imported only inside the worker, after it has confined itself.
 
 from __future__ import annotations
 
-# zipfile decodes member names with cp437, a codec looked up lazily: import it now, before
-# the worker drops to a user that may not be able to read the standard library.
-import encodings.cp437  # noqa: F401
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath

@@ -1,0 +1,54 @@
+"""Diagnostic tasks that prove the sandbox's confinement (used by its tests and by
+operators checking a host): each tries something a hostile model might."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+__all__ = ["abort", "allocate", "connect", "identity", "read_file", "sleep", "spin"]
+
+
+def connect(host: str, port: int) -> dict[str, Any]:
+    """Try a TCP connection; report whether it got through."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return {"connected": True, "error": ""}
+    except OSError as exc:
+        return {"connected": False, "error": str(exc)}
+
+
+def allocate(megabytes: int) -> int:
+    """Allocate and touch ``megabytes`` MiB."""
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"\1" * len(block[::4096])
+    return len(block)
+
+
+def spin() -> None:
+    """Burn CPU forever."""
+    while True:
+        sum(range(10_000))
+
+
+def sleep(seconds: float) -> None:
+    """Hang without using CPU."""
+    time.sleep(seconds)
+
+
+def abort() -> None:
+    """Die as a crashing native library would."""
+    os.abort()
+
+
+def identity() -> dict[str, int]:
+    """The user the worker runs as."""
+    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid()}
+
+
+def read_file(path: str) -> int:
+    """Read a file; its size."""
+    with open(path, "rb") as f:
+        return len(f.read())

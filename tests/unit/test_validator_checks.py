@@ -1,0 +1,176 @@
+"""The validator's rules on real model files: external data, policy, reference outputs.
+
+These call the check functions directly; ``test_validator_sandbox.py`` covers the worker
+that runs them, ``tests/integration/test_validation_pipeline.py`` the whole service.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from model_zoo import (
+    custom_domain_model,
+    external_data_model,
+    huge_tensor_model,
+    sklearn_pipeline_model,
+    tiny_model,
+    to_bytes,
+)
+from onnx import TensorProto, helper
+
+from schemas.config import ValidatorConfig
+from services.validator import tasks
+from services.validator.domain import external_data_problems, policy_problems
+
+BIAS = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
+
+
+def _save(directory: Path, model: onnx.ModelProto) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.onnx"
+    path.write_bytes(to_bytes(model))
+    return path
+
+
+def test_external_data_inside_the_directory_is_accepted_and_runs(tmp_path: Path) -> None:
+    model = _save(tmp_path / "m", external_data_model("weights/bias.bin", length=16))
+    (tmp_path / "m" / "weights").mkdir()
+    (tmp_path / "m" / "weights" / "bias.bin").write_bytes(BIAS.tobytes())
+    assert tasks.check_external_data(str(model))["passed"]
+    assert tasks.check_checker(str(model))["passed"]
+    result = tasks.check_trial_inference(str(model), ValidatorConfig().model_dump(mode="json"))
+    assert result["passed"], result
+
+
+def test_external_data_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 16)
+    model = _save(tmp_path / "m", external_data_model("bias.bin"))
+    os.symlink(secret, tmp_path / "m" / "bias.bin")
+    problems = external_data_problems(onnx.load(model, load_external_data=False), model.parent)
+    assert problems == [
+        "initializer 'b': external data location 'bias.bin' goes through a symbolic link "
+        "('bias.bin')"
+    ]
+
+
+def test_external_data_through_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "bias.bin").write_bytes(BIAS.tobytes())
+    model = _save(tmp_path / "m", external_data_model("data/bias.bin"))
+    os.symlink(tmp_path / "elsewhere", tmp_path / "m" / "data")
+    result = tasks.check_external_data(str(model))
+    assert not result["passed"] and "symbolic link ('data')" in result["message"]
+
+
+def test_external_data_locations_that_leave_the_directory_are_refused(tmp_path: Path) -> None:
+    for location, reason in [
+        ("../../etc/passwd", "escapes the model's directory"),
+        ("/etc/passwd", "is an absolute path"),
+        ("a/../../x", "escapes the model's directory"),
+        ("C:\\Windows\\win.ini", "backslash"),
+        ("missing.bin", "does not exist"),
+    ]:
+        model = _save(
+            tmp_path / location.replace("/", "_").replace("\\", "_"), external_data_model(location)
+        )
+        result = tasks.check_external_data(str(model))
+        assert not result["passed"] and reason in result["message"], (location, result)
+
+
+def test_external_data_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    model = _save(tmp_path / "m", external_data_model("bias.bin"))
+    (tmp_path / "m" / "bias.bin").write_bytes(b"\0" * 12)
+    result = tasks.check_external_data(str(model))
+    assert not result["passed"]
+    assert "holds 12 bytes but the tensor needs 16" in result["message"]
+    model = _save(tmp_path / "n", external_data_model("bias.bin", length=64))
+    (tmp_path / "n" / "bias.bin").write_bytes(b"\0" * 16)
+    assert "lies outside" in tasks.check_external_data(str(model))["message"]
+
+
+def test_policy_accepts_the_ml_domain_and_refuses_custom_ones() -> None:
+    config = ValidatorConfig()
+    assert policy_problems(sklearn_pipeline_model(), config) == []
+    problems = policy_problems(custom_domain_model("com.acme"), config)
+    assert any("'com.acme' is not allowed" in p for p in problems)
+    assert any("Exfiltrate" in p for p in problems)
+    allowed = ValidatorConfig(allowed_opsets={"ai.onnx": (7, 24), "com.acme": (1, 1)})
+    assert policy_problems(custom_domain_model("com.acme"), allowed) == []
+
+
+def test_policy_limits_ir_opset_size_and_nesting() -> None:
+    model = tiny_model()
+    strict = ValidatorConfig(
+        allowed_opsets={"ai.onnx": (18, 24)}, ir_version_max=7, max_node_count=1
+    )
+    problems = " | ".join(policy_problems(model, strict))
+    assert "IR version 8 is outside the allowed range 3..7" in problems
+    assert "opset 17 of domain 'ai.onnx' is outside the allowed range 18..24" in problems
+    assert "2 nodes, more than the limit of 1" in problems
+    huge = policy_problems(huge_tensor_model(), ValidatorConfig())
+    assert any("declares 1,000,000,000,000 elements" in p for p in huge)
+
+    inner = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y_in"])],
+        "inner",
+        [],
+        [helper.make_tensor_value_info("y_in", TensorProto.FLOAT, [1, 4])],
+    )
+    graph = inner
+    for depth in range(3):
+        graph = helper.make_graph(
+            [helper.make_node("If", ["c"], ["y_in"], then_branch=graph, else_branch=graph)],
+            f"level{depth}",
+            [],
+            [helper.make_tensor_value_info("y_in", TensorProto.FLOAT, [1, 4])],
+        )
+    nested = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    problems = policy_problems(nested, ValidatorConfig(max_graph_depth=2))
+    assert any("nested 3 deep, more than the limit of 2" in p for p in problems)
+
+
+def _reference(path: Path, **arrays: np.ndarray) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_reference_outputs_are_compared_with_tolerance(tmp_path: Path) -> None:
+    model = _save(tmp_path / "m", tiny_model())
+    x = np.array([[1.0, 1.0, -2.0, 3.0]], dtype=np.float32)
+    y = np.maximum(x + BIAS, 0)
+    config = ValidatorConfig(reference_atol=1e-3, reference_rtol=0).model_dump(mode="json")
+    good = _reference(tmp_path / "good.npz", **{"inputs/x": x, "outputs/y": y + 5e-4})
+    assert tasks.check_reference(str(model), good, config)["passed"]
+    bad = _reference(tmp_path / "bad.npz", **{"inputs/x": x, "outputs/y": y + 0.5})
+    result = tasks.check_reference(str(model), bad, config)
+    assert not result["passed"] and "4 of 4 values differ" in result["message"]
+    missing = _reference(tmp_path / "missing.npz", **{"outputs/y": y})
+    assert "lacks inputs: x" in tasks.check_reference(str(model), missing, config)["message"]
+
+
+def test_reference_files_with_pickles_are_refused(tmp_path: Path) -> None:
+    model = _save(tmp_path / "m", tiny_model())
+    np.savez(tmp_path / "pickled.npz", **{"inputs/x": np.array([{"evil": 1}], dtype=object)})
+    result = tasks.check_reference(
+        str(model), str(tmp_path / "pickled.npz"), ValidatorConfig().model_dump(mode="json")
+    )
+    assert not result["passed"] and "not a readable .npz" in result["message"]
+
+
+def test_non_finite_outputs_fail_the_trial_inference(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["l"]), helper.make_node("Sub", ["l", "l"], ["y"])],
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _save(tmp_path / "m", model)
+    # Generated inputs are standard normal: log of the negative ones is NaN.
+    result = tasks.check_trial_inference(str(path), ValidatorConfig().model_dump(mode="json"))
+    assert not result["passed"] and "non-finite" in result["message"]

@@ -1,0 +1,90 @@
+"""The sandbox really confines a worker: no network, limits on CPU, memory and time, a
+crash kills only the worker, and (as root) the worker cannot read the service's files."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas.config import SandboxLimits
+from services.validator import _selftest
+from services.validator.sandbox import SandboxStatus, private_workdir, run_task
+
+LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
+SELF = "services.validator._selftest:"
+
+
+@pytest.fixture
+async def workdir() -> AsyncIterator[Path]:
+    async with private_workdir() as path:
+        yield path
+
+
+async def test_worker_cannot_reach_a_listening_port(workdir: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        # The same call outside the sandbox gets through: the probe is able to fail.
+        assert _selftest.connect("127.0.0.1", port)["connected"]
+        outcome = await run_task(
+            SELF + "connect", {"host": "127.0.0.1", "port": port}, limits=LIMITS, workdir=workdir
+        )
+    finally:
+        server.close()
+    assert outcome.ok, outcome.detail
+    assert outcome.value["connected"] is False
+    assert outcome.isolation in ("netns", "userns+netns")
+
+
+async def test_memory_beyond_the_limit_fails_only_the_worker(workdir: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=20, memory_mb=512, wall_seconds=30)
+    outcome = await run_task(SELF + "allocate", {"megabytes": 2048}, limits=limits, workdir=workdir)
+    assert outcome.status is SandboxStatus.MEMORY_LIMIT
+    assert "512 MiB" in outcome.describe(limits, "validator")
+    small = await run_task(SELF + "allocate", {"megabytes": 16}, limits=limits, workdir=workdir)
+    assert small.ok and small.value == 16 * 1024 * 1024
+
+
+async def test_cpu_time_beyond_the_limit_kills_the_worker(workdir: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=1, memory_mb=1024, wall_seconds=60)
+    outcome = await run_task(SELF + "spin", {}, limits=limits, workdir=workdir)
+    assert outcome.status is SandboxStatus.CPU_LIMIT
+    assert "CPU time" in outcome.describe(limits, "validator")
+
+
+async def test_a_hanging_worker_is_killed_at_the_wall_clock_limit(workdir: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=1.5)
+    outcome = await run_task(SELF + "sleep", {"seconds": 600}, limits=limits, workdir=workdir)
+    assert outcome.status is SandboxStatus.TIMEOUT
+    assert "did not finish within 1.5 s" in outcome.describe(limits, "validator")
+
+
+async def test_a_crash_is_reported_with_its_signal(workdir: Path) -> None:
+    outcome = await run_task(SELF + "abort", {}, limits=LIMITS, workdir=workdir)
+    assert outcome.status is SandboxStatus.CRASHED
+    assert "SIGABRT" in outcome.detail
+
+
+async def test_worker_drops_root_and_cannot_read_private_files(
+    workdir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "kek.key"
+    secret.write_bytes(b"k" * 32)
+    secret.chmod(0o600)
+    who = await run_task(SELF + "identity", {}, limits=LIMITS, workdir=workdir)
+    read = await run_task(SELF + "read_file", {"path": str(secret)}, limits=LIMITS, workdir=workdir)
+    if os.geteuid() == 0:
+        assert who.value == {"uid": 65534, "euid": 65534, "gid": 65534}
+        assert read.status is SandboxStatus.ERROR and "PermissionError" in read.detail
+    else:
+        # Unprivileged services keep their own user; the network namespace still applies.
+        assert who.value["uid"] != 0
+
+
+async def test_only_sandbox_tasks_can_be_named(workdir: Path) -> None:
+    with pytest.raises(ValueError, match="not a sandbox task"):
+        await run_task("os:system", {"command": "true"}, limits=LIMITS, workdir=workdir)
