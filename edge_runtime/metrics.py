@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -202,11 +202,14 @@ class MetricsReporter:
             self.spool.put(payload)
         return batch
 
-    async def flush(self, client: aiomqtt.Client, *, limit: int = 100) -> int:
-        """Publish spooled batches, oldest first, removing each once the broker acks it.
+    async def flush_via(
+        self, publish: Callable[[bytes], Awaitable[bool]], *, limit: int = 100
+    ) -> int:
+        """Send spooled batches, oldest first, through ``publish``; returns how many went.
 
-        Raises ``aiomqtt.MqttError`` when the connection fails; what was not acknowledged
-        stays in the spool.
+        ``publish(payload)`` returns True once the broker has the batch (QoS 1 acked) and
+        False when the device is offline, e.g. ``EdgeRuntime.publish_metrics``. A batch
+        leaves the spool only after True; on False the rest wait for the next flush.
         """
         sent = 0
         while True:
@@ -214,10 +217,35 @@ class MetricsReporter:
             if not batches:
                 return sent
             for batch_id, payload in batches:
-                # aiomqtt returns once the broker's PUBACK arrived (QoS 1).
-                await client.publish(self.topic, payload, qos=1)
+                if not await publish(payload):
+                    return sent
                 await asyncio.to_thread(self.spool.remove, batch_id)
                 sent += 1
+
+    async def flush(self, client: aiomqtt.Client, *, limit: int = 100) -> int:
+        """Send spooled batches through a connected ``aiomqtt.Client``.
+
+        Raises ``aiomqtt.MqttError`` when the connection fails; what was not acknowledged
+        stays in the spool.
+        """
+
+        async def publish(payload: bytes) -> bool:
+            # aiomqtt returns once the broker's PUBACK arrived (QoS 1).
+            await client.publish(self.topic, payload, qos=1)
+            return True
+
+        return await self.flush_via(publish, limit=limit)
+
+    async def run_with(self, publish: Callable[[bytes], Awaitable[bool]]) -> None:
+        """Tick every ``interval`` and flush through ``publish``; runs until cancelled.
+
+        The hook for a runtime that owns the MQTT connection:
+        ``reporter.run_with(runtime.publish_metrics)``.
+        """
+        while True:
+            await asyncio.sleep(self.interval)
+            await asyncio.to_thread(self.tick)
+            await self.flush_via(publish)
 
     async def run(
         self,

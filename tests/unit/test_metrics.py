@@ -92,3 +92,30 @@ def test_spool_keeps_order_drops_oldest_when_full_and_survives_reopen(tmp_path: 
     small.put(b"123456")
     small.put(b"abcdef")
     assert [p for _, p in small.peek()] == [b"abcdef"] and small.dropped == 1
+
+
+async def test_flush_via_keeps_what_an_offline_publisher_could_not_send(tmp_path: Path) -> None:
+    from edge_runtime.metrics import MetricsReporter
+
+    collector = MetricsCollector("dev-1", sample_device=False)
+    reporter = MetricsReporter(collector, MetricsSpool(tmp_path / "s.db"))
+    for i in range(3):
+        collector.record("m", "1", float(i + 1))
+        assert reporter.tick() is not None
+    sent: list[bytes] = []
+    offline_after = [1]
+
+    async def publish(payload: bytes) -> bool:
+        if len(sent) >= offline_after[0]:
+            return False  # as EdgeRuntime.publish_metrics does when disconnected
+        sent.append(payload)
+        return True
+
+    # The first goes out, then the device is offline: two stay spooled, in order.
+    assert await reporter.flush_via(publish) == 1
+    assert len(reporter.spool) == 2
+    offline_after[0] = 10
+    assert await reporter.flush_via(publish) == 2
+    assert len(reporter.spool) == 0
+    stamps = [MetricsBatch.model_validate_json(p).inference[0].ts for p in sent]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3
