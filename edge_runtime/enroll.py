@@ -3,7 +3,7 @@
 ``prepare`` creates the X25519 key pair in the state directory (the private key, mode
 0600, never leaves it) and builds the request; ``complete`` stores the reply (MQTT
 credentials and the platform's Ed25519 key, which is pinned from then on). ``enroll`` does
-both around ``POST {api}/v1/devices/enroll``.
+both around ``POST {api}/api/v1/devices/enroll``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from schemas.topics import validate_device_id
 
 __all__ = ["ENROLL_PATH", "capabilities", "complete", "enroll", "prepare"]
 
-ENROLL_PATH = "/v1/devices/enroll"
+ENROLL_PATH = "/api/v1/devices/enroll"
 _PROBE_DOMAINS = {"ai.onnx": (7, 40), "ai.onnx.ml": (1, 10), "com.microsoft": (1, 5)}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
+from edgeaiforge._deploy import DeployMixin
 from edgeaiforge._errors import ConfigurationError
 from edgeaiforge._http import DEFAULT_TIMEOUT, HttpClient
 from edgeaiforge._registry import RegistryMixin
@@ -17,7 +18,7 @@ ENV_URL = "EAF_API_URL"
 ENV_TOKEN = "EAF_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 
-class ModelManager(RegistryMixin, StatsMixin):
+class ModelManager(RegistryMixin, StatsMixin, DeployMixin):
     """A connection to the EdgeAIForge API.
 
     ``ModelManager()`` reads ``EAF_API_URL`` and ``EAF_API_TOKEN``; arguments win over them.

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeaiforge._cli import model, stats
+from edgeaiforge._cli import deploy, device, model, stats
 from edgeaiforge._manager import ENV_TOKEN, ENV_URL
 
 __all__ = ["SUBCOMMANDS", "app", "main"]
@@ -22,6 +22,9 @@ app = typer.Typer(
 #: (name, sub-app)
 SUBCOMMANDS: list[tuple[str, typer.Typer]] = [
     ("model", model.app),
+    ("deploy", deploy.deploy_app),
+    ("deployment", deploy.deployment_app),
+    ("device", device.app),
     ("stats", stats.app),
 ]
 

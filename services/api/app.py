@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 from schemas.config import Settings
 from services.api.deps import ApiContext
 from services.api.problems import install_problem_handlers
-from services.api.routes import artifacts, health, keys, models, stats
+from services.api.routes import artifacts, deployments, devices, health, keys, models, stats
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
@@ -34,6 +34,8 @@ ROUTERS: list[APIRouter] = [
     models.router,
     artifacts.router,
     keys.router,
+    devices.router,
+    deployments.router,
     stats.router,
 ]
 

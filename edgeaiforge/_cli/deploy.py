@@ -1,0 +1,176 @@
+"""``edgeaiforge deploy MODEL [DEVICE]`` with a live per-device view, and
+``edgeaiforge deployment list|show|pause|resume|cancel|rollback``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from edgeaiforge._cli._common import JsonOption, console, err_console, print_json, run
+from edgeaiforge._manager import ModelManager
+from schemas.deployer import DeploymentInfo, DeploymentList
+from schemas.events import TargetState
+
+__all__ = ["deploy_app", "deployment_app"]
+
+deploy_app = typer.Typer(help="Deploy a model to devices and follow the rollout.")
+deployment_app = typer.Typer(help="Deployments: list, show, pause, resume, cancel, rollback.")
+
+_COLOURS = {
+    TargetState.ACTIVE: "green",
+    TargetState.FAILED: "red",
+    TargetState.ROLLED_BACK: "yellow",
+    TargetState.TIMED_OUT: "red",
+    TargetState.CANCELLED: "dim",
+}
+
+
+def _labels(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        out[key] = value
+    return out
+
+
+def progress_table(info: DeploymentInfo) -> Table:
+    """One row per device: wave, state, transfer progress, detail."""
+    title = (
+        f"{info.model}@{info.version} · {info.status.value}"
+        + (f" · {info.outcome.value}" if info.outcome else "")
+        + f" · wave {info.current_wave + 1}/{len(info.waves)}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("device", "wave", "state", "progress", "detail"):
+        table.add_column(column)
+    for t in info.targets:
+        share = f"{100 * t.chunks_received / t.chunk_count:5.1f}%" if t.chunk_count else ""
+        colour = _COLOURS.get(t.state, "cyan")
+        table.add_row(
+            t.device_id, str(t.wave + 1), f"[{colour}]{t.state.value}[/{colour}]", share, t.detail
+        )
+    if info.reason:
+        table.caption = info.reason
+    return table
+
+
+@deploy_app.callback(invoke_without_command=True)
+def deploy(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name")],
+    device: Annotated[str | None, typer.Argument(help="Device id (or use --group/--label)")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Version or alias (default: latest)")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Every device of this group")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key=value; devices with all")] = None,
+    waves: Annotated[
+        str | None, typer.Option(help="Roll out in waves, e.g. '1,10%,50%,100%'")
+    ] = None,
+    success_threshold: float = 1.0,
+    error_threshold: float = 0.0,
+    auto_rollback: bool = False,
+    skip_incompatible: bool = False,
+    wait: Annotated[bool, typer.Option(help="Follow the rollout until it ends")] = True,
+    timeout: float = 3600.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Deploy MODEL to a device, a group or a label selector."""
+
+    def action(mm: ModelManager) -> None:
+        created = mm.deploy_model(
+            model,
+            device,
+            version=version,
+            group=group,
+            labels=_labels(label),
+            strategy="waves" if waves else "all_at_once",
+            waves=tuple(w.strip() for w in waves.split(",")) if waves else ("100%",),
+            success_threshold=success_threshold,
+            error_threshold=error_threshold,
+            auto_rollback=auto_rollback,
+            skip_incompatible=skip_incompatible,
+        )
+        final = created
+        if wait and json_out:
+            final = mm.wait_for_deployment(created.deployment_id, timeout=timeout)
+        elif wait:
+            with Live(progress_table(created), console=err_console, refresh_per_second=4) as live:
+                final = mm.wait_for_deployment(
+                    created.deployment_id,
+                    timeout=timeout,
+                    on_progress=lambda info: live.update(progress_table(info)),
+                )
+        if json_out:
+            print_json(final)
+        elif not wait:
+            console.print(f"deployment {created.deployment_id} created")
+        if final.outcome is not None and final.outcome.value != "succeeded":
+            raise typer.Exit(1)
+
+    run(ctx, action)
+
+
+@deployment_app.command("list")
+def list_(
+    ctx: typer.Context,
+    model: str | None = None,
+    status: str | None = None,
+    device: str | None = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Deployments, newest first."""
+
+    def action(mm: ModelManager) -> None:
+        items = mm.list_deployments(model=model, status=status, device_id=device)
+        if json_out:
+            print_json(DeploymentList(deployments=tuple(items)))
+            return
+        table = Table()
+        for column in ("id", "model", "version", "status", "outcome", "targets", "created"):
+            table.add_column(column)
+        for d in items:
+            table.add_row(
+                d.deployment_id, d.model, d.version, d.status.value,
+                d.outcome.value if d.outcome else "", str(sum(d.counts.values())),
+                d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )  # fmt: skip
+        console.print(table)
+
+    run(ctx, action)
+
+
+@deployment_app.command()
+def show(ctx: typer.Context, deployment_id: str, json_out: JsonOption = False) -> None:
+    """One deployment with every device's progress."""
+
+    def action(mm: ModelManager) -> None:
+        info = mm.get_deployment(deployment_id)
+        print_json(info) if json_out else console.print(progress_table(info))
+
+    run(ctx, action)
+
+
+def _verb(name: str, help_text: str) -> None:
+    def command(ctx: typer.Context, deployment_id: str, json_out: JsonOption = False) -> None:
+        def action(mm: ModelManager) -> None:
+            info = getattr(mm, f"{name}_deployment")(deployment_id)
+            print_json(info) if json_out else console.print(progress_table(info))
+
+        run(ctx, action)
+
+    command.__doc__ = help_text
+    deployment_app.command(name)(command)
+
+
+_verb("pause", "Start no new targets; those in flight finish.")
+_verb("resume", "Continue a paused deployment.")
+_verb("cancel", "Cancel every unfinished target.")
+_verb("rollback", "Return the devices to their previous model.")

@@ -1,0 +1,219 @@
+"""The deployment part of ``ModelManager``: devices, enrolment tokens, deployments."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from urllib.parse import quote
+
+from edgeaiforge._errors import EdgeAIForgeError
+from edgeaiforge._http import HttpClient
+from schemas.deployer import (
+    CreateDeployment,
+    DeploymentInfo,
+    DeploymentList,
+    DeploymentStatus,
+    DeploymentStrategy,
+    DeviceInfo,
+    DeviceList,
+    EnrollmentToken,
+    TargetSelector,
+)
+from schemas.registry import ModelInfo
+
+__all__ = ["DeployMixin", "DeploymentTimeoutError"]
+
+
+class DeploymentTimeoutError(EdgeAIForgeError):
+    def __init__(self, deployment_id: str, timeout: float) -> None:
+        self.deployment_id = deployment_id
+        super().__init__(
+            f"deployment {deployment_id} did not finish within {timeout:g} s; it keeps "
+            f"running: follow it with `edgeaiforge deploy status {deployment_id}`"
+        )
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+class DeployMixin:
+    """Methods of ``ModelManager`` that talk to ``/api/v1/devices`` and ``/deployments``."""
+
+    _http: HttpClient
+
+    # ---- devices ---------------------------------------------------------------------
+
+    def create_enrollment_token(
+        self,
+        *,
+        device_id: str | None = None,
+        group: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> EnrollmentToken:
+        """A one-time token for ``edge-runtime enroll`` (admin role)."""
+        body = {
+            "device_id": device_id,
+            "group": group,
+            "labels": dict(labels or {}),
+            "ttl_seconds": ttl_seconds,
+        }
+        token = self._http.call(
+            "POST", "/api/v1/devices/enrollment-tokens", EnrollmentToken, json=body
+        )
+        assert token is not None
+        return token
+
+    def list_devices(
+        self,
+        *,
+        group: str | None = None,
+        online: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[DeviceInfo]:
+        params: dict[str, object] = {"group": group, "online": online}
+        params["label"] = [f"{k}={v}" for k, v in (labels or {}).items()]
+        found = self._http.call(
+            "GET",
+            "/api/v1/devices",
+            DeviceList,
+            params={k: v for k, v in params.items() if v not in (None, [])},
+        )
+        assert found is not None
+        return list(found.devices)
+
+    def get_device(self, device_id: str) -> DeviceInfo:
+        device = self._http.call("GET", f"/api/v1/devices/{_seg(device_id)}", DeviceInfo)
+        assert device is not None
+        return device
+
+    def set_device_labels(
+        self, device_id: str, labels: Mapping[str, str], *, group: str | None = None
+    ) -> DeviceInfo:
+        device = self._http.call(
+            "PUT",
+            f"/api/v1/devices/{_seg(device_id)}/labels",
+            DeviceInfo,
+            json={"labels": dict(labels), "group": group},
+        )
+        assert device is not None
+        return device
+
+    # ---- deployments -----------------------------------------------------------------
+
+    def deploy_model(
+        self,
+        model: str,
+        device_id: str | None = None,
+        *,
+        version: str | None = None,
+        group: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        strategy: DeploymentStrategy | str = DeploymentStrategy.ALL_AT_ONCE,
+        waves: tuple[str, ...] = ("1", "10%", "50%", "100%"),
+        success_threshold: float = 1.0,
+        error_threshold: float = 0.0,
+        auto_rollback: bool = False,
+        skip_incompatible: bool = False,
+        wait: bool = False,
+        timeout: float = 600.0,
+        on_progress: Callable[[DeploymentInfo], None] | None = None,
+    ) -> DeploymentInfo:
+        """Deploy ``model`` to a device (or ``group=``/``labels=``).
+
+        ``version`` is a version or an alias (``"production"``); by default the model's
+        latest version. With ``wait=True`` returns when every target has finished.
+        """
+        if version is None:
+            info = self._http.call("GET", f"/api/v1/models/{_seg(model)}", ModelInfo)
+            assert info is not None
+            if info.latest_version is None:
+                raise EdgeAIForgeError(f"model {model!r} has no version to deploy yet")
+            version = info.latest_version
+        target = TargetSelector(
+            device_id=device_id, group=group, labels=dict(labels) if labels is not None else None
+        )
+        body = CreateDeployment(
+            model=model,
+            version=version,
+            target=target,
+            strategy=DeploymentStrategy(strategy),
+            waves=waves,
+            success_threshold=success_threshold,
+            error_threshold=error_threshold,
+            auto_rollback=auto_rollback,
+            skip_incompatible=skip_incompatible,
+        )
+        created = self._http.call(
+            "POST", "/api/v1/deployments", DeploymentInfo, json=body.model_dump(mode="json")
+        )
+        assert created is not None
+        if wait:
+            return self.wait_for_deployment(
+                created.deployment_id, timeout=timeout, on_progress=on_progress
+            )
+        return created
+
+    def get_deployment(self, deployment_id: str) -> DeploymentInfo:
+        info = self._http.call("GET", f"/api/v1/deployments/{_seg(deployment_id)}", DeploymentInfo)
+        assert info is not None
+        return info
+
+    def list_deployments(
+        self,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        device_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeploymentInfo]:
+        params = {"model": model, "status": status, "device_id": device_id, "limit": limit}
+        found = self._http.call(
+            "GET",
+            "/api/v1/deployments",
+            DeploymentList,
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        assert found is not None
+        return list(found.deployments)
+
+    def _act(self, deployment_id: str, verb: str) -> DeploymentInfo:
+        info = self._http.call(
+            "POST", f"/api/v1/deployments/{_seg(deployment_id)}/{verb}", DeploymentInfo
+        )
+        assert info is not None
+        return info
+
+    def pause_deployment(self, deployment_id: str) -> DeploymentInfo:
+        return self._act(deployment_id, "pause")
+
+    def resume_deployment(self, deployment_id: str) -> DeploymentInfo:
+        return self._act(deployment_id, "resume")
+
+    def cancel_deployment(self, deployment_id: str) -> DeploymentInfo:
+        return self._act(deployment_id, "cancel")
+
+    def rollback_deployment(self, deployment_id: str) -> DeploymentInfo:
+        """Return the deployment's devices to their previous model; the rollback deployment."""
+        return self._act(deployment_id, "rollback")
+
+    def wait_for_deployment(
+        self,
+        deployment_id: str,
+        *,
+        timeout: float = 600.0,
+        interval: float = 0.5,
+        on_progress: Callable[[DeploymentInfo], None] | None = None,
+    ) -> DeploymentInfo:
+        """Poll until the deployment completes; ``on_progress`` sees every poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.get_deployment(deployment_id)
+            if on_progress is not None:
+                on_progress(info)
+            if info.status is DeploymentStatus.COMPLETED:
+                return info
+            if time.monotonic() > deadline:
+                raise DeploymentTimeoutError(deployment_id, timeout)
+            time.sleep(interval)

@@ -1,0 +1,86 @@
+"""Devices: enrolment tokens, enrolment (authenticated by the one-time token), list, show,
+labels. Each route is one request on ``eaf.rpc.deployer.*``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from pydantic import Field
+
+from schemas._base import WireModel
+from schemas.deployer import (
+    SUBJECTS,
+    CreateEnrollmentToken,
+    DeviceInfo,
+    DeviceList,
+    DeviceRef,
+    EnrollmentToken,
+    EnrollReply,
+    EnrollRequest,
+    ListDevices,
+    SetLabels,
+)
+from services.api.auth import Admin, Deployer, Viewer
+from services.api.deps import Ctx
+
+__all__ = ["LabelsBody", "NewEnrollmentToken", "router"]
+
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+
+
+class NewEnrollmentToken(WireModel):
+    device_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    group: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    ttl_seconds: int | None = Field(default=None, gt=0, le=30 * 86400)
+
+
+class LabelsBody(WireModel):
+    labels: dict[str, str]
+    #: ``None`` keeps the group; ``""`` clears it.
+    group: str | None = None
+
+
+@router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentToken)
+async def create_enrollment_token(
+    ctx: Ctx, principal: Admin, body: NewEnrollmentToken
+) -> EnrollmentToken:
+    """A one-time token for ``edge-runtime enroll`` (shown once)."""
+    req = CreateEnrollmentToken(**body.model_dump(), created_by=principal.name)
+    return await ctx.call(SUBJECTS["create_enrollment_token"], req, EnrollmentToken)
+
+
+@router.post("/enroll", response_model=EnrollReply)
+async def enroll(ctx: Ctx, body: EnrollRequest) -> EnrollReply:
+    """Called by the device itself; the enrolment token in the body is its credential."""
+    return await ctx.call(SUBJECTS["enroll"], body, EnrollReply)
+
+
+@router.get("", response_model=DeviceList)
+async def list_devices(
+    ctx: Ctx,
+    _: Viewer,
+    group: Annotated[str | None, Query()] = None,
+    online: Annotated[bool | None, Query()] = None,
+    label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
+) -> DeviceList:
+    labels = dict(item.split("=", 1) for item in label or [] if "=" in item) or None
+    return await ctx.call(
+        SUBJECTS["list_devices"], ListDevices(group=group, online=online, labels=labels), DeviceList
+    )
+
+
+@router.get("/{device_id}", response_model=DeviceInfo)
+async def get_device(ctx: Ctx, _: Viewer, device_id: DeviceIdPath) -> DeviceInfo:
+    return await ctx.call(SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo)
+
+
+@router.put("/{device_id}/labels", response_model=DeviceInfo)
+async def set_labels(
+    ctx: Ctx, _: Deployer, device_id: DeviceIdPath, body: LabelsBody
+) -> DeviceInfo:
+    """Replace the device's labels (and its group, if given)."""
+    req = SetLabels(device_id=device_id, labels=body.labels, group=body.group)
+    return await ctx.call(SUBJECTS["set_labels"], req, DeviceInfo)

@@ -1,0 +1,82 @@
+"""End to end through the REST API: upload with the SDK, the validator passes it, a device
+enrols over HTTP with ``edge-runtime``'s code, ``deploy_model`` puts it there, the API
+reports it active. Real NATS, Mosquitto (auth on), registry, validator, API, deployer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from contextlib import AsyncExitStack
+
+from deploy_support import bias_model
+
+from edge_runtime import EdgeRuntime, enroll
+from edgeaiforge import ModelManager
+from edgeaiforge._model import Model, ModelMetadata
+from schemas.events import DeploymentOutcome, TargetState
+from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.deployer.app import create_app as create_deployer
+from services.validator.app import create_service as create_validator
+
+
+async def test_deploy_model_through_the_api(
+    nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    user = await mqtt_user(roles=[SERVICE_ROLE])
+    settings = platform_settings(
+        tmp_path,
+        nats_url=nats_server.url,
+        mqtt={"host": mosquitto_server.host, "port": mosquitto_server.port,
+              "username": user[0], "password": user[1]},
+        deployer={"admin_username": mosquitto_server.admin_username,
+                  "admin_password": mosquitto_server.admin_password,
+                  "tick_interval": 0.2, "stall_timeout": 1.0},
+    )  # fmt: skip
+    path = tmp_path / "model.onnx"
+    path.write_bytes(bias_model(0.75))
+    name, device_id = unique_id("m-"), unique_id("dev-")
+    with serve_in_thread(settings, durable_prefix=unique_id("registry-")) as url:
+        token = create_api_key(settings, role="admin")
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(
+                create_validator(settings, durable=unique_id("validator-"))
+            )
+            await stack.enter_async_context(create_deployer(settings))
+            mm = ModelManager(url, token)
+            stack.callback(mm.close)
+            await asyncio.to_thread(
+                mm.add_model, Model(name, path), ModelMetadata("Regression", "1.0.0")
+            )
+
+            def validated() -> None:
+                deadline = time.monotonic() + 120
+                while mm.get_version(name, "1.0.0").status.value not in ("validated", "analyzed"):
+                    assert time.monotonic() < deadline, "validation did not finish"
+                    time.sleep(0.2)
+
+            await asyncio.to_thread(validated)
+            enrolment = await asyncio.to_thread(mm.create_enrollment_token, device_id=device_id)
+            state_dir = tmp_path / device_id
+            await asyncio.to_thread(
+                enroll, url, token=enrolment.token, device_id=device_id, state_dir=state_dir
+            )
+            runtime = EdgeRuntime(state_dir)
+            task = asyncio.create_task(runtime.run())
+            try:
+                await asyncio.wait_for(runtime.wait_connected(), 20)
+                done = await asyncio.to_thread(
+                    mm.deploy_model, name, device_id, wait=True, timeout=90
+                )
+                device = await asyncio.to_thread(mm.get_device, device_id)
+                listed = await asyncio.to_thread(mm.list_deployments, device_id=device_id)
+            finally:
+                runtime.stop()
+                await asyncio.wait_for(task, 15)
+    assert done.outcome is DeploymentOutcome.SUCCEEDED
+    assert [(t.device_id, t.state) for t in done.targets] == [(device_id, TargetState.ACTIVE)]
+    assert (device.active_model, device.active_version) == (name, "1.0.0")
+    assert [d.deployment_id for d in listed] == [done.deployment_id]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (state_dir / "models" / f"{digest}.onnx").read_bytes() == path.read_bytes()
