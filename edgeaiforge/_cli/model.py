@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgeaiforge._cli._common import JsonOption, console, print_json, progress_bar, run
+from edgeaiforge._cli.reports import report_tables
 from edgeaiforge._manager import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
 
@@ -146,6 +147,7 @@ def show(
             for key, value in rows:
                 table.add_row(key, value)
             console.print(table)
+            console.print(*report_tables(mm.get_reports(name, ref)))
             return
         model = mm.get_model(name)
         versions = mm.list_versions(name, limit=100)
