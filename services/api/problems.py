@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.api import PROBLEM_CONTENT_TYPE, Problem
 from services.api.errors import RangeNotSatisfiable, Unauthenticated
+from services.api.streaming import StreamAborted
 from services.common.artifacts import (
     ArtifactCorruptError,
     ArtifactError,
@@ -111,6 +112,10 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(500, str(exc), code="artifact_error", instance=request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StreamAborted):
+            # Damage found after the headers went out: already logged as what it is; this
+            # answer is never sent, the server drops the connection instead.
+            return problem_response(500, str(exc), code="artifact_corrupt")
         log.exception("unhandled error", path=request.url.path)
         return problem_response(
             500,

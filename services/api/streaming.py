@@ -36,6 +36,7 @@ from services.common.logging import get_logger
 __all__ = [
     "BINARY",
     "ByteRange",
+    "StreamAborted",
     "parse_range",
     "receive_artifact",
     "serve_plaintext",
@@ -47,6 +48,10 @@ _STORED_READ = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 log = get_logger(__name__)
+
+
+class StreamAborted(Exception):
+    """Raised inside a response body that has started: the server drops the connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,7 @@ async def serve_plaintext(
             log.error(
                 "damaged artifact: download aborted", artifact_id=artifact_id, reason=exc.reason
             )
-            raise
+            raise StreamAborted(str(exc)) from None
         finally:
             await pieces.aclose()
 

@@ -295,7 +295,7 @@ class RegistryStore:
             version_count=count,
             latest_version=latest.version if latest else None,
             latest_sequence=m.last_sequence,
-            aliases=dict(alias_rows.tuples().all()),
+            aliases={row[0]: row[1] for row in alias_rows},
             task=latest.task if latest else "",
             tags=tuple(latest.tags or ()) if latest else (),
         )
