@@ -101,9 +101,13 @@ def _run_coroutine_in_thread(coro: Any) -> Any:
 
 @contextmanager
 def serve_in_thread(
-    settings: Settings, *, registry: bool = True, durable_prefix: str = "registry"
+    settings: Settings,
+    *,
+    registry: bool = True,
+    api: bool = True,
+    durable_prefix: str = "registry",
 ) -> Iterator[str]:
-    """Run the registry (unless ``registry=False``) and the API; yields the API's URL."""
+    """Run the registry and the API (either can be left out); yields the API's URL."""
     ready = threading.Event()
     failure: list[BaseException] = []
     loop = asyncio.new_event_loop()
@@ -116,7 +120,8 @@ def serve_in_thread(
                     await stack.enter_async_context(
                         create_registry(settings, durable_prefix=durable_prefix)
                     )
-                await stack.enter_async_context(create_api_server(settings))
+                if api:
+                    await stack.enter_async_context(create_api_server(settings))
             except BaseException as exc:
                 failure.append(exc)
                 ready.set()
