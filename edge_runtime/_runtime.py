@@ -279,7 +279,13 @@ class EdgeRuntime:
             job.manifest = manifest  # a re-issue (fresh expiry) of what is in progress
             return
         if outcome in _FINAL:
-            return  # finished already; the retained manifest stays until replaced
+            # Finished already (the retained manifest stays until replaced). A re-issue
+            # means the platform missed the outcome: say it again.
+            if self._progress is None or self._progress.deployment_id != deployment:
+                self._set_progress(manifest, TargetState(outcome))
+            else:
+                self._report(transition=True)
+            return
         if self._finishing is not None and not self._finishing.done():
             self._log("activation in progress; the new manifest waits for the next delivery")
             return

@@ -269,6 +269,29 @@ async def fake_platform(
         await link.stop()
 
 
+async def forget_device(state_dir: Path) -> None:
+    """Clear the device's retained ``state`` and ``online`` (as the device itself).
+
+    The broker is shared by every test, and Mosquitto 2.0.11 hands retained messages to
+    new shared subscriptions too: a test must not leave device state behind for others.
+    """
+    from edge_runtime import StateDir
+
+    reply = StateDir(state_dir).enrollment()
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with aiomqtt.Client(
+            reply.mqtt.host,
+            reply.mqtt.port,
+            username=reply.mqtt.username,
+            password=reply.mqtt.password,
+            identifier=reply.mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=10,
+        ) as client:
+            for topic in (TOPICS.state(reply.device_id), TOPICS.online(reply.device_id)):
+                await client.publish(topic, b"", qos=1, retain=True)
+
+
 @contextlib.asynccontextmanager
 async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
     task = asyncio.create_task(runtime.run())
@@ -279,6 +302,7 @@ async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
         runtime.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
+        await forget_device(runtime.state.root)
 
 
 # ---- the deployer in-process ------------------------------------------------------------

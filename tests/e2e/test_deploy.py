@@ -9,7 +9,7 @@ import hashlib
 import time
 from contextlib import AsyncExitStack
 
-from deploy_support import bias_model
+from deploy_support import bias_model, forget_device
 
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import ModelManager
@@ -74,6 +74,7 @@ async def test_deploy_model_through_the_api(
             finally:
                 runtime.stop()
                 await asyncio.wait_for(task, 15)
+                await forget_device(state_dir)
     assert done.outcome is DeploymentOutcome.SUCCEEDED
     assert [(t.device_id, t.state) for t in done.targets] == [(device_id, TargetState.ACTIVE)]
     assert (device.active_model, device.active_version) == (name, "1.0.0")

@@ -15,6 +15,7 @@ from deploy_support import (
     bias_model,
     deployer_settings,
     enroll_via_rpc,
+    forget_device,
     padded_model,
     put,
 )
@@ -94,6 +95,7 @@ async def devices(runtimes: list[EdgeRuntime]) -> AsyncIterator[list[EdgeRuntime
         for rt in runtimes:
             rt.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(forget_device(rt.state.root) for rt in runtimes))
 
 
 async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from deploy_support import (
     device_public_key,
     enroll_device,
     fake_platform,
+    forget_device,
     manifest_for,
     padded_model,
     put,
@@ -89,6 +90,7 @@ async def test_killed_runtime_resumes_with_only_the_missing_chunks(
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
+            await forget_device(state_dir)
     after = {
         k[2]: n - served_before.get(k, 0)
         for k, n in platform.server.served.items()
