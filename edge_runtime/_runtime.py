@@ -21,6 +21,7 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_runtime import _faults
 from edge_runtime._model import InferenceRecorder, ModelHost
 from edge_runtime._state import Installed, StateDir
 from edge_runtime._transfer import (
@@ -414,6 +415,7 @@ class EdgeRuntime:
 
     async def _finish(self, job: Transfer) -> None:
         self._set_progress(job.manifest, TargetState.VERIFYING, job=job)
+        _faults.point("verifying")
         try:
             path = await job.finish()
         except TransferRefused as refusal:
@@ -422,6 +424,7 @@ class EdgeRuntime:
         except OSError as exc:
             self._fail_job(job, TransferRefused(RejectionCode.STORAGE, str(exc)))
             return
+        _faults.point("moved")
         if self._job is job:
             self._job = None
         await self._unfollow_broadcast()
@@ -453,6 +456,7 @@ class EdgeRuntime:
             )
             self._set_progress(manifest, TargetState.ROLLED_BACK, detail=str(exc), error_code=code)
             return
+        _faults.point("loaded")
         await self._install(loaded.info, path, manifest, loaded=loaded)
 
     async def _install(
@@ -475,7 +479,9 @@ class EdgeRuntime:
         elif current is not None:
             self.host.switch(type(current)(info=info, session=current.session, path=path))
         self.state.save_installed(Installed(active=info, previous=previous))
+        _faults.point("installed")
         self.state.record_outcome(manifest.deployment_id, "active")
+        _faults.point("recorded")
         self._log(f"deployment {manifest.deployment_id}: {info.model}@{info.version} active")
         self._set_progress(manifest, TargetState.ACTIVE)
 

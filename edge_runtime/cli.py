@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from edge_runtime import _faults
 from edge_runtime._runtime import EdgeRuntime
 from edge_runtime._state import StateDir
 from edge_runtime.enroll import enroll
@@ -78,6 +80,8 @@ async def _serve_http(runtime: EdgeRuntime, address: str) -> None:
 
 
 async def _run(args: argparse.Namespace) -> None:
+    # Test-only fault hook (see edge_runtime/_faults.py); unset in production.
+    _faults.arm(os.environ.get(_faults.ENV_CRASH_AT))
     runtime = EdgeRuntime(
         args.state_dir,
         mqtt_host=args.mqtt_host,
