@@ -77,9 +77,11 @@ async def crash_then_recover(
         first = served_bias(await rt.infer())
         assert first in (OLD_BIAS, NEW_BIAS), f"{step}: served bias {first}"
         await rt.wait_for(
-            lambda r: (p := r.snapshot().deployment) is not None
-            and p.deployment_id == manifest.deployment_id
-            and p.state is TargetState.ACTIVE,
+            lambda r: (
+                (p := r.snapshot().deployment) is not None
+                and p.deployment_id == manifest.deployment_id
+                and p.state is TargetState.ACTIVE
+            ),
             60,
         )
         assert served_bias(await rt.infer()) == NEW_BIAS
@@ -101,11 +103,6 @@ async def test_power_cut_at_each_activation_step_leaves_a_whole_model(
     user = await mqtt_user(roles=[SERVICE_ROLE])
     async with fake_platform(service_mqtt(mosquitto_server, *user), store, key) as platform:
         # One device per step, all at once: each is its own process and state directory.
-        runs = [
-            crash_then_recover(
-                platform, mqtt_admin, mosquitto_server, key, tmp_path, step,
-                unique_id(f"dev-{step}-"), old, new,
-            )  # fmt: skip
-            for step in STEPS
-        ]
+        args = (platform, mqtt_admin, mosquitto_server, key, tmp_path)
+        runs = [crash_then_recover(*args, s, unique_id(f"dev-{s}-"), old, new) for s in STEPS]
         await asyncio.gather(*runs)
