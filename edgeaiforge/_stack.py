@@ -5,7 +5,9 @@
 its own process (``python -m services.<name>``), logs under ``var/log/``, and waits until
 each answers its health check. ``down`` stops only what ``up`` started: every process is
 recorded in ``var/run/<name>.json`` with its pid and command line, and is signalled only
-if the live process still has that command line.
+if the live process still has that command line. The same records serve other long-lived
+processes of the stack (the simulated fleet), so ``status`` shows them and ``down`` stops
+them too.
 """
 
 from __future__ import annotations
@@ -20,48 +22,72 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiomqtt
 import httpx
-import nats
+
+# Not `import nats`: the repository's nats/ directory (server config) would shadow it for
+# the import sorter.
+from nats.aio.client import Client as NatsClient
 
 from edgeaiforge._servers import InfluxServer, MosquittoServer, NatsServer, ServerError
 from schemas.config import Settings
+from services.common.keys import KeyFileError, load_kek, load_signing_key
 from services.common.mqtt_admin import (
     SERVICE_ROLE,
     DynsecAlreadyExistsError,
     MqttAdmin,
+    MqttAdminError,
     provision_platform,
 )
 
 __all__ = [
+    "EXTRAS",
     "SERVERS",
     "SERVICES",
     "ComponentStatus",
     "StackError",
+    "StackLayout",
+    "api_url",
+    "as_json",
     "down",
+    "process_running",
+    "spawn",
     "status",
     "up",
 ]
 
 SERVERS = ("nats", "mosquitto", "influxdb")
-#: Started in this order; the API last, so it finds the others answering.
+#: Started in this order; the API last, so it finds the registry answering.
 SERVICES = ("registry", "validator", "analyzer", "deployer", "ingester", "tracker", "api")
+#: Other processes that may be recorded (``fleet simulate --background``); shown when present.
+EXTRAS = ("fleet",)
+MQTT_ADMIN_USER = "eaf-admin"
 SERVICE_MQTT_USER = "eaf-services"
-_HEALTH_TIMEOUT = 60.0
+HEALTH_TIMEOUT = 90.0
+_STOP_TIMEOUT = 15.0
 
 
 class StackError(Exception):
     """The stack cannot be brought up as configured; the message says what to change."""
 
+    def __init__(self, component: str, reason: str) -> None:
+        self.component = component
+        self.reason = reason
+        super().__init__(f"{component}: {reason}")
+
 
 @dataclass
 class ComponentStatus:
+    """One row of ``edgeaiforge status``."""
+
     name: str
-    kind: str  # "server" or "service"
+    kind: str  # "server", "service" or "process"
     pid: int | None
     running: bool
     healthy: bool
@@ -69,8 +95,14 @@ class ComponentStatus:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class StackLayout:
+    """Where the stack keeps its state: ``root`` is ``stack.data_dir``."""
+
     root: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> StackLayout:
+        return cls(settings.stack.data_dir.resolve())
 
     @property
     def logs(self) -> Path:
@@ -87,6 +119,123 @@ class _Layout:
     def record(self, name: str) -> Path:
         return self.run / f"{name}.json"
 
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def secret(self, name: str) -> str:
+        """A generated secret kept in ``secrets/<name>`` (mode 0600), the same on every run."""
+        path = self.secrets / name
+        if path.exists():
+            return path.read_text().strip()
+        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        value = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return value
+
+    def read_record(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.record(name).read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def write_record(self, name: str, pid: int, argv: Sequence[str], **extra: Any) -> None:
+        self.run.mkdir(parents=True, exist_ok=True)
+        tmp = self.record(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": pid, "argv": list(argv), **extra}))
+        tmp.replace(self.record(name))
+
+
+# ---- processes -------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A zombie has an empty command line: it no longer runs.
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
+
+
+def process_running(record: Mapping[str, Any] | None) -> bool:
+    """Whether the recorded process still runs *and* is the one we started.
+
+    A pid alone could by now name another program; the command line must match too.
+    """
+    if record is None:
+        return False
+    live = _cmdline(int(record["pid"]))
+    return live is not None and live == list(record["argv"])
+
+
+def spawn(
+    layout: StackLayout,
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> int:
+    """Start ``argv`` detached (own session), output to ``log/<name>.log``, and record it."""
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    with layout.log(name).open("ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} ---\n".encode())
+        log.flush()
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    # Popen returns after the exec: /proc/<pid>/cmdline already shows argv.
+    layout.write_record(name, process.pid, argv, **extra)
+    return process.pid
+
+
+def _stop(layout: StackLayout, name: str) -> bool:
+    """SIGTERM the recorded process group, SIGKILL after a grace period; True if it ran."""
+    record = layout.read_record(name)
+    stopped = False
+    if record is not None and process_running(record):
+        pid = int(record["pid"])
+        # Every process was started as the leader of its own session, so its group holds
+        # it and its helpers (the validator's sandboxed workers) and nothing else.
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            group = -1
+        target = group if group == pid else None
+        _signal(pid, target, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while process_running(record) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_running(record):
+            _signal(pid, target, signal.SIGKILL)
+        elif target is not None:
+            # Helpers that outlived their parent.
+            _signal(pid, target, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        stopped = True
+    layout.record(name).unlink(missing_ok=True)
+    return stopped
+
+
+def _signal(pid: int, group: int | None, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group is not None:
+            os.killpg(group, sig)
+        else:
+            os.kill(pid, sig)
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(url)
@@ -99,122 +248,149 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    """Whether the recorded process still runs *and* is the one we started."""
-    live = _cmdline(int(record["pid"]))
-    return live is not None and live == record["argv"]
-
-
-def _read_record(layout: _Layout, name: str) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(layout.record(name).read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
-def _write_record(layout: _Layout, name: str, pid: int, argv: list[str], **extra: Any) -> None:
-    layout.run.mkdir(parents=True, exist_ok=True)
-    layout.record(name).write_text(json.dumps({"pid": pid, "argv": argv, **extra}))
-
-
-def _secret(layout: _Layout, name: str) -> str:
-    """A generated secret kept under ``var/secrets`` (mode 0600), the same on every run."""
-    path = layout.secrets / name
-    if path.exists():
-        return path.read_text().strip()
-    layout.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return value
-
-
-# ---- servers -------------------------------------------------------------------------
-
-
 def _server_endpoints(settings: Settings) -> dict[str, tuple[str, int, str]]:
     nats_host, nats_port = _host_port(settings.nats.url, 4222)
     influx_host, influx_port = _host_port(settings.influxdb.url, 8086)
     return {
         "nats": (nats_host, nats_port, "nats.url"),
-        "mosquitto": (settings.mqtt.host, settings.mqtt.port, "mqtt.host / mqtt.port"),
+        "mosquitto": (settings.mqtt.host, settings.mqtt.port, "mqtt.port"),
         "influxdb": (influx_host, influx_port, "influxdb.url"),
     }
 
 
-def _start_server(name: str, settings: Settings, layout: _Layout) -> ComponentStatus:
-    host, port, key = _server_endpoints(settings)[name]
-    record = _read_record(layout, name)
-    if record is not None and _alive(record):
-        return ComponentStatus(name, "server", record["pid"], True, _port_open(host, port))
-    if _port_open(host, port):
-        raise StackError(
-            f"{name}: port {port} on {host} is in use by a process that `edgeaiforge up` did "
-            f"not start; stop it, or change {key} in the configuration"
+def _service_ports(settings: Settings) -> dict[str, tuple[str, int, str]]:
+    ports = {"api": (settings.api.host, settings.api.port, "api.port")}
+    if settings.ingester.metrics_port:
+        ports["ingester"] = (
+            settings.ingester.metrics_host,
+            settings.ingester.metrics_port,
+            "ingester.metrics_port",
         )
+    return ports
+
+
+def api_url(settings: Settings) -> str:
+    """Where the local stack's REST API answers."""
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the setting, not binding
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.api.port}"
+
+
+# ---- servers ---------------------------------------------------------------------------
+
+
+class _Logged:
+    """Mixin: the server's output goes to ``var/log/<name>.log``, like the services'."""
+
+    log_file: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file
+
+
+class _Nats(_Logged, NatsServer):
+    pass
+
+
+class _Mosquitto(_Logged, MosquittoServer):
+    pass
+
+
+class _Influx(_Logged, InfluxServer):
+    pass
+
+
+def _make_server(
+    name: str, settings: Settings, layout: StackLayout
+) -> NatsServer | MosquittoServer | InfluxServer:
+    host, port, _ = _server_endpoints(settings)[name]
     data_dir = layout.root / name
-    server: NatsServer | MosquittoServer | InfluxServer
+    server: _Nats | _Mosquitto | _Influx
     if name == "nats":
-        server = NatsServer(data_dir=data_dir, host=host, port=port)
+        server = _Nats(data_dir=data_dir, host=host, port=port)
     elif name == "mosquitto":
-        server = MosquittoServer(
+        server = _Mosquitto(
             data_dir=data_dir,
             host=host,
             port=port,
-            admin_password=_secret(layout, "mosquitto-admin"),
+            admin_username=MQTT_ADMIN_USER,
+            admin_password=layout.secret("mosquitto-admin"),
         )
     else:
-        server = InfluxServer(data_dir=data_dir, host=host, port=port)
+        server = _Influx(data_dir=data_dir, host=host, port=port, start_timeout=30.0)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    server.log_file = layout.log(name)
+    return server
+
+
+def _start_server(name: str, settings: Settings, layout: StackLayout) -> ComponentStatus:
+    host, port, key = _server_endpoints(settings)[name]
+    record = layout.read_record(name)
+    if process_running(record):
+        assert record is not None
+        return ComponentStatus(
+            name, "server", record["pid"], True, _port_open(host, port), f"{host}:{port}"
+        )
+    if _port_open(host, port):
+        raise StackError(
+            name,
+            f"port {port} on {host} is in use by a process that `edgeaiforge up` did not "
+            f"start; stop that process, or change {key} in the configuration",
+        )
+    server = _make_server(name, settings, layout)
     try:
         server.start()
     except ServerError as exc:
-        raise StackError(f"{name}: {exc}") from None
+        raise StackError(name, str(exc)) from None
     assert server.pid is not None
-    argv = _cmdline(server.pid) or []
-    _write_record(layout, name, server.pid, argv, log=str(server.log_path))
-    if name == "mosquitto":
-        asyncio.run(_provision_mqtt(settings, layout))
+    layout.write_record(name, server.pid, _cmdline(server.pid) or [])
     return ComponentStatus(name, "server", server.pid, True, True, f"{host}:{port}")
 
 
-async def _provision_mqtt(settings: Settings, layout: _Layout) -> None:
+async def _provision_mqtt(settings: Settings, layout: StackLayout) -> None:
     """Deny-by-default ACLs, the services' role, and the services' broker account."""
     async with MqttAdmin(
         hostname=settings.mqtt.host,
         port=settings.mqtt.port,
-        username="eaf-admin",
-        password=_secret(layout, "mosquitto-admin"),
+        username=MQTT_ADMIN_USER,
+        password=layout.secret("mosquitto-admin"),
     ) as admin:
         await provision_platform(admin, prefix=settings.mqtt.topic_prefix)
         with contextlib.suppress(DynsecAlreadyExistsError):
             await admin.create_client(
                 SERVICE_MQTT_USER,
-                _secret(layout, "mqtt-services"),
+                layout.secret("mqtt-services"),
                 roles=[{"rolename": SERVICE_ROLE}],
             )
 
 
-# ---- services ------------------------------------------------------------------------
+# ---- services --------------------------------------------------------------------------
 
 
-def _service_env(settings: Settings, layout: _Layout) -> dict[str, str]:
+def service_environment(settings: Settings, layout: StackLayout) -> dict[str, str]:
+    """The environment of every service: broker accounts made by ``up``, on top of ours."""
     env = dict(os.environ)
     env.update(
         {
-            "EAF_MQTT__USERNAME": SERVICE_MQTT_USER,
-            "EAF_MQTT__PASSWORD": _secret(layout, "mqtt-services"),
-            "EAF_MQTT_ADMIN_USERNAME": "eaf-admin",
-            "EAF_MQTT_ADMIN_PASSWORD": _secret(layout, "mosquitto-admin"),
+            # Set only when the file leaves them empty: a user's own accounts win.
+            **(
+                {}
+                if settings.mqtt.username
+                else {
+                    "EAF_MQTT__USERNAME": SERVICE_MQTT_USER,
+                    "EAF_MQTT__PASSWORD": layout.secret("mqtt-services"),
+                }
+            ),
+            **(
+                {}
+                if settings.deployer.admin_username
+                else {
+                    "EAF_DEPLOYER__ADMIN_USERNAME": MQTT_ADMIN_USER,
+                    "EAF_DEPLOYER__ADMIN_PASSWORD": layout.secret("mosquitto-admin"),
+                }
+            ),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -222,81 +398,96 @@ def _service_env(settings: Settings, layout: _Layout) -> dict[str, str]:
 
 
 def _start_service(
-    name: str, settings: Settings, layout: _Layout, config_path: Path
+    name: str, settings: Settings, layout: StackLayout, config_path: Path
 ) -> ComponentStatus:
-    record = _read_record(layout, name)
-    if record is not None and _alive(record):
+    record = layout.read_record(name)
+    if process_running(record):
+        assert record is not None
         return ComponentStatus(name, "service", record["pid"], True, False, "already running")
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", f"services.{name}", "--config", str(config_path.resolve())]
-    with (layout.logs / f"{name}.log").open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_service_env(settings, layout),
-            start_new_session=True,
+    port = _service_ports(settings).get(name)
+    if port is not None and _port_open(port[0], port[1]):
+        raise StackError(
+            name,
+            f"port {port[1]} on {port[0]} is in use by a process that `edgeaiforge up` did not "
+            f"start; stop that process, or change {port[2]} in the configuration",
         )
-    time.sleep(0.2)
-    _write_record(layout, name, process.pid, _cmdline(process.pid) or argv)
-    return ComponentStatus(name, "service", process.pid, True, False, "starting")
+    argv = [sys.executable, "-m", f"services.{name}", "--config", str(config_path.resolve())]
+    pid = spawn(layout, name, argv, env=service_environment(settings, layout))
+    return ComponentStatus(name, "service", pid, True, False, "starting")
 
 
-async def _service_healthy(name: str, settings: Settings, nc: Any) -> tuple[bool, str]:
-    if name == "api":
-        api = getattr(settings, "api", None)
-        host = getattr(api, "host", "127.0.0.1")
-        port = getattr(api, "port", 8080)
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                r = await client.get(f"http://{host}:{port}/healthz")
-            return r.status_code == 200, f"http://{host}:{port}"
-        except httpx.HTTPError as exc:
-            return False, f"http://{host}:{port}: {type(exc).__name__}"
-    if nc is None:
-        return False, "bus unreachable"
+async def _connect_bus(settings: Settings) -> NatsClient | None:
+    password = settings.nats.password.get_secret_value() if settings.nats.password else None
+    client = NatsClient()
     try:
-        reply = await nc.request(f"eaf.rpc.{name}.health", b"{}", timeout=2.0)
-        return json.loads(reply.data).get("status") == "ok", "answers on the bus"
-    except Exception as exc:
-        return False, f"no health answer ({type(exc).__name__})"
-
-
-async def _check_services(
-    settings: Settings, layout: _Layout, names: tuple[str, ...], wait: float
-) -> list[ComponentStatus]:
-    nc: Any = None
-    with contextlib.suppress(Exception):
-        nc = await nats.connect(
+        await client.connect(
             settings.nats.url,
             user=settings.nats.user,
-            password=settings.nats.password.get_secret_value() if settings.nats.password else None,
+            password=password,
             connect_timeout=2,
             max_reconnect_attempts=0,
             allow_reconnect=False,
         )
+    except Exception:
+        return None
+    return client
+
+
+async def _service_health(name: str, settings: Settings, nc: NatsClient | None) -> tuple[bool, str]:
+    if name == "api":
+        url = api_url(settings)
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                reply = await client.get(f"{url}/healthz")
+        except httpx.HTTPError as exc:
+            return False, f"{url}: {type(exc).__name__}"
+        return reply.status_code == 200, url
+    if nc is None:
+        return False, "the bus does not answer"
     try:
-        deadline = time.monotonic() + wait
+        message = await nc.request(f"eaf.rpc.{name}.health", b"{}", timeout=2.0)
+        answer = json.loads(message.data)
+    except Exception as exc:
+        return False, f"no health answer ({type(exc).__name__})"
+    return answer.get("status") == "ok", f"answers on eaf.rpc.{name}.health"
+
+
+def _log_hint(layout: StackLayout, name: str) -> str:
+    path = layout.log(name)
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    last = lines[-1].strip() if lines else ""
+    return f"not running; see {path}" + (f": {last[:200]}" if last else "")
+
+
+async def _check_services(
+    settings: Settings, layout: StackLayout, names: Sequence[str], wait: float
+) -> list[ComponentStatus]:
+    """Ask each service for its health until all answer or ``wait`` seconds passed."""
+    deadline = time.monotonic() + wait
+    nc = await _connect_bus(settings)
+    while nc is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        nc = await _connect_bus(settings)
+    try:
         results: dict[str, ComponentStatus] = {}
         pending = list(names)
         while True:
             for name in list(pending):
-                record = _read_record(layout, name)
-                running = record is not None and _alive(record)
+                record = layout.read_record(name)
                 pid = record["pid"] if record else None
-                if not running:
-                    log = layout.logs / f"{name}.log"
-                    results[name] = ComponentStatus(
-                        name, "service", pid, False, False, f"not running (see {log})"
-                    )
+                if not process_running(record):
+                    detail = _log_hint(layout, name) if record else "not started"
+                    results[name] = ComponentStatus(name, "service", pid, False, False, detail)
                     pending.remove(name)
                     continue
-                healthy, detail = await _service_healthy(name, settings, nc)
+                healthy, detail = await _service_health(name, settings, nc)
                 results[name] = ComponentStatus(name, "service", pid, True, healthy, detail)
                 if healthy:
                     pending.remove(name)
-            if not pending or time.monotonic() > deadline:
+            if not pending or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.5)
         return [results[n] for n in names]
@@ -305,27 +496,66 @@ async def _check_services(
             await nc.close()
 
 
-# ---- commands ------------------------------------------------------------------------
+def _extras(layout: StackLayout) -> list[ComponentStatus]:
+    rows = []
+    for name in EXTRAS:
+        record = layout.read_record(name)
+        if record is None:
+            continue
+        running = process_running(record)
+        detail = str(record.get("detail", "")) if running else _log_hint(layout, name)
+        rows.append(ComponentStatus(name, "process", record["pid"], running, running, detail))
+    return rows
 
 
-def up(settings: Settings, config_path: Path) -> list[ComponentStatus]:
-    """Start what is missing and wait until everything answers."""
-    layout = _Layout(settings.stack.data_dir)
+# ---- commands --------------------------------------------------------------------------
+
+
+def up(
+    settings: Settings, config_path: Path, *, wait: float = HEALTH_TIMEOUT
+) -> list[ComponentStatus]:
+    """Start what is missing and wait until every component answers its health check.
+
+    Raises ``StackError`` when a server cannot start or a port belongs to someone else;
+    services that do not answer in time are returned unhealthy (their log says why).
+    """
+    layout = StackLayout.of(settings)
     statuses = [_start_server(name, settings, layout) for name in SERVERS]
+    try:
+        asyncio.run(_provision_mqtt(settings, layout))
+    except (MqttAdminError, aiomqtt.MqttError, OSError) as exc:
+        raise StackError(
+            "mosquitto",
+            f"could not set up the broker's accounts ({exc}); if {layout.root / 'mosquitto'} "
+            "was made by another configuration, remove that directory and run up again",
+        ) from None
+    try:
+        # Made here, once, before the services start: several services starting together
+        # in development mode would each generate (and one would lose) its own key.
+        load_kek(settings.security)
+        load_signing_key(settings.security)
+    except KeyFileError as exc:
+        raise StackError("keys", str(exc)) from None
     for name in SERVICES:
         _start_service(name, settings, layout, config_path)
-    statuses += asyncio.run(_check_services(settings, layout, SERVICES, _HEALTH_TIMEOUT))
-    return statuses
+    statuses += asyncio.run(_check_services(settings, layout, SERVICES, wait))
+    return statuses + _extras(layout)
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
-    """Every component: running (ours) and answering."""
-    layout = _Layout(settings.stack.data_dir)
+    """Every component: running (and ours) and answering."""
+    layout = StackLayout.of(settings)
     result = []
     for name in SERVERS:
         host, port, _ = _server_endpoints(settings)[name]
-        record = _read_record(layout, name)
-        running = record is not None and _alive(record)
+        record = layout.read_record(name)
+        running = process_running(record)
+        if running:
+            detail = f"{host}:{port}"
+        elif _port_open(host, port):
+            detail = f"{host}:{port} is answered by a process that up did not start"
+        else:
+            detail = "not running"
         result.append(
             ComponentStatus(
                 name,
@@ -333,35 +563,29 @@ def status(settings: Settings) -> list[ComponentStatus]:
                 record["pid"] if record else None,
                 running,
                 running and _port_open(host, port),
-                f"{host}:{port}",
+                detail,
             )
         )
     result += asyncio.run(_check_services(settings, layout, SERVICES, 0))
-    return result
+    return result + _extras(layout)
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop what ``up`` started (services first), and nothing else."""
-    layout = _Layout(settings.stack.data_dir)
+    """Stop what ``up`` started (the fleet and services first, servers last), nothing else."""
+    layout = StackLayout.of(settings)
     stopped = []
-    for name in (*reversed(SERVICES), *reversed(SERVERS)):
-        record = _read_record(layout, name)
-        if record is None:
-            continue
-        if _alive(record):
-            pid = int(record["pid"])
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while _alive(record) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(record):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+    for name in (*EXTRAS, *reversed(SERVICES), *reversed(SERVERS)):
+        if _stop(layout, name):
             stopped.append(name)
-        layout.record(name).unlink(missing_ok=True)
     return stopped
 
 
-def as_json(statuses: list[ComponentStatus]) -> str:
-    return json.dumps([asdict(s) for s in statuses], indent=2)
+def as_json(statuses: Sequence[ComponentStatus]) -> str:
+    """``status --json``: overall health and one object per component."""
+    return json.dumps(
+        {
+            "healthy": all(s.healthy for s in statuses),
+            "components": [asdict(s) for s in statuses],
+        },
+        indent=2,
+    )
