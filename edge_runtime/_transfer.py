@@ -31,6 +31,9 @@ __all__ = ["ChunkOutcome", "Transfer", "check_manifest", "open_manifest_key"]
 
 #: Times one chunk may fail authentication (or have the wrong size) before the transfer fails.
 MAX_CHUNK_FAILURES = 3
+#: Seconds a manifest's ``issued_at`` may lie ahead of the device's clock (clock drift).
+#: Beyond it the device's clock is behind, its expiry checks mean nothing, so it refuses.
+MAX_CLOCK_SKEW = 300
 _PERSIST_EVERY = 8
 
 
@@ -45,7 +48,8 @@ def check_manifest(
     """Verify a ``desired`` payload; raises ``TransferRefused`` with the reason.
 
     Checks, in order: well-formed, signed by the pinned key, for this device, not expired,
-    sequence not below the highest accepted for the model (replay).
+    not issued in this device's future (its clock is behind), sequence not below the
+    highest accepted for the model (replay).
     """
     try:
         signed = SignedManifest.from_bytes(payload)
@@ -64,7 +68,19 @@ def check_manifest(
     if manifest.expires_at <= current:
         raise TransferRefused(
             RejectionCode.EXPIRED,
-            f"manifest expired at {manifest.expires_at} (now {int(current)})",
+            f"manifest expired at {manifest.expires_at}, {int(current) - manifest.expires_at} s "
+            f"before this device's clock ({int(current)}); it was issued at "
+            f"{manifest.issued_at}: if that was just now, this device's clock is ahead (set "
+            "its time, e.g. NTP); otherwise the platform re-issues it when the device is online",
+            deployment_id=ident,
+        )
+    if manifest.issued_at > current + MAX_CLOCK_SKEW:
+        # A device whose clock is behind would take expired manifests for valid ones.
+        raise TransferRefused(
+            RejectionCode.CLOCK_SKEW,
+            f"manifest was issued at {manifest.issued_at}, {manifest.issued_at - int(current)} s "
+            f"after this device's clock ({int(current)}): this device's clock is behind; set "
+            "its time (e.g. NTP), then the manifest is accepted",
             deployment_id=ident,
         )
     high = sequences.get(manifest.model, -1)

@@ -60,6 +60,8 @@ class RejectionCode(StrEnum):
     SIGNATURE = "signature"
     WRONG_DEVICE = "wrong_device"
     EXPIRED = "expired"
+    #: Issued later than the device's clock allows: the device's clock is behind.
+    CLOCK_SKEW = "clock_skew"
     REPLAY = "replay"
     SEALED_KEY = "sealed_key"
     CHUNK_INTEGRITY = "chunk_integrity"
