@@ -47,7 +47,6 @@ from services.common.mqtt_admin import (
 )
 
 __all__ = [
-    "EXTRAS",
     "SERVERS",
     "SERVICES",
     "ComponentStatus",
@@ -56,17 +55,18 @@ __all__ = [
     "api_url",
     "as_json",
     "down",
+    "extras",
     "process_running",
     "spawn",
     "status",
+    "stop_process",
     "up",
 ]
 
 SERVERS = ("nats", "mosquitto", "influxdb")
-#: Started in this order; the API last, so it finds the registry answering.
+#: Started in this order; the API last, so it finds the registry answering. Any other
+#: recorded process (``fleet simulate --background``) is shown by status and stopped first.
 SERVICES = ("registry", "validator", "analyzer", "deployer", "ingester", "tracker", "api")
-#: Other processes that may be recorded (``fleet simulate --background``); shown when present.
-EXTRAS = ("fleet",)
 MQTT_ADMIN_USER = "eaf-admin"
 SERVICE_MQTT_USER = "eaf-services"
 HEALTH_TIMEOUT = 90.0
@@ -197,7 +197,7 @@ def spawn(
     return process.pid
 
 
-def _stop(layout: StackLayout, name: str) -> bool:
+def stop_process(layout: StackLayout, name: str) -> bool:
     """SIGTERM the recorded process group, SIGKILL after a grace period; True if it ran."""
     record = layout.read_record(name)
     stopped = False
@@ -496,9 +496,15 @@ async def _check_services(
             await nc.close()
 
 
+def extras(layout: StackLayout) -> list[str]:
+    """Recorded processes other than the servers and services (the simulated fleet)."""
+    known = {*SERVERS, *SERVICES}
+    return sorted(p.stem for p in layout.run.glob("*.json") if p.stem not in known)
+
+
 def _extras(layout: StackLayout) -> list[ComponentStatus]:
     rows = []
-    for name in EXTRAS:
+    for name in extras(layout):
         record = layout.read_record(name)
         if record is None:
             continue
@@ -574,8 +580,8 @@ def down(settings: Settings) -> list[str]:
     """Stop what ``up`` started (the fleet and services first, servers last), nothing else."""
     layout = StackLayout.of(settings)
     stopped = []
-    for name in (*EXTRAS, *reversed(SERVICES), *reversed(SERVERS)):
-        if _stop(layout, name):
+    for name in (*extras(layout), *reversed(SERVICES), *reversed(SERVERS)):
+        if stop_process(layout, name):
             stopped.append(name)
     return stopped
 

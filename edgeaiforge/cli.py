@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeaiforge._cli import deploy, device, model, stack, stats
+from edgeaiforge._cli import deploy, device, fleet, model, stack, stats
 from edgeaiforge._manager import ENV_TOKEN, ENV_URL
 
 __all__ = ["SUBCOMMANDS", "app", "main"]
@@ -29,6 +29,7 @@ SUBCOMMANDS: list[tuple[str, typer.Typer]] = [
     ("up", stack.up_app),
     ("down", stack.down_app),
     ("status", stack.status_app),
+    ("fleet", fleet.app),
 ]
 
 for _name, _sub in SUBCOMMANDS:
