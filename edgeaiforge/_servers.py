@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import http.client
+import json
 import os
 import pwd
 import re
@@ -26,6 +27,9 @@ from typing import Self
 
 __all__ = [
     "DEFAULT_START_TIMEOUT",
+    "NATS_CONFIG",
+    "NATS_SERVICE_USERS",
+    "NATS_USERS",
     "InfluxServer",
     "MosquittoServer",
     "NatsServer",
@@ -36,6 +40,10 @@ __all__ = [
     "find_binary",
     "find_dynsec_plugin",
     "free_port",
+    "generate_nats_passwords",
+    "nats_environment",
+    "nats_password_variable",
+    "nats_service_environment",
     "render_mosquitto_config",
 ]
 
@@ -58,6 +66,21 @@ _DYNSEC_PLUGIN_GLOBS = (
 MOSQUITTO_TEMPLATE = (
     Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf.template"
 )
+#: The project's nats-server config: users, roles and their subjects (docs/bus.md).
+NATS_CONFIG = Path(__file__).resolve().parent.parent / "nats" / "nats-server.conf"
+#: One NATS user per service, named after it; each holds only its own subjects.
+NATS_SERVICE_USERS = (
+    "registry",
+    "validator",
+    "analyzer",
+    "deployer",
+    "ingester",
+    "tracker",
+    "api",
+)
+#: Every user of ``NATS_CONFIG``: the services, ``integrator`` (commands and events),
+#: ``observer`` (reads events) and ``admin`` (stream management, tests and tools).
+NATS_USERS = (*NATS_SERVICE_USERS, "integrator", "observer", "admin")
 
 
 class ServerError(Exception):
@@ -345,10 +368,42 @@ def _tcp_read(host: str, port: int, payload: bytes | None, size: int) -> bytes:
         return b""
 
 
+def nats_password_variable(user: str) -> str:
+    """The environment variable ``NATS_CONFIG`` reads `user`'s password from."""
+    return f"EAF_NATS_{user.upper()}_PASSWORD"
+
+
+def generate_nats_passwords() -> dict[str, str]:
+    """A fresh random password for every user of ``NATS_CONFIG``."""
+    return {user: secrets.token_urlsafe(24) for user in NATS_USERS}
+
+
+def nats_environment(passwords: Mapping[str, str]) -> dict[str, str]:
+    """The variables nats-server needs to start with ``NATS_CONFIG``.
+
+    `passwords` maps every name of ``NATS_USERS`` to its password; a missing one is an
+    error here rather than a server that refuses to start. Each value is written as a
+    JSON string (in double quotes) because nats-server parses a variable's value as a
+    config value: unquoted, ``4e12`` would be a number and ``a#b`` a comment.
+    """
+    missing = [user for user in NATS_USERS if not passwords.get(user)]
+    if missing:
+        raise ServerError(f"no NATS password for users {missing}: every user needs one")
+    return {nats_password_variable(user): json.dumps(passwords[user]) for user in NATS_USERS}
+
+
+def nats_service_environment(user: str, password: str) -> dict[str, str]:
+    """The variables that give a service (`python -m services.<user>`) its NATS login."""
+    return {"EAF_NATS__USER": user, "EAF_NATS__PASSWORD": password}
+
+
 class NatsServer(_Server):
     """`nats-server` with JetStream, its store under `data_dir`.
 
     `config_file` is passed as `-c`; command-line host, port and store dir still win.
+    With `passwords` (one per name in ``NATS_USERS``, see ``generate_nats_passwords``) it
+    runs the project's config ``NATS_CONFIG`` (unless `config_file` says otherwise): every
+    client must log in, and `url` carries the admin's credentials.
     """
 
     name = "NATS"
@@ -364,15 +419,40 @@ class NatsServer(_Server):
         config_file: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir=data_dir, host=host, port=port, start_timeout=start_timeout)
+        self.passwords = dict(passwords) if passwords is not None else None
+        if config_file is None and passwords is not None:
+            config_file = NATS_CONFIG
         self.config_file = Path(config_file) if config_file is not None else None
         self.extra_args = tuple(extra_args)
+        self._server_env = nats_environment(passwords) if passwords is not None else {}
 
     @property
     def url(self) -> str:
-        """`nats://host:port`."""
+        """`nats://host:port`, with the admin's credentials when the server has users."""
+        if self.passwords is not None:
+            return self.url_for("admin")
+        return self.plain_url
+
+    @property
+    def plain_url(self) -> str:
+        """`nats://host:port` without credentials."""
         return f"nats://{self._host}:{self._port}"
+
+    def url_for(self, user: str) -> str:
+        """`nats://user:password@host:port` for one of ``NATS_USERS``."""
+        return f"nats://{user}:{self.password_for(user)}@{self._host}:{self._port}"
+
+    def password_for(self, user: str) -> str:
+        """The password of `user` (a name of ``NATS_USERS``)."""
+        if self.passwords is None or user not in self.passwords:
+            raise ServerError(f"this NATS server has no user {user!r}")
+        return self.passwords[user]
+
+    def _environment(self) -> dict[str, str]:
+        return {**os.environ, **self._server_env}
 
     @property
     def store_dir(self) -> Path:

@@ -160,7 +160,8 @@ class VersionInfo(WireModel):
 
     model: ModelName
     version: str
-    #: Per-model number that only grows; the manifest's anti-rollback counter.
+    #: Per-model upload order (1, 2, ...): "newest" in listings and retention. Not the
+    #: manifest's ``sequence``, which the deployer issues per deployment (rollbacks too).
     sequence: int
     artifact_id: Sha256Hex
     size_bytes: int

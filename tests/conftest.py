@@ -29,7 +29,9 @@ from edgeaiforge._servers import (
     ServerError,
     ServerNotFoundError,
     free_port,
+    generate_nats_passwords,
 )
+from schemas.config import NatsConfig
 from services.common.mqtt_admin import Acl, MqttAdmin, RoleRef, provision_platform
 
 _PG_BIN_DIRS = (
@@ -58,9 +60,29 @@ def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def nats_server(servers_dir: Path) -> Iterator[NatsServer]:
-    """`nats-server -js` with a temporary store; `.url`, `.host`, `.port`."""
-    with NatsServer(data_dir=servers_dir / "nats") as server:
+    """`nats-server -js` with the project's config (`nats/nats-server.conf`), fresh passwords
+    and a temporary store. `.url` logs in as `admin`; `.url_for(user)`, `.password_for(user)`.
+    """
+    passwords = generate_nats_passwords()
+    with NatsServer(data_dir=servers_dir / "nats", passwords=passwords) as server:
         yield server
+
+
+@pytest.fixture
+def nats_config(nats_server: NatsServer) -> Callable[..., NatsConfig]:
+    """`nats_config("deployer", request_timeout=5)`: the `[nats]` settings of one user."""
+
+    def make(user: str, **overrides: object) -> NatsConfig:
+        return NatsConfig.model_validate(
+            {
+                "url": nats_server.plain_url,
+                "user": user,
+                "password": nats_server.password_for(user),
+                **overrides,
+            }
+        )
+
+    return make
 
 
 @pytest.fixture(scope="session")

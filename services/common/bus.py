@@ -71,6 +71,9 @@ class Bus:
         self.config = config
         self.service = service
         password = config.password.get_secret_value() if config.password else None
+        # Replies come to an inbox under the user's own prefix: the server config lets each
+        # user read only ``_INBOX.<user>.>``, so nobody reads another's replies.
+        self.inbox_prefix = f"_INBOX.{config.user}" if config.user else "_INBOX"
         self.broker = NatsBroker(
             config.url,
             security=(
@@ -81,6 +84,7 @@ class Bus:
             name=f"eaf-{service}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
+            inbox_prefix=self.inbox_prefix,
         )
         self.stream = JStream(
             name=config.stream,
@@ -157,6 +161,7 @@ class Bus:
                 stream=self.stream,
                 durable=durable,
                 pull_sub=PullSub(batch_size=16, timeout=1.0),
+                inbox_prefix=f"{self.inbox_prefix}.".encode(),
                 config=ConsumerConfig(
                     ack_wait=cfg.ack_wait,
                     max_deliver=-1,

@@ -23,6 +23,7 @@ from services.common.logging import get_logger
 from services.common.mqtt_admin import MqttAdmin
 from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
+from services.deployer.commands import register_commands
 from services.deployer.handlers import register
 from services.deployer.mqtt import MqttLink
 from services.deployer.service import Deployer
@@ -99,6 +100,7 @@ async def create_app(
     deployer.chunks = chunks
     bus.serve_health()
     register(bus, deployer)
+    register_commands(bus, deployer)
 
     async def supervise() -> None:
         while True:

@@ -11,6 +11,7 @@ from schemas.config import Settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.db import create_engine
+from services.registry.commands import register_commands
 from services.registry.handlers import Registry
 from services.registry.store import RegistryStore
 
@@ -51,6 +52,7 @@ async def create_registry(
             durable_prefix=durable_prefix,
         )
         registry.register()
+        register_commands(registry)
         bus.serve_health()
         await bus.start()
         sweeper = asyncio.create_task(registry.sweep_forever(sweep_interval))

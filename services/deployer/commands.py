@@ -1,0 +1,54 @@
+"""Integrators' commands the deployer answers (``eaf.cmd.deployment.*``,
+``schemas/commands.py``).
+
+Each command calls the same ``Deployer`` method as the REST route (through
+``eaf.rpc.deployer.*``), so it has the same effect and publishes the same events.
+"""
+
+from __future__ import annotations
+
+from schemas.commands import CommandSubjects, CreateDeploymentCommand, DeploymentCommand
+from schemas.deployer import DeploymentInfo
+from services.common.bus import Bus
+from services.common.logging import get_logger
+from services.deployer.service import Deployer
+
+__all__ = ["register_commands"]
+
+log = get_logger(__name__)
+
+
+def register_commands(bus: Bus, deployer: Deployer) -> None:
+    """Serve the deployer's commands on ``bus``; call before ``bus.start()``."""
+    s = CommandSubjects
+
+    @bus.rpc(s.CREATE_DEPLOYMENT, CreateDeploymentCommand)
+    async def create(cmd: CreateDeploymentCommand) -> DeploymentInfo:
+        """Deploy model@version (or an alias) to a device, a group or a label selector."""
+        log.info("command", command="create_deployment", actor=cmd.actor, model=cmd.model)
+        return await deployer.create_deployment(cmd.to_request())
+
+    @bus.rpc(s.PAUSE_DEPLOYMENT, DeploymentCommand)
+    async def pause(cmd: DeploymentCommand) -> DeploymentInfo:
+        """Stop starting new targets; those in flight finish."""
+        log.info("command", command="pause", actor=cmd.actor, deployment=cmd.deployment_id)
+        return await deployer.pause(cmd.deployment_id)
+
+    @bus.rpc(s.RESUME_DEPLOYMENT, DeploymentCommand)
+    async def resume(cmd: DeploymentCommand) -> DeploymentInfo:
+        """Continue a paused deployment."""
+        log.info("command", command="resume", actor=cmd.actor, deployment=cmd.deployment_id)
+        return await deployer.resume(cmd.deployment_id)
+
+    @bus.rpc(s.CANCEL_DEPLOYMENT, DeploymentCommand)
+    async def cancel(cmd: DeploymentCommand) -> DeploymentInfo:
+        """Cancel every unfinished target."""
+        log.info("command", command="cancel", actor=cmd.actor, deployment=cmd.deployment_id)
+        return await deployer.cancel(cmd.deployment_id)
+
+    @bus.rpc(s.ROLLBACK_DEPLOYMENT, DeploymentCommand)
+    async def rollback(cmd: DeploymentCommand) -> DeploymentInfo:
+        """Return the deployment's devices to their previous model; answers the rollback
+        deployment."""
+        log.info("command", command="rollback", actor=cmd.actor, deployment=cmd.deployment_id)
+        return await deployer.rollback(cmd.deployment_id)

@@ -1,0 +1,285 @@
+"""Commands on ``eaf.cmd.>`` against the real services, each logged in as its own NATS user
+of the project's server config: an integrator's command does exactly what the REST route
+does, a bad or unauthorised one gets an error and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from deploy_support import bias_model, enroll_via_rpc, running
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from edge_runtime import EdgeRuntime
+from schemas.commands import CommandSubjects
+from schemas.config import NatsConfig, Settings
+from services.api.app import create_api_server
+from services.api.testing import create_api_key, platform_settings
+from services.common.bus import Bus
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.deployer.app import create_app as create_deployer
+from services.registry.app import create_registry
+from services.validator.app import create_service as create_validator
+
+S = CommandSubjects
+
+
+async def login(nats_server: Any, user: str) -> NatsClient:
+    """A plain nats-py client as ``user``, replies under the user's own inbox prefix."""
+    return await nats.connect(
+        nats_server.plain_url,
+        user=user,
+        password=nats_server.password_for(user),
+        inbox_prefix=f"_INBOX.{user}",
+        allow_reconnect=False,
+    )
+
+
+async def command(nc: NatsClient, subject: str, body: dict[str, Any] | bytes) -> Any:
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = await nc.request(subject, payload, timeout=10)
+    return json.loads(reply.data)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    http: httpx.AsyncClient
+    admin_bus: Bus
+    stack: AsyncExitStack
+    as_user: Callable[[str], Settings]
+    events: list[Msg] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def platform(
+    tmp_path: Path, nats_server: Any, nats_config: Any, mosquitto: Any, mqtt_creds: Any
+) -> AsyncIterator[Platform]:
+    """Registry, deployer and API, each as its own NATS user; an observer records every
+    deployment event."""
+    base = platform_settings(
+        tmp_path,
+        nats_url=nats_server.plain_url,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port,
+              "username": mqtt_creds[0], "password": mqtt_creds[1]},
+        deployer={"admin_username": mosquitto.admin_username,
+                  "admin_password": mosquitto.admin_password,
+                  "tick_interval": 0.2, "stall_timeout": 1.0},
+    )  # fmt: skip
+
+    def as_user(user: str) -> Settings:
+        cfg: NatsConfig = nats_config(user, request_timeout=5.0, retry_backoff=[0.5])
+        return base.model_copy(update={"nats": cfg})
+
+    async with AsyncExitStack() as stack:
+        observer = await login(nats_server, "observer")
+        stack.push_async_callback(observer.close)
+        events: list[Msg] = []
+
+        async def record(msg: Msg) -> None:
+            events.append(msg)
+
+        await observer.subscribe("eaf.deployment.>", cb=record)
+        await stack.enter_async_context(create_registry(as_user("registry")))
+        await stack.enter_async_context(create_deployer(as_user("deployer")))
+        await stack.enter_async_context(create_api_server(as_user("api")))
+        admin_bus = await stack.enter_async_context(
+            Bus(NatsConfig(url=nats_server.url), service="test-admin")
+        )
+        token = create_api_key(base, role="admin", name="rest-user")
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=f"http://{base.api.host}:{base.api.port}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+        )
+        yield Platform(base, http, admin_bus, stack, as_user, events)
+
+
+async def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def story(events: list[Msg], deployment_id: str) -> list[tuple[str, str]]:
+    """The deployment's events as (subject, state or outcome), repeats collapsed."""
+    out: list[tuple[str, str]] = []
+    for msg in events:
+        body = json.loads(msg.data)
+        if body.get("deployment_id") != deployment_id:
+            continue
+        step = (msg.subject, str(body.get("state") or body.get("outcome") or ""))
+        if not out or out[-1] != step:
+            out.append(step)
+    return out
+
+
+def comparable(info: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's final state without what must differ (ids, times, device, creator)."""
+    targets = [
+        {k: v for k, v in t.items() if k not in ("device_id", "updated_at", "notified_at")}
+        for t in info["targets"]
+    ]
+    drop = ("deployment_id", "created_at", "updated_at", "completed_at", "created_by")
+    return {**{k: v for k, v in info.items() if k not in drop}, "targets": targets}
+
+
+async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
+    nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    creds = await mqtt_user(roles=[SERVICE_ROLE])
+    name, rest_dev, cmd_dev = unique_id("m-"), unique_id("dev-"), unique_id("dev-")
+    model = bias_model(0.25)
+    async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
+        await p.stack.enter_async_context(
+            create_validator(p.as_user("validator"), durable=unique_id("validator-"))
+        )
+        integrator = await login(nats_server, "integrator")
+        p.stack.push_async_callback(integrator.close)
+
+        # The bytes go up over HTTP; the version is registered by a command.
+        stored = (await p.http.post("/api/v1/artifacts", content=model)).json()
+        registered = await command(
+            integrator,
+            S.REGISTER_VERSION,
+            {"actor": "ci:train", "model": name, "version": "1.0.0",
+             "artifact_id": stored["artifact_id"], "size_bytes": stored["size_bytes"],
+             "metadata": {"task": "Regression", "tags": ["nightly"]}},
+        )  # fmt: skip
+        assert registered["uploaded_by"] == "ci:train"
+        assert registered["metadata"]["tags"] == ["nightly"]
+
+        async def validated() -> bool:
+            r = await p.http.get(f"/api/v1/models/{name}/versions/1.0.0")
+            return r.json()["status"] in ("validated", "analyzed")
+
+        await wait_for(validated, "validation")
+        alias = await command(
+            integrator,
+            S.SET_ALIAS,
+            {"actor": "ci:release", "model": name, "alias": "production", "version": "1.0.0"},
+        )
+        assert alias == {"model": name, "alias": "production", "version": "1.0.0",
+                         "previous_version": None}  # fmt: skip
+
+        runtimes = []
+        for device_id in (rest_dev, cmd_dev):
+            await enroll_via_rpc(p.admin_bus, tmp_path / device_id, device_id)
+            runtimes.append(
+                await p.stack.enter_async_context(running(EdgeRuntime(tmp_path / device_id)))
+            )
+
+        spec = {"model": name, "version": "production", "strategy": "waves", "waves": ["100%"]}
+        by_rest = await p.http.post(
+            "/api/v1/deployments", json={**spec, "target": {"device_id": rest_dev}}
+        )
+        assert by_rest.status_code == 201, by_rest.text
+        by_cmd = await command(
+            integrator,
+            S.CREATE_DEPLOYMENT,
+            {**spec, "target": {"device_id": cmd_dev}, "actor": "ci:release"},
+        )
+        assert by_cmd["created_by"] == "ci:release"
+
+        async def finished(deployment_id: str) -> dict[str, Any] | None:
+            info: dict[str, Any] = (await p.http.get(f"/api/v1/deployments/{deployment_id}")).json()
+            return info if info["status"] == "completed" else None
+
+        rest_final = await wait_for(lambda: finished(by_rest.json()["deployment_id"]), "REST")
+        cmd_final = await wait_for(lambda: finished(by_cmd["deployment_id"]), "command")
+        await asyncio.sleep(0.5)  # let the observer receive the last events
+        rest_story = story(p.events, rest_final["deployment_id"])
+        cmd_story = story(p.events, cmd_final["deployment_id"])
+        devices = {
+            d: (await p.http.get(f"/api/v1/devices/{d}")).json() for d in (rest_dev, cmd_dev)
+        }
+
+    assert cmd_final["outcome"] == "succeeded"
+    assert comparable(cmd_final) == comparable(rest_final)
+    assert cmd_story == rest_story
+    assert cmd_story[0] == ("eaf.deployment.created", "")
+    assert cmd_story[-1] == ("eaf.deployment.completed", "succeeded")
+    for device in devices.values():
+        assert (device["active_model"], device["active_version"]) == (name, "1.0.0")
+
+
+async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
+    nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    creds = await mqtt_user(roles=[SERVICE_ROLE])
+    name = unique_id("m-")
+    async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
+        integrator = await login(nats_server, "integrator")
+        p.stack.push_async_callback(integrator.close)
+        stored = (await p.http.post("/api/v1/artifacts", content=bias_model(0.5))).json()
+        good = {
+            "actor": "ci",
+            "model": name,
+            "version": "1.0.0",
+            "artifact_id": stored["artifact_id"],
+            "size_bytes": stored["size_bytes"],
+        }
+
+        not_json = await command(integrator, S.REGISTER_VERSION, b"{not json")
+        no_actor = await command(integrator, S.REGISTER_VERSION, {**good, "actor": ""})
+        unknown_field = await command(integrator, S.REGISTER_VERSION, {**good, "admin": True})
+        wrong_size = await command(integrator, S.REGISTER_VERSION, {**good, "size_bytes": 1})
+        no_version = await command(
+            integrator,
+            S.CREATE_DEPLOYMENT,
+            {"actor": "ci", "model": name, "version": "1.0.0", "target": {"device_id": "d1"}},
+        )
+        creator = await command(
+            integrator,
+            S.CREATE_DEPLOYMENT,
+            {"actor": "ci", "model": name, "version": "1.0.0", "target": {"device_id": "d1"},
+             "created_by": "someone-else"},
+        )  # fmt: skip
+        no_deployment = await command(
+            integrator,
+            S.PAUSE_DEPLOYMENT,
+            {"actor": "ci", "deployment_id": "00000000-0000-0000-0000-000000000000"},
+        )
+        for reply in (not_json, no_actor, unknown_field, creator):
+            assert reply["error"]["code"] == "invalid", reply
+            assert reply["error"]["status"] == 422
+        assert "actor" in no_actor["error"]["detail"]
+        assert "created_by" in creator["error"]["detail"]
+        assert wrong_size["error"]["code"] == "invalid", wrong_size
+        assert "holds" in wrong_size["error"]["detail"]
+        assert no_version["error"]["status"] == 404, no_version
+        assert no_deployment["error"]["status"] == 404, no_deployment
+
+        # An observer's command never reaches the registry: the server refuses it.
+        observer = await login(nats_server, "observer")
+        refused: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            refused.append(exc)
+
+        observer._error_cb = on_error  # the client's error callback, set after connecting
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await observer.request(S.REGISTER_VERSION, json.dumps(good).encode(), timeout=1)
+        await observer.close()
+
+        models = (await p.http.get("/api/v1/models", params={"prefix": name})).json()
+        deployments = (await p.http.get("/api/v1/deployments", params={"model": name})).json()
+    assert any("permissions violation" in str(e).lower() for e in refused), refused
+    assert models["items"] == []
+    assert deployments["deployments"] == []
