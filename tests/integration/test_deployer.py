@@ -116,13 +116,14 @@ async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id)
         )
         assert created.version == "1.0.0"
         done = await env.wait_completed(created.deployment_id, timeout=120)
+        # Asked while the device still runs: once it stops it is rightly reported offline.
+        device = await env.bus.request(
+            SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
+        )
     assert done.outcome is DeploymentOutcome.SUCCEEDED
     assert [t.state for t in done.targets] == [TargetState.ACTIVE]
     assert done.targets[0].bytes_received == len(data)
     assert (state_dir / "models" / f"{info.artifact_id}.onnx").read_bytes() == data
-    device = await env.bus.request(
-        SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
-    )
     assert (device.active_model, device.active_version, device.online) == (model, "1.0.0", True)
     in_use = await env.bus.request(
         SUBJECTS["versions_in_use"], VersionsInUseRequest(model=model), VersionsInUseReply
