@@ -31,6 +31,8 @@ from edge_runtime._transfer import (
     open_manifest_key,
 )
 from edge_runtime.errors import InferenceError, TransferRefused
+from edge_runtime.metrics import MetricsCollector, MetricsReporter
+from edge_runtime.spool import MetricsSpool
 from schemas.events import TargetState
 from schemas.manifest import Manifest
 from schemas.topics import Topics
@@ -54,6 +56,17 @@ _PROGRESS_INTERVAL = 0.5
 _MAX_QUEUED_REPORTS = 200
 
 
+def _chain(first: InferenceRecorder | None, second: Callable[..., None]) -> InferenceRecorder:
+    """One recorder that calls both (the caller's own and the metrics collector)."""
+
+    def record(*, model: str, version: str, latency_ms: float, ok: bool) -> None:
+        if first is not None:
+            first(model=model, version=version, latency_ms=latency_ms, ok=ok)
+        second(model, version, latency_ms, ok=ok)
+
+    return record
+
+
 class EdgeRuntime:
     """One device's runtime, bound to an enrolled state directory."""
 
@@ -69,8 +82,12 @@ class EdgeRuntime:
         recorder: InferenceRecorder | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
+        metrics_interval: float | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        """``metrics_interval`` (seconds) turns on inference metrics: each interval a batch
+        goes to the on-disk spool (``metrics.db`` in the state dir) and from there to the
+        device's ``metrics`` topic whenever the broker is reachable."""
         self.state = StateDir(state_dir)
         self.config = self.state.enrollment()
         self.device_id = self.config.device_id
@@ -81,6 +98,16 @@ class EdgeRuntime:
         self.stall_timeout = stall_timeout or self.config.stall_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        self.metrics: MetricsReporter | None = None
+        if metrics_interval:
+            collector = MetricsCollector(self.device_id)
+            self.metrics = MetricsReporter(
+                collector,
+                MetricsSpool(Path(state_dir) / "metrics.db"),
+                topics=self.topics,
+                interval=metrics_interval,
+            )
+            recorder = _chain(recorder, collector.record)
         self.host = ModelHost(threads=threads, recorder=recorder)
         self._log = log or (lambda _msg: None)
         self._platform_key = self.state.platform_key()
@@ -165,6 +192,11 @@ class EdgeRuntime:
         await self._load_installed()
         backoff = self.reconnect_min
         stopper = asyncio.create_task(self._stop.wait())
+        reporter = (
+            asyncio.create_task(self.metrics.run_with(self.publish_metrics))
+            if self.metrics is not None
+            else None
+        )
         try:
             while not self._stop.is_set():
                 session = asyncio.create_task(self._session())
@@ -187,6 +219,14 @@ class EdgeRuntime:
                 backoff = min(backoff * 2, self.reconnect_max)
         finally:
             stopper.cancel()
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+                assert self.metrics is not None
+                # The last partial interval goes to the spool; it is sent on the next run.
+                await asyncio.to_thread(self.metrics.tick)
+                self.metrics.spool.close()
             if self._finishing is not None:
                 self._finishing.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate", type=float, default=0.0, metavar="RATE", help="run RATE inferences/s"
     )
+    p.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="publish inference metrics every SECONDS (0 = off)",
+    )
 
     p = sub.add_parser("status", help="print the device's installed models")
     p.add_argument("--state-dir", type=Path, required=True)
@@ -89,6 +96,7 @@ async def _run(args: argparse.Namespace) -> None:
         window_size=args.window,
         stall_timeout=args.stall_timeout,
         threads=args.threads,
+        metrics_interval=args.metrics_interval or None,
         log=_log,
     )
     loop = asyncio.get_running_loop()
