@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from edge_runtime import EdgeRuntime
 from schemas.commands import CommandSubjects
 from schemas.config import NatsConfig, Settings
+from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
 from services.api.testing import create_api_key, platform_settings
 from services.common.bus import Bus
@@ -150,6 +151,9 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
         await p.stack.enter_async_context(
             create_validator(p.as_user("validator"), durable=unique_id("validator-"))
         )
+        await p.stack.enter_async_context(
+            create_analyzer(p.as_user("analyzer"), durable=unique_id("analyzer-"))
+        )
         integrator = await login(nats_server, "integrator")
         p.stack.push_async_callback(integrator.close)
 
@@ -204,6 +208,12 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
         rest_final = await wait_for(lambda: finished(by_rest.json()["deployment_id"]), "REST")
         cmd_final = await wait_for(lambda: finished(by_cmd["deployment_id"]), "command")
         await asyncio.sleep(0.5)  # let the observer receive the last events
+
+        async def analyzed() -> bool:
+            r = await p.http.get(f"/api/v1/models/{name}/versions/1.0.0")
+            return r.json()["status"] == "analyzed"
+
+        await wait_for(analyzed, "analysis")  # the analyzer, as its own user, got through
         rest_story = story(p.events, rest_final["deployment_id"])
         cmd_story = story(p.events, cmd_final["deployment_id"])
         devices = {
