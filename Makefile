@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo down bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -14,9 +14,20 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The whole platform at work: the local stack, a model built here, simulated devices,
+# rollouts in waves, live stats, a canary and its promotion. Run it again: it continues.
+demo: setup
+	$(PY) scripts/demo.py --config $(or $(EAF_CONFIG),config/edgeaiforge.toml)
+
+# Stop what `make demo` (or `edgeaiforge up`) started; the data under var/ stays.
+down:
+	$(VENV)/bin/edgeaiforge down
+
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 clean:
+	@# Stop our processes first: their records and data are about to go.
+	@if [ -x $(VENV)/bin/edgeaiforge ]; then $(VENV)/bin/edgeaiforge down; fi
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
