@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from edge_runtime._package import model_file
 from edge_runtime.errors import InferenceError, NoModelError
 from schemas.transfer import ActiveModel
 
@@ -68,7 +69,8 @@ def _load(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # A package (ZIP with external data) is unpacked beside the artifact first.
+    return ort.InferenceSession(str(model_file(path)), options, providers=["CPUExecutionProvider"])
 
 
 def _health_check(session: ort.InferenceSession) -> None:

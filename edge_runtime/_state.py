@@ -132,6 +132,9 @@ class StateDir:
             for path in self.models_dir.glob("*.onnx"):
                 if path.stem not in keep:
                     path.unlink(missing_ok=True)
+            for pkg in self.models_dir.glob("*.pkg"):
+                if pkg.stem not in keep:
+                    shutil.rmtree(pkg, ignore_errors=True)
 
     # -- anti-replay --
     def sequences(self) -> dict[str, int]:
