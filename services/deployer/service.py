@@ -134,6 +134,7 @@ class Deployer:
         self.link: MqttLink | None = None
         self.chunks: ChunkServer | None = None
         self._broadcasts: set[asyncio.Task[None]] = set()
+        self._republishing: set[asyncio.Task[None]] = set()
         self._allowed: dict[tuple[str, str], float] = {}
         raw = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.platform_public_key = base64.b64encode(raw).decode()
@@ -145,8 +146,28 @@ class Deployer:
         for event in events:
             try:
                 await self.bus.publish(event)
-            except Exception as exc:  # the DB holds the truth; an event lost here is logged
-                log.error("event not published", subject=event.SUBJECT, error=repr(exc))
+            except Exception as exc:
+                # The DB change is committed: the event must follow. Keep trying with the
+                # same event id (the stream stores it once even if an attempt got through).
+                log.warning("event not published yet; retrying", subject=event.SUBJECT,
+                            error=repr(exc))  # fmt: skip
+                self._republish(event)
+
+    def _republish(self, event: Event) -> None:
+        async def run() -> None:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.bus.publish(event)
+                except Exception:
+                    delay = min(delay * 2, 10.0)
+                else:
+                    return
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._republishing.add(task)
+        task.add_done_callback(self._republishing.discard)
 
     # ---- enrolment -----------------------------------------------------------------------
 
@@ -933,9 +954,11 @@ class Deployer:
         task.add_done_callback(self._broadcasts.discard)
 
     async def close(self) -> None:
-        for task in list(self._broadcasts):
+        if self._republishing:
+            log.error("stopping with events not yet published", count=len(self._republishing))
+        for task in [*self._broadcasts, *self._republishing]:
             task.cancel()
-        await asyncio.gather(*self._broadcasts, return_exceptions=True)
+        await asyncio.gather(*self._broadcasts, *self._republishing, return_exceptions=True)
 
     # ---- retention -----------------------------------------------------------------------
 
