@@ -51,3 +51,50 @@ async def start_runtime_process(
         cwd=REPO, env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.DEVNULL, stderr=log.open("ab"),
     )  # fmt: skip
+
+
+# ---- an idempotent consumer's ledger (events tests) ---------------------------------------
+
+LEDGER_SQL = "CREATE TABLE IF NOT EXISTS ledger (event_id TEXT NOT NULL, what TEXT NOT NULL)"
+
+
+async def apply_once(engine, consumer: str, event_id, what: str) -> bool:  # type: ignore[no-untyped-def]
+    """The side effect of one event, recorded with ``claim_event`` in one transaction.
+
+    The ledger has no unique key on purpose: an event applied twice shows as two rows.
+    """
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from services.common.db import claim_event
+
+    async with AsyncSession(engine) as session, session.begin():
+        if not await claim_event(session, consumer=consumer, event_id=event_id):
+            return False
+        await session.execute(
+            text("INSERT INTO ledger (event_id, what) VALUES (:e, :w)"),
+            {"e": str(event_id), "w": what},
+        )
+    return True
+
+
+async def open_ledger(path: Path):  # type: ignore[no-untyped-def]
+    """An engine on the SQLite file ``path`` with the ledger and processed-events tables."""
+    from sqlalchemy import text
+
+    from schemas.config import DatabaseConfig
+    from services.common.db import create_engine, create_tables
+
+    engine = create_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{path}"))
+    await create_tables(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text(LEDGER_SQL))
+    return engine
+
+
+async def ledger_rows(engine) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT event_id, what FROM ledger"))).all()
+    return [(str(a), str(b)) for a, b in rows]
