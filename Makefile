@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint format demo down bench clean
+.PHONY: setup test lint format demo down bench clean asyncapi vectors
 
 setup:
 	@./scripts/setup.sh
@@ -31,3 +31,11 @@ clean:
 	@# Stop our processes first: their records and data are about to go.
 	@if [ -x $(VENV)/bin/edgeaiforge ]; then $(VENV)/bin/edgeaiforge down; fi
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
+
+# The bus's AsyncAPI document (events and commands), kept in docs/ and served at /asyncapi.
+asyncapi:
+	$(PY) -c "from services.api.asyncapi import main; main()" > docs/asyncapi/asyncapi.json
+
+# The device protocol's test vectors (tests/vectors/), from fixed keys and seeds.
+vectors:
+	$(PY) tests/vectors/generate.py

@@ -18,7 +18,16 @@ from fastapi import APIRouter, FastAPI
 from schemas.config import Settings
 from services.api.deps import ApiContext
 from services.api.problems import install_problem_handlers
-from services.api.routes import artifacts, deployments, devices, health, keys, models, stats
+from services.api.routes import (
+    artifacts,
+    asyncapi,
+    deployments,
+    devices,
+    health,
+    keys,
+    models,
+    stats,
+)
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
@@ -37,6 +46,7 @@ ROUTERS: list[APIRouter] = [
     devices.router,
     deployments.router,
     stats.router,
+    asyncapi.router,
 ]
 
 

@@ -288,6 +288,8 @@ async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
             await observer.request(S.REGISTER_VERSION, json.dumps(good).encode(), timeout=1)
         await observer.close()
 
+        served = (await p.http.get("/asyncapi", headers={"Authorization": ""})).json()
+        assert set(served["channels"]) >= {S.CREATE_DEPLOYMENT, S.REGISTER_VERSION}
         models = (await p.http.get("/api/v1/models", params={"prefix": name})).json()
         deployments = (await p.http.get("/api/v1/deployments", params={"model": name})).json()
     assert any("permissions violation" in str(e).lower() for e in refused), refused
