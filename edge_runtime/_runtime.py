@@ -117,6 +117,8 @@ class EdgeRuntime:
         self._finishing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._report_wake = asyncio.Event()
+        #: Set with each transition: it ends the progress throttle's pause at once.
+        self._transition_wake = asyncio.Event()
         self._reports: list[DeviceState] = []
         self._progress: DeploymentProgress | None = None
         self._rejection: Rejection | None = None
@@ -609,6 +611,7 @@ class EdgeRuntime:
         if transition:
             self._reports.append(snapshot)
             del self._reports[:-_MAX_QUEUED_REPORTS]
+            self._transition_wake.set()
         self._latest = snapshot
         self._report_wake.set()
         asyncio.get_running_loop().create_task(self._notify_change())
@@ -619,6 +622,8 @@ class EdgeRuntime:
 
     async def _reporter(self, client: aiomqtt.Client) -> None:
         topic = self.topics.state(self.device_id)
+        loop = asyncio.get_running_loop()
+        sent: DeviceState | None = None
         while True:
             await self._report_wake.wait()
             self._report_wake.clear()
@@ -627,10 +632,19 @@ class EdgeRuntime:
                 state = self._reports[0]
                 await client.publish(topic, state.model_dump_json().encode(), qos=1, retain=True)
                 self._reports.pop(0)
+                sent = state
             latest = self._latest
-            if latest is not None:
+            if latest is not None and latest is not sent:
                 await client.publish(topic, latest.model_dump_json().encode(), qos=1, retain=True)
-            await asyncio.sleep(_PROGRESS_INTERVAL)
+                sent = latest
+            # Progress goes out at most every _PROGRESS_INTERVAL; a transition (download
+            # finished, model active) does not wait for the pause to end.
+            deadline = loop.time() + _PROGRESS_INTERVAL
+            self._transition_wake.clear()
+            if not self._reports:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await self._transition_wake.wait()
 
 
 def _active_of(manifest: Manifest) -> ActiveModel:
