@@ -1,0 +1,94 @@
+"""Fixtures of the resilience suite: the registry, the deployer and the API in-process on
+the session's real NATS and Mosquitto, with one API key per role."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from schemas.config import Settings
+from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from services.common.mqtt_admin import SERVICE_ROLE
+
+
+@contextmanager
+def deployer_in_thread(settings: Settings) -> Iterator[None]:
+    """The deployer on its own event loop in a background thread (for synchronous tests)."""
+    from services.deployer.app import create_app
+
+    ready, stop_flag = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            async with create_app(settings):
+                ready.set()
+                while not stop_flag.is_set():
+                    await asyncio.sleep(0.05)
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(60)
+    if failure:
+        raise failure[0]
+    try:
+        yield
+    finally:
+        stop_flag.set()
+        thread.join(30)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A running API (with registry and deployer) and a key of each role."""
+
+    url: str
+    settings: Settings
+    keys: dict[str, str]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api_platform(
+    nats_server, mosquitto_server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
+    from services.common.mqtt_admin import MqttAdmin
+
+    root = tmp_path_factory.mktemp("resilience-api")
+    username, password = "resilience-deployer", "resilience-deployer-pw"
+
+    async def service_user() -> None:
+        async with MqttAdmin(
+            hostname=mosquitto_server.host, port=mosquitto_server.port,
+            username=mosquitto_server.admin_username, password=mosquitto_server.admin_password,
+        ) as admin:  # fmt: skip
+            await admin.create_client(username, password, roles=[SERVICE_ROLE])
+
+    asyncio.run(service_user())
+    settings = platform_settings(
+        root,
+        nats_url=nats_server.url,
+        model_repository={"max_upload_bytes": 1 << 20},
+        mqtt={"host": mosquitto_server.host, "port": mosquitto_server.port,
+              "username": username, "password": password},
+        deployer={"admin_username": mosquitto_server.admin_username,
+                  "admin_password": mosquitto_server.admin_password,
+                  "tick_interval": 0.5},
+    )  # fmt: skip
+    with serve_in_thread(settings, durable_prefix="resilience-registry") as url:
+        roles = ("viewer", "deployer", "admin")
+        keys = {role: create_api_key(settings, role=role) for role in roles}  # type: ignore[arg-type]
+        with deployer_in_thread(settings):
+            yield Platform(url, settings, keys)
