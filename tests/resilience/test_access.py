@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from resilience_support import REPO
 
 from services.api.app import create_app
@@ -102,3 +103,89 @@ def test_every_route_against_every_role(api_platform) -> None:  # type: ignore[n
             if status >= 500 and status != 503:
                 failures.append(f"{method} {path} as {caller}: {status}")
     assert failures == []
+
+
+# ---- the broker: one device's credentials against another's topics ----------------------
+
+
+async def test_device_credentials_cannot_reach_another_device(
+    mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    """Complements tests/integration/test_edge_runtime.py (subscriptions, forged state and
+    metrics): forged manifests, chunks, online flags and broadcasts, the broker's admin
+    API, session takeover by client id, and wildcard or shared reads."""
+    import asyncio
+
+    import aiomqtt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from deploy_support import TOPICS, enroll_device
+
+    from services.common.mqtt_admin import SERVICE_ROLE
+
+    key = Ed25519PrivateKey.generate()
+    a, b = unique_id("dev-a-"), unique_id("dev-b-")
+    ra = await enroll_device(mqtt_admin, mosquitto_server, tmp_path / a, a, key)
+    rb = await enroll_device(mqtt_admin, mosquitto_server, tmp_path / b, b, key)
+    svc = await mqtt_user(roles=[SERVICE_ROLE])
+    artifact = "ab" * 32
+    host, port = mosquitto_server.host, mosquitto_server.port
+
+    def client(reply, identifier=None, password=None):  # type: ignore[no-untyped-def]
+        return aiomqtt.Client(
+            host, port, username=reply.mqtt.username,
+            password=password or reply.mqtt.password,
+            identifier=identifier or reply.mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5, timeout=5,
+        )  # fmt: skip
+
+    # B's password is needed to be B; A's password does not open B's account.
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(rb, password=ra.mqtt.password):
+            pass
+    async with (
+        client(rb) as device_b,
+        aiomqtt.Client(host, port, username=svc[0], password=svc[1],
+                       protocol=aiomqtt.ProtocolVersion.V5) as platform,
+    ):  # fmt: skip
+        await device_b.subscribe(TOPICS.desired(b), qos=1)
+        await device_b.subscribe(TOPICS.device_chunks(b), qos=1)
+        await device_b.subscribe(TOPICS.artifact_chunks(artifact), qos=1)
+        await platform.subscribe(TOPICS.online(b), qos=1)
+        await platform.subscribe(TOPICS.artifact_get(artifact), qos=1)
+        await platform.subscribe("$CONTROL/#", qos=1)
+
+        # A cannot take B's connection over by using B's client id.
+        with pytest.raises(aiomqtt.MqttError):
+            async with client(ra, identifier=rb.mqtt.client_id):
+                pass
+
+        async with client(ra) as device_a:
+            for topic in ("#", "$SYS/#", "$CONTROL/#", TOPICS.online(b),
+                          TOPICS.artifact_get(artifact), f"$share/g/{TOPICS.desired(b)}",
+                          f"$share/g/{TOPICS.prefix}/devices/+/chunks"):  # fmt: skip
+                codes = await device_a.subscribe(topic, qos=1)
+                assert [c.value for c in codes] == [0x87], topic  # type: ignore[union-attr]
+            forged = {
+                TOPICS.desired(b): b'{"signed":"","signature":""}',
+                TOPICS.device_chunks(b): b"forged chunk",
+                TOPICS.artifact_chunks(artifact): b"forged broadcast",
+                TOPICS.online(b): b"0",
+                "$CONTROL/dynamic-security/v1": b'{"commands":[{"command":"listClients"}]}',
+            }
+            for topic, payload in forged.items():
+                await device_a.publish(topic, payload, qos=1, retain=topic.endswith("online"))
+            # A's own allowed request, sent last on the same connection: when the platform
+            # has it, anything forged before it would have been delivered already.
+            await device_a.publish(TOPICS.artifact_get(artifact), b"mine", qos=1)
+            received = []
+            async with asyncio.timeout(5):
+                async for message in platform.messages:
+                    received.append((str(message.topic), message.payload))
+                    if message.payload == b"mine":
+                        break
+        await asyncio.sleep(0.3)  # B's side: nothing may trickle in
+        while len(device_b.messages):
+            message = await anext(device_b.messages)
+            received.append((str(message.topic), message.payload))
+    ours = {*forged, TOPICS.artifact_get(artifact)}
+    assert [m for m in received if m[0] in ours] == [(TOPICS.artifact_get(artifact), b"mine")]
