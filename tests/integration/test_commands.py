@@ -5,6 +5,7 @@ does, a bad or unauthorised one gets an error and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -295,3 +296,93 @@ async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
     assert any("permissions violation" in str(e).lower() for e in refused), refused
     assert models["items"] == []
     assert deployments["deployments"] == []
+
+
+def load_example(name: str) -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_examples_release_a_model_to_the_walkthrough_device(
+    nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    """examples/pipeline_release.py rolls a new version out to a device that is
+    examples/device_walkthrough.py (paho-mqtt and the protocol document only)."""
+    pipeline, walkthrough = load_example("pipeline_release"), load_example("device_walkthrough")
+    for example in (pipeline, walkthrough):
+        with pytest.raises(SystemExit) as shown:
+            example.main(["--help"])
+        assert shown.value.code == 0
+    creds = await mqtt_user(roles=[SERVICE_ROLE])
+    name, device_id, site = unique_id("m-"), unique_id("dev-"), unique_id("site-")
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(bias_model(0.125))
+    async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
+        await p.stack.enter_async_context(
+            create_validator(p.as_user("validator"), durable=unique_id("validator-"))
+        )
+        url = str(p.http.base_url).rstrip("/")
+        token = (
+            await p.http.post(
+                "/api/v1/devices/enrollment-tokens",
+                json={"device_id": device_id, "labels": {"site": site}},
+            )
+        ).json()["token"]
+        state_dir = tmp_path / device_id
+        device = asyncio.create_task(
+            asyncio.to_thread(
+                walkthrough.main,
+                ["--api", url, "--token", token, "--device-id", device_id,
+                 "--state-dir", str(state_dir), "--once", "--timeout", "90"],
+            )
+        )  # fmt: skip
+
+        async def enrolled() -> bool:
+            return (await p.http.get(f"/api/v1/devices/{device_id}")).status_code == 200
+
+        await wait_for(enrolled, "enrolment")
+        args = pipeline.parse_args(
+            [str(model_file), "--name", name, "--version", "2.0.0", "--nats",
+             nats_server.plain_url, "--api", url, "--labels", f"site={site}",
+             "--waves", "1,100%", "--timeout", "90"]
+        )  # fmt: skip
+        succeeded = await pipeline.release(
+            args,
+            password=nats_server.password_for("integrator"),
+            api_token=p.http.headers["Authorization"].removeprefix("Bearer "),
+        )
+        exit_code = await asyncio.wait_for(device, 60)
+        shown_device = (await p.http.get(f"/api/v1/devices/{device_id}")).json()
+        alias = (await p.http.get(f"/api/v1/models/{name}/versions/candidate")).json()
+        await forget_device_topics(mosquitto_server, creds, state_dir)
+    assert succeeded
+    assert exit_code == 0
+    assert (shown_device["active_model"], shown_device["active_version"]) == (name, "2.0.0")
+    assert alias["version"] == "2.0.0"
+    digest = alias["artifact_id"]
+    assert (state_dir / "models" / f"{digest}.onnx").read_bytes() == model_file.read_bytes()
+
+
+async def forget_device_topics(server: Any, creds: Any, state_dir: Path) -> None:
+    """Clear the walkthrough device's retained topics on the shared broker: its own as the
+    device, ``desired`` as the platform."""
+    import aiomqtt
+
+    device = json.loads((state_dir / "device.json").read_text())
+    prefix = f"eaf/v1/devices/{device['device_id']}"
+    mqtt = device["mqtt"]
+    logins = [
+        (mqtt["username"], mqtt["password"], mqtt["client_id"], ("state", "online")),
+        (creds[0], creds[1], None, ("desired",)),
+    ]
+    for username, password, client_id, kinds in logins:
+        async with aiomqtt.Client(
+            server.host, server.port, username=username, password=password,
+            identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
+        ) as client:  # fmt: skip
+            for kind in kinds:
+                await client.publish(f"{prefix}/{kind}", b"", qos=1, retain=True)
