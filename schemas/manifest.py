@@ -85,10 +85,13 @@ class Manifest(WireModel):
             raise ManifestError("expires_at is not after issued_at")
         if self.encrypted and (self.nonce_prefix is None or self.sealed_key is None):
             raise ManifestError("an encrypted manifest needs nonce_prefix and sealed_key")
-        if self.encrypted and len(base64.b64decode(self.nonce_prefix or "")) != (
-            crypto.NONCE_PREFIX_LEN
-        ):
-            raise ManifestError("nonce_prefix has the wrong length")
+        if self.encrypted:
+            try:
+                prefix = base64.b64decode(self.nonce_prefix or "", validate=True)
+            except ValueError:  # the pattern admits strings of a wrong length
+                raise ManifestError("nonce_prefix is not valid base64") from None
+            if len(prefix) != crypto.NONCE_PREFIX_LEN:
+                raise ManifestError("nonce_prefix has the wrong length")
 
     def sign(self, key: Ed25519PrivateKey) -> SignedManifest:
         body = canonical_json(self.model_dump(mode="json"))
