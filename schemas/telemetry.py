@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, Field, FiniteFloat, model_validator
+from pydantic import AfterValidator, AwareDatetime, Field, FiniteFloat, model_validator
 
 from schemas._base import WireModel
 
@@ -33,18 +33,37 @@ MAX_SAMPLES_PER_BATCH = 1000
 
 NonNegFloat = Annotated[FiniteFloat, Field(ge=0)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
+#: InfluxDB's integers are signed 64-bit: a larger count could be accepted here and then
+#: refused by InfluxDB, so it is refused here, with the reason, instead.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The instants InfluxDB can store (nanoseconds since the epoch in a signed 64-bit integer).
+_FIRST_STORABLE = datetime(1677, 9, 22, tzinfo=UTC)
+_LAST_STORABLE = datetime(2262, 4, 11, tzinfo=UTC)
+
+
+def _storable(ts: datetime) -> datetime:
+    try:
+        inside = _FIRST_STORABLE <= ts <= _LAST_STORABLE
+    except OverflowError:  # an offset pushes it past datetime's own range
+        inside = False
+    if not inside:
+        raise ValueError("timestamp is outside what InfluxDB stores (1677-09-22 to 2262-04-11)")
+    return ts
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_storable)]
 
 
 class InferenceSample(WireModel):
     """One interval of inference on one model version; ``ts`` is the interval's end."""
 
-    ts: AwareDatetime
+    ts: Timestamp
     model: Name
     version: Name
     #: Inferences that finished in the interval, failed ones included.
-    count: Annotated[int, Field(ge=0)]
+    count: Count
     #: Of ``count``, the ones that failed.
-    errors: Annotated[int, Field(ge=0)]
+    errors: Count
     latency_p50_ms: NonNegFloat
     latency_p95_ms: NonNegFloat
     latency_p99_ms: NonNegFloat
@@ -62,9 +81,9 @@ class InferenceSample(WireModel):
 class DeviceSample(WireModel):
     """The device's own figures at one instant."""
 
-    ts: AwareDatetime
+    ts: Timestamp
     cpu_percent: NonNegFloat
-    memory_bytes: Annotated[int, Field(ge=0)]
+    memory_bytes: Count
     temperature_c: FiniteFloat | None = None
 
 
@@ -77,7 +96,7 @@ class MetricsBatch(WireModel):
     inference: Annotated[tuple[InferenceSample, ...], Field(max_length=MAX_SAMPLES_PER_BATCH)] = ()
     device: Annotated[tuple[DeviceSample, ...], Field(max_length=MAX_SAMPLES_PER_BATCH)] = ()
     #: Batches the device's spool has dropped so far because it was full (cumulative).
-    spool_dropped: Annotated[int, Field(ge=0)] = 0
+    spool_dropped: Count = 0
 
     @model_validator(mode="after")
     def _unique_points(self) -> Self:
