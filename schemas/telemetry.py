@@ -124,9 +124,20 @@ class MetricsBatch(WireModel):
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def timestamp_ns(ts: datetime) -> int:
     """``ts`` as integer nanoseconds since the epoch, exactly (no float rounding)."""
-    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+    # Integer arithmetic on the fields: twice as fast as ``(ts - _EPOCH) // 1 µs``, and the
+    # ingester calls it for every point (validation and line protocol).
+    seconds = (ts.toordinal() - _EPOCH_ORDINAL) * 86400 + ts.hour * 3600
+    micros = (seconds + ts.minute * 60 + ts.second) * 1_000_000 + ts.microsecond
+    offset = ts.utcoffset()
+    if offset:
+        micros -= offset // _MICROSECOND
+    return micros * 1000
 
 
 _ns = timestamp_ns
