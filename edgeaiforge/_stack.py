@@ -418,17 +418,32 @@ def _start_service(
 
 async def _connect_bus(settings: Settings) -> NatsClient | None:
     password = settings.nats.password.get_secret_value() if settings.nats.password else None
+    host, port = _host_port(settings.nats.url, 4222)
+    if not _port_open(host, port):
+        return None
     client = NatsClient()
+
+    async def quiet(_: Exception) -> None:
+        # Connection errors become the component's state; no tracebacks on the console.
+        pass
+
     try:
-        await client.connect(
-            settings.nats.url,
-            user=settings.nats.user,
-            password=password,
-            connect_timeout=2,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
+        # nats-py retries a refused first connection on its own: bound it.
+        await asyncio.wait_for(
+            client.connect(
+                settings.nats.url,
+                user=settings.nats.user,
+                password=password,
+                connect_timeout=2,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+                error_cb=quiet,
+            ),
+            timeout=5,
         )
     except Exception:
+        with contextlib.suppress(Exception):
+            await client.close()
         return None
     return client
 

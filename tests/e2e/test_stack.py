@@ -1,0 +1,166 @@
+"""``edgeaiforge up | status | down`` as a user runs them, on a copy of the project's config.
+
+The copy gets free loopback ports and a temporary data dir, so the test touches neither
+the machine's servers nor a user's ``./var``. Processes are checked through ``/proc``:
+after ``down`` nothing started by ``up`` may remain, helpers included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeaiforge._servers import free_port
+from edgeaiforge._stack import SERVERS, SERVICES, StackLayout, down, process_running
+from services.common.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = Path(sys.executable).parent / "edgeaiforge"
+
+
+def stack_config(directory: Path) -> Path:
+    """``config/edgeaiforge.toml`` with its paths under ``directory`` and free ports."""
+    text = (ROOT / "config" / "edgeaiforge.toml").read_text()
+    text = text.replace('"./var', f'"{directory / "var"}')
+    text = text.replace("sqlite+aiosqlite:///./var", f"sqlite+aiosqlite:///{directory / 'var'}")
+    replacements = {
+        r"nats://127\.0\.0\.1:4223": f"nats://127.0.0.1:{free_port()}",
+        r"http://127\.0\.0\.1:8087": f"http://127.0.0.1:{free_port()}",
+        r"(?m)^port = 1884": f"port = {free_port()}",
+        r"(?m)^port = 8000": f"port = {free_port()}",
+        r"(?m)^metrics_port = 9464": f"metrics_port = {free_port()}",
+    }
+    for pattern, value in replacements.items():
+        text, count = re.subn(pattern, value, text)
+        assert count == 1, f"{pattern} not found once in config/edgeaiforge.toml"
+    assert "./var" not in text
+    path = directory / "edgeaiforge.toml"
+    path.write_text(text)
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without EAF_* settings a developer may have exported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EAF_")}
+    env.update(extra)
+    return env
+
+
+def eaf(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``edgeaiforge`` command."""
+    return subprocess.run(
+        [str(CLI), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(COLUMNS="200", **env),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def process_groups() -> dict[int, int]:
+    """pid -> process group of every live process."""
+    groups = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie runs nothing
+            groups[int(stat.parent.name)] = int(fields[2])
+    return groups
+
+
+def leftovers(pids: set[int], directory: Path) -> list[str]:
+    """Live processes started by the stack: in one of its groups, or naming its directory."""
+    found = []
+    for pid, group in process_groups().items():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid in pids or group in pids or str(directory) in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+@pytest.fixture
+def stack_dir(tmp_path: Path) -> Iterator[Path]:
+    """A temporary stack directory; whatever the test left running is stopped after it."""
+    yield tmp_path
+    config = tmp_path / "edgeaiforge.toml"
+    if config.exists():
+        down(load_settings(config))
+
+
+def test_up_status_down(stack_dir: Path) -> None:
+    config = stack_config(stack_dir)
+
+    started = eaf("up", "--config", str(config))
+    assert started.returncode == 0, started.stdout + started.stderr
+    for name in (*SERVERS, *SERVICES):
+        assert re.search(rf"{name}\s.*healthy", started.stdout), started.stdout
+
+    shown = eaf("status", "--json", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["healthy"] is True
+    components = {c["name"]: c for c in report["components"]}
+    assert set(components) == {*SERVERS, *SERVICES}
+    assert all(c["running"] and c["healthy"] and c["pid"] for c in components.values())
+    pids = {c["pid"] for c in components.values()}
+    assert (stack_dir / "var" / "log" / "registry.log").stat().st_size > 0
+
+    # Up again: everything is reused, nothing is started twice.
+    again = eaf("up", "--json", "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert {c["pid"] for c in json.loads(again.stdout)["components"]} == pids
+
+    stopped = eaf("down", "--config", str(config))
+    assert stopped.returncode == 0, stopped.stderr
+    assert leftovers(pids, stack_dir) == []
+    after = eaf("status", "--json", "--config", str(config))
+    assert after.returncode == 1
+    assert not any(c["running"] for c in json.loads(after.stdout)["components"])
+
+
+def test_a_port_held_by_another_process_names_the_key(stack_dir: Path) -> None:
+    config = stack_config(stack_dir)
+    port = int(re.search(r"nats://127\.0\.0\.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        result = eaf("up", "--config", str(config))
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert f"port {port}" in message and "nats.url" in message, message
+    assert not list((stack_dir / "var" / "run").glob("*.json"))
+
+
+def test_down_leaves_a_process_alone_whose_pid_was_reused(stack_dir: Path) -> None:
+    config = stack_config(stack_dir)
+    settings = load_settings(config)
+    layout = StackLayout.of(settings)
+    # A record whose pid now belongs to another program (as after a reboot).
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        layout.write_record("api", stranger.pid, ["python", "-m", "services.api"])
+        assert not process_running(layout.read_record("api"))
+        assert down(settings) == []
+        time.sleep(0.2)
+        assert stranger.poll() is None, "down killed a process it did not start"
+        assert not layout.record("api").exists()
+    finally:
+        os.kill(stranger.pid, signal.SIGKILL)
+        stranger.wait()
