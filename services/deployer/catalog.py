@@ -22,6 +22,7 @@ from schemas.registry import (
 )
 from schemas.reports import DeviceRequirements
 from services.common.bus import Bus
+from services.common.errors import BadRequest
 
 __all__ = ["DEPLOYABLE", "Catalog", "RegistryCatalog", "VersionToDeploy"]
 
@@ -53,9 +54,15 @@ class RegistryCatalog:
 
     async def resolve(self, model: str, ref: str) -> VersionToDeploy:
         ref = ref.removeprefix("@")
-        info = await self.bus.request(
-            RegistrySubjects.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo
-        )
+        try:
+            request = GetVersionRequest(model=model, ref=ref)
+        except ValidationError:
+            # A name the registry cannot hold: the caller's mistake, not an internal error.
+            raise BadRequest(
+                f"{model!r}@{ref!r} is not a valid model name and version or alias; "
+                "use the names the registry lists"
+            ) from None
+        info = await self.bus.request(RegistrySubjects.GET_VERSION, request, VersionInfo)
         requirements = None
         reports = await self.bus.request(
             RegistrySubjects.GET_REPORTS,
