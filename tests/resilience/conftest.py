@@ -1,13 +1,14 @@
-"""Fixtures of the resilience suite: the registry, the deployer and the API in-process on
-the session's real NATS and Mosquitto, with one API key per role."""
+"""Fixtures of the resilience suite: the registry, deployer, tracker and API in-process on
+the session's real NATS, Mosquitto and InfluxDB, with one API key per role."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -18,16 +19,15 @@ from services.common.mqtt_admin import SERVICE_ROLE
 
 
 @contextmanager
-def deployer_in_thread(settings: Settings) -> Iterator[None]:
-    """The deployer on its own event loop in a background thread (for synchronous tests)."""
-    from services.deployer.app import create_app
-
+def service_in_thread(factory: Callable[[Settings], Any], settings: Settings) -> Iterator[None]:
+    """A service (``factory(settings)``) on its own event loop in a background thread, so
+    synchronous tests can call it over HTTP while it serves."""
     ready, stop_flag = threading.Event(), threading.Event()
     failure: list[BaseException] = []
 
     async def main() -> None:
         try:
-            async with create_app(settings):
+            async with factory(settings):
                 ready.set()
                 while not stop_flag.is_set():
                     await asyncio.sleep(0.05)
@@ -62,9 +62,11 @@ class Platform:
 
 @pytest.fixture(scope="session")
 def api_platform(
-    nats_server, mosquitto_server, tmp_path_factory: pytest.TempPathFactory
+    nats_server, mosquitto_server, influxdb_server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     from services.common.mqtt_admin import MqttAdmin
+    from services.deployer.app import create_app as create_deployer
+    from services.tracker import create_service as create_tracker
 
     root = tmp_path_factory.mktemp("resilience-api")
     username, password = "resilience-deployer", "resilience-deployer-pw"
@@ -86,9 +88,13 @@ def api_platform(
         deployer={"admin_username": mosquitto_server.admin_username,
                   "admin_password": mosquitto_server.admin_password,
                   "tick_interval": 0.5},
+        influxdb={"url": influxdb_server.url, "database": "resilience_metrics"},
     )  # fmt: skip
     with serve_in_thread(settings, durable_prefix="resilience-registry") as url:
         roles = ("viewer", "deployer", "admin")
         keys = {role: create_api_key(settings, role=role) for role in roles}  # type: ignore[arg-type]
-        with deployer_in_thread(settings):
+        with (
+            service_in_thread(create_deployer, settings),
+            service_in_thread(create_tracker, settings),
+        ):
             yield Platform(url, settings, keys)
