@@ -111,7 +111,9 @@ async def _simulate(runtime: EdgeRuntime, rate: float) -> None:
         await asyncio.sleep(max(0.0, delay))
 
 
-async def _serve_http(runtime: EdgeRuntime, host: str, port: int) -> None:
+async def _serve_http(
+    runtime: EdgeRuntime, host: str, port: int, say: Callable[[str], None]
+) -> None:
     import uvicorn
 
     from edge_runtime._http import create_http_app
@@ -122,8 +124,12 @@ async def _serve_http(runtime: EdgeRuntime, host: str, port: int) -> None:
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(create_http_app(runtime), host=host, port=port, log_level="warning")
-    await Server(config).serve()
+    config = uvicorn.Config(create_http_app(runtime), host=host, port=port, log_level="critical")
+    try:
+        await Server(config).serve()
+    except (OSError, SystemExit):
+        # uvicorn exits when it cannot bind; the device itself keeps running without it.
+        say(f"{runtime.device_id}: no local inference endpoint: cannot listen on {host}:{port}")
 
 
 async def run_fleet(
@@ -168,7 +174,7 @@ async def run_fleet(
         if rate > 0:
             tasks.append(asyncio.create_task(_simulate(runtime, rate)))
         if http_port:
-            tasks.append(asyncio.create_task(_serve_http(runtime, http_host, http_port + k)))
+            tasks.append(asyncio.create_task(_serve_http(runtime, http_host, http_port + k, say)))
     say(f"running {len(runtimes)} devices at {rate:g} inferences/s each")
     waiter = asyncio.create_task(stop.wait())
     try:

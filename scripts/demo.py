@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -247,13 +248,31 @@ def follow(mm: ModelManager, created: DeploymentInfo, timeout: float = 300) -> D
     return final
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (device k listens on base+k)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65536 and all(_free(base + k) for k in range(count)):
+            return base
+    raise DemoError(f"found no {count} consecutive free ports for the devices' endpoints")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_fleet(token: str, config: Path, layout: StackLayout, devices: int) -> int:
     """``edgeaiforge fleet simulate --background``; returns the first device's HTTP port."""
     record = layout.read_record("fleet")
     port = 0
     if record is not None and "--http-port" in record["argv"]:
         port = int(record["argv"][record["argv"].index("--http-port") + 1])
-    port = port or free_port()
+    port = port or free_ports(devices)
     command = [
         str(Path(sys.executable).parent / "edgeaiforge"),
         "fleet",
