@@ -15,6 +15,15 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from edgeaiforge._servers import (
+    NATS_CONFIG,
+    NATS_USERS,
+    NatsServer,
+    ServerError,
+    ServerStartError,
+    nats_environment,
+    nats_password_variable,
+)
 from schemas.commands import CommandSubjects
 from schemas.config import NatsConfig
 from schemas.events import (
@@ -257,3 +266,14 @@ async def admin_fetch(nats_server: Any, subject: str, event_id: uuid.UUID) -> by
                 return msg.data
     finally:
         await nc.close()
+
+
+def test_the_config_refuses_to_start_without_every_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No password variable, no server: the config has no default credentials."""
+    with pytest.raises(ServerStartError) as caught:
+        NatsServer(data_dir=tmp_path / "nats", config_file=NATS_CONFIG, start_timeout=5).start()
+    assert "EAF_NATS_" in caught.value.log_tail
+    with pytest.raises(ServerError, match="admin"):
+        nats_environment({user: "pw" for user in NATS_USERS if user != "admin"})
+    env = nats_environment(dict.fromkeys(NATS_USERS, 'p"w#1'))
+    assert env[nats_password_variable("observer")] == '"p\\"w#1"'  # a quoted config string
