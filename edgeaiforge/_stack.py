@@ -35,7 +35,15 @@ import httpx
 # the import sorter.
 from nats.aio.client import Client as NatsClient
 
-from edgeaiforge._servers import InfluxServer, MosquittoServer, NatsServer, ServerError
+from edgeaiforge._servers import (
+    NATS_USERS,
+    InfluxServer,
+    MosquittoServer,
+    NatsServer,
+    ServerError,
+    generate_nats_passwords,
+    nats_service_environment,
+)
 from schemas.config import Settings
 from services.common.keys import KeyFileError, load_kek, load_signing_key
 from services.common.mqtt_admin import (
@@ -133,6 +141,29 @@ class StackLayout:
         with os.fdopen(fd, "w") as f:
             f.write(value)
         return value
+
+    def nats_passwords(self) -> dict[str, str]:
+        """One password per user of the project's NATS config, made once, kept 0600."""
+        path = self.secrets / "nats-passwords.json"
+        try:
+            known: dict[str, str] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if all(known.get(user) for user in NATS_USERS):
+            return known
+        # New users (a newer config) get passwords; existing ones keep theirs.
+        merged = {**generate_nats_passwords(), **{k: v for k, v in known.items() if v}}
+        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(merged, f, indent=2)
+        tmp.replace(path)
+        return merged
+
+    def nats_login(self) -> tuple[str, str]:
+        """The NATS admin's user and password: for status checks and operator tools."""
+        return "admin", self.nats_passwords()["admin"]
 
     def read_record(self, name: str) -> dict[str, Any] | None:
         try:
@@ -309,7 +340,8 @@ def _make_server(
     data_dir = layout.root / name
     server: _Nats | _Mosquitto | _Influx
     if name == "nats":
-        server = _Nats(data_dir=data_dir, host=host, port=port)
+        # The project's config (nats/nats-server.conf): one user per service.
+        server = _Nats(data_dir=data_dir, host=host, port=port, passwords=layout.nats_passwords())
     elif name == "mosquitto":
         server = _Mosquitto(
             data_dir=data_dir,
@@ -369,11 +401,13 @@ async def _provision_mqtt(settings: Settings, layout: StackLayout) -> None:
 # ---- services --------------------------------------------------------------------------
 
 
-def service_environment(settings: Settings, layout: StackLayout) -> dict[str, str]:
-    """The environment of every service: broker accounts made by ``up``, on top of ours."""
+def service_environment(settings: Settings, layout: StackLayout, name: str) -> dict[str, str]:
+    """The environment of service ``name``: its own NATS user, the broker accounts made by
+    ``up``, on top of ours."""
     env = dict(os.environ)
     env.update(
         {
+            **nats_service_environment(name, layout.nats_passwords()[name]),
             # Set only when the file leaves them empty: a user's own accounts win.
             **(
                 {}
@@ -412,12 +446,12 @@ def _start_service(
             f"start; stop that process, or change {port[2]} in the configuration",
         )
     argv = [sys.executable, "-m", f"services.{name}", "--config", str(config_path.resolve())]
-    pid = spawn(layout, name, argv, env=service_environment(settings, layout))
+    pid = spawn(layout, name, argv, env=service_environment(settings, layout, name))
     return ComponentStatus(name, "service", pid, True, False, "starting")
 
 
-async def _connect_bus(settings: Settings) -> NatsClient | None:
-    password = settings.nats.password.get_secret_value() if settings.nats.password else None
+async def _connect_bus(settings: Settings, layout: StackLayout) -> NatsClient | None:
+    user, password = layout.nats_login()
     host, port = _host_port(settings.nats.url, 4222)
     if not _port_open(host, port):
         return None
@@ -432,7 +466,7 @@ async def _connect_bus(settings: Settings) -> NatsClient | None:
         await asyncio.wait_for(
             client.connect(
                 settings.nats.url,
-                user=settings.nats.user,
+                user=user,
                 password=password,
                 connect_timeout=2,
                 max_reconnect_attempts=0,
@@ -482,10 +516,10 @@ async def _check_services(
 ) -> list[ComponentStatus]:
     """Ask each service for its health until all answer or ``wait`` seconds passed."""
     deadline = time.monotonic() + wait
-    nc = await _connect_bus(settings)
+    nc = await _connect_bus(settings, layout)
     while nc is None and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        nc = await _connect_bus(settings)
+        nc = await _connect_bus(settings, layout)
     try:
         results: dict[str, ComponentStatus] = {}
         pending = list(names)

@@ -344,11 +344,12 @@ def stats_table(mm: ModelManager, window: float) -> Table | None:
 
 
 async def _evaluate(settings: Settings) -> EvaluateReply:
+    # The tracker's comparison is on the bus only: ask as the stack's NATS admin.
+    user, password = StackLayout.of(settings).nats_login()
     client = NatsClient()
-    password = settings.nats.password.get_secret_value() if settings.nats.password else None
     await client.connect(
         settings.nats.url,
-        user=settings.nats.user,
+        user=user,
         password=password,
         connect_timeout=5,
         allow_reconnect=False,

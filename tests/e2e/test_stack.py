@@ -120,6 +120,12 @@ def test_up_status_down(stack_dir: Path) -> None:
     assert set(components) == {*SERVERS, *SERVICES}
     assert all(c["running"] and c["healthy"] and c["pid"] for c in components.values())
     pids = {c["pid"] for c in components.values()}
+
+    # NATS runs the project's config: nobody gets in without a user of its own.
+    host, port = components["nats"]["detail"].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as probe:
+        info = json.loads(probe.recv(4096).decode().removeprefix("INFO "))
+    assert info.get("auth_required") is True
     assert (stack_dir / "var" / "log" / "registry.log").stat().st_size > 0
 
     # Up again: everything is reused, nothing is started twice.
