@@ -450,16 +450,17 @@ def _start_service(
     return ComponentStatus(name, "service", pid, True, False, "starting")
 
 
+async def _quiet(_: Exception) -> None:
+    """nats-py's error callback: a connection error becomes the component's state, not a
+    traceback on the console."""
+
+
 async def _connect_bus(settings: Settings, layout: StackLayout) -> NatsClient | None:
     user, password = layout.nats_login()
     host, port = _host_port(settings.nats.url, 4222)
     if not _port_open(host, port):
         return None
     client = NatsClient()
-
-    async def quiet(_: Exception) -> None:
-        # Connection errors become the component's state; no tracebacks on the console.
-        pass
 
     try:
         # nats-py retries a refused first connection on its own: bound it.
@@ -471,7 +472,7 @@ async def _connect_bus(settings: Settings, layout: StackLayout) -> NatsClient | 
                 connect_timeout=2,
                 max_reconnect_attempts=0,
                 allow_reconnect=False,
-                error_cb=quiet,
+                error_cb=_quiet,
             ),
             timeout=5,
         )
@@ -644,3 +645,105 @@ def as_json(statuses: Sequence[ComponentStatus]) -> str:
         },
         indent=2,
     )
+
+
+# ---- helpers for containers (docker compose) ---------------------------------------------
+
+
+async def _provision_with(settings: Settings, admin_user: str, admin_password: str) -> None:
+    async with MqttAdmin(
+        hostname=settings.mqtt.host,
+        port=settings.mqtt.port,
+        username=admin_user,
+        password=admin_password,
+    ) as admin:
+        await provision_platform(admin, prefix=settings.mqtt.topic_prefix)
+        if settings.mqtt.username and settings.mqtt.password:
+            with contextlib.suppress(DynsecAlreadyExistsError):
+                await admin.create_client(
+                    settings.mqtt.username,
+                    settings.mqtt.password.get_secret_value(),
+                    roles=[{"rolename": SERVICE_ROLE}],
+                )
+
+
+def _container_health(name: str, settings: Settings) -> bool:
+    async def ask() -> bool:
+        if name == "api":
+            return (await _service_health(name, settings, None))[0]
+        client = NatsClient()
+        password = settings.nats.password.get_secret_value() if settings.nats.password else None
+        await asyncio.wait_for(
+            client.connect(
+                settings.nats.url,
+                user=settings.nats.user,
+                password=password,
+                allow_reconnect=False,
+                error_cb=_quiet,
+                inbox_prefix=f"_INBOX.{settings.nats.user}" if settings.nats.user else "_INBOX",
+            ),
+            timeout=5,
+        )
+        try:
+            return (await _service_health(name, settings, client))[0]
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m edgeaiforge._stack provision-mqtt | init-keys | health NAME``.
+
+    One-shot steps of the docker compose stack, configured like the services
+    (``--config`` and ``EAF_*``): the broker's ACL defaults and services' account (admin
+    from ``deployer.admin_*``, account from ``mqtt.username``/``password``); the keys,
+    made once before the services start; a service's health check.
+    """
+    import argparse
+
+    from services.common.config import ConfigError, config_path_from_env, load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m edgeaiforge._stack")
+    parser.add_argument("command", choices=("provision-mqtt", "init-keys", "health"))
+    parser.add_argument("service", nargs="?", help="for health: the service to ask")
+    parser.add_argument("--config", type=Path, default=config_path_from_env())
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.command == "init-keys":
+            load_kek(settings.security)
+            load_signing_key(settings.security)
+        elif args.command == "provision-mqtt":
+            admin_password = settings.deployer.admin_password
+            if not settings.deployer.admin_username or admin_password is None:
+                raise StackError("mosquitto", "set deployer.admin_username and admin_password")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    asyncio.run(
+                        _provision_with(
+                            settings,
+                            settings.deployer.admin_username,
+                            admin_password.get_secret_value(),
+                        )
+                    )
+                    break
+                except (MqttAdminError, aiomqtt.MqttError, OSError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+        else:
+            if not args.service:
+                parser.error("health needs the service's name")
+            raise SystemExit(0 if _container_health(args.service, settings) else 1)
+    except (ConfigError, KeyFileError, StackError, MqttAdminError, aiomqtt.MqttError) as exc:
+        print(f"edgeaiforge._stack: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
