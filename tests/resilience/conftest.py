@@ -4,7 +4,9 @@ the session's real NATS, Mosquitto and InfluxDB, with one API key per role."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,7 +62,10 @@ class Platform:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: its deployer joins the broker's `$share/deployer/...` groups
+# and its services the bus's queue groups, so it must not outlive the tests that use it
+# (it would answer other tests' chunk requests and RPCs).
+@pytest.fixture(scope="module")
 def api_platform(
     nats_server, mosquitto_server, influxdb_server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
@@ -69,7 +74,7 @@ def api_platform(
     from services.tracker import create_service as create_tracker
 
     root = tmp_path_factory.mktemp("resilience-api")
-    username, password = "resilience-deployer", "resilience-deployer-pw"
+    username, password = f"resilience-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
 
     async def service_user() -> None:
         async with MqttAdmin(
