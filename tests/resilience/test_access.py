@@ -189,3 +189,54 @@ async def test_device_credentials_cannot_reach_another_device(
             received.append((str(message.topic), message.payload))
     ours = {*forged, TOPICS.artifact_get(artifact)}
     assert [m for m in received if m[0] in ours] == [(TOPICS.artifact_get(artifact), b"mine")]
+
+
+async def test_chunk_server_cannot_be_aimed_at_another_device(
+    mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    """A device asks for chunks to be sent to another device's topic, or for an artifact it
+    has no deployment of: the chunk server sends nothing."""
+    import asyncio
+    import os
+
+    import aiomqtt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from deploy_support import TOPICS, enroll_device, fake_platform, put, service_mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from schemas.transfer import ChunkRequest
+    from services.common.artifacts import ArtifactStore
+    from services.common.mqtt_admin import SERVICE_ROLE
+
+    key = Ed25519PrivateKey.generate()
+    a, b = unique_id("dev-a-"), unique_id("dev-b-")
+    ra = await enroll_device(mqtt_admin, mosquitto_server, tmp_path / a, a, key)
+    store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=4096)
+    info = await put(store, os.urandom(20_000))
+    svc = await mqtt_user(roles=[SERVICE_ROLE])
+    async with fake_platform(service_mqtt(mosquitto_server, *svc), store, key) as platform:
+        platform.allowed.add((b, info.artifact_id))  # B has a deployment of it; A has none
+        async with aiomqtt.Client(
+            mosquitto_server.host, mosquitto_server.port, username=ra.mqtt.username,
+            password=ra.mqtt.password, identifier=ra.mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as device_a:  # fmt: skip
+            attempts = [(a, TOPICS.device_chunks(b)), (a, TOPICS.device_chunks(a)),
+                        (b, TOPICS.device_chunks(a))]  # fmt: skip
+            for claimed, response_topic in attempts:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = response_topic
+                request = ChunkRequest(device_id=claimed, deployment_id="d", indexes=(0, 1))
+                await device_a.publish(
+                    TOPICS.artifact_get(info.artifact_id),
+                    request.model_dump_json().encode(),
+                    qos=1,
+                    properties=props,
+                )
+            async with asyncio.timeout(10):
+                while platform.server.requests < len(attempts):
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+    assert platform.server.refused == len(attempts)
+    assert platform.server.chunks_sent == 0
