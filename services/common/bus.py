@@ -16,6 +16,7 @@ stream: a stream that captured them would answer every request with its own publ
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,9 @@ class Bus:
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             inbox_prefix=self.inbox_prefix,
+            # FastStream's per-message "Received/Processed" lines are debug detail; the
+            # services log what matters themselves (structlog).
+            log_level=logging.DEBUG,
         )
         self.stream = JStream(
             name=config.stream,
