@@ -119,6 +119,7 @@ class EdgeRuntime:
         self._report_wake = asyncio.Event()
         #: Set with each transition: it ends the progress throttle's pause at once.
         self._transition_wake = asyncio.Event()
+        self._progress_built = 0.0
         self._reports: list[DeviceState] = []
         self._progress: DeploymentProgress | None = None
         self._rejection: Rejection | None = None
@@ -199,6 +200,7 @@ class EdgeRuntime:
             if self.metrics is not None
             else None
         )
+        session: asyncio.Task[None] | None = None
         try:
             while not self._stop.is_set():
                 session = asyncio.create_task(self._session())
@@ -221,6 +223,11 @@ class EdgeRuntime:
                 backoff = min(backoff * 2, self.reconnect_max)
         finally:
             stopper.cancel()
+            # Cancelled from outside: the session must end before the model host closes.
+            if session is not None and not session.done():
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await session
             if reporter is not None:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -414,7 +421,15 @@ class EdgeRuntime:
             self.stats["duplicates"] += 1
         else:
             self.stats["chunks_received"] += 1
-            self._set_progress(job.manifest, TargetState.DOWNLOADING, job=job, throttle=True)
+            # The progress report goes out at most every _PROGRESS_INTERVAL anyway: build it
+            # (a snapshot reads the installed models from disk) a few times a second, not
+            # for every chunk. Waiters still hear of every chunk.
+            now = time.monotonic()
+            if job.complete or now - self._progress_built >= _PROGRESS_INTERVAL / 4:
+                self._progress_built = now
+                self._set_progress(job.manifest, TargetState.DOWNLOADING, job=job, throttle=True)
+            else:
+                asyncio.get_running_loop().create_task(self._notify_change())
             if job.complete:
                 self._start_finish(job)
         self._wake.set()
