@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -145,6 +147,7 @@ class Transfer:
     duplicates: int = field(init=False, default=0)
     _fd: int = field(init=False, default=-1)
     _unsaved: int = field(init=False, default=0)
+    _persisting: Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.pulling = not self.manifest.broadcast
@@ -253,8 +256,8 @@ class Transfer:
         os.pwrite(self._fd, plain, index * m.chunk_size)
         self.received[index] = 1
         self._unsaved += 1
-        if self._unsaved >= _PERSIST_EVERY or self.complete:
-            self.persist()
+        if self._unsaved >= _PERSIST_EVERY:
+            self._persist_in_background()
         return ChunkOutcome.NEW
 
     @property
@@ -276,17 +279,39 @@ class Transfer:
 
     def persist(self) -> None:
         """Sync the data, then record which chunks it holds."""
+        self._wait_persisted()
         if self._fd < 0:
             return
-        os.fdatasync(self._fd)
-        atomic_write(self.directory / "bitmap", bytes(self.received))
         self._unsaved = 0
+        _sync_and_record(self._fd, self.directory / "bitmap", bytes(self.received))
+
+    def _persist_in_background(self) -> None:
+        # fdatasync and the bitmap's fsync take milliseconds: off the event loop, so chunks
+        # keep arriving meanwhile. One at a time; the bitmap is taken before the sync, so
+        # it never claims a chunk that the sync does not cover.
+        pending = self._persisting
+        if pending is not None:
+            if not pending.done():
+                return  # a later chunk persists again (``_unsaved`` keeps counting)
+            self._persisting = None
+            pending.result()  # a failed sync surfaces here, as it would have inline
+        self._unsaved = 0
+        self._persisting = _persister().submit(
+            _sync_and_record, self._fd, self.directory / "bitmap", bytes(self.received)
+        )
+
+    def _wait_persisted(self) -> None:
+        pending, self._persisting = self._persisting, None
+        if pending is not None:
+            pending.result()
 
     def close(self) -> None:
         if self._fd >= 0:
             try:
                 self.persist()
             finally:
+                with contextlib.suppress(Exception):
+                    self._wait_persisted()
                 os.close(self._fd)
                 self._fd = -1
 
@@ -312,6 +337,22 @@ class Transfer:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
         return target
+
+
+_PERSISTER: ThreadPoolExecutor | None = None
+
+
+def _persister() -> ThreadPoolExecutor:
+    # One thread for every transfer of the process: syncs are short and one at a time.
+    global _PERSISTER
+    if _PERSISTER is None:
+        _PERSISTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eaf-persist")
+    return _PERSISTER
+
+
+def _sync_and_record(fd: int, bitmap: Path, received: bytes) -> None:
+    os.fdatasync(fd)
+    atomic_write(bitmap, received)
 
 
 def _size_and_digest(path: Path) -> tuple[int, str]:
