@@ -37,10 +37,8 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
                 "dev_mode": True,
             },
             "nats": {"url": servers.nats.url},
-            "validator": {"work_dir": str(workdir / "work")},
         }
     )
-    (workdir / "work").mkdir()
     store = ArtifactStore(
         root=settings.model_repository.storage_path,
         kek=load_kek(settings.security),
@@ -62,6 +60,7 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
         version="1.0.0",
         artifact_id=info.artifact_id,
         size_bytes=info.size,
+        sequence=1,
     )
     start = time.perf_counter()
     report = await validator.validate(event)
