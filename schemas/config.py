@@ -135,7 +135,7 @@ class IngesterConfig(_Section):
 
     #: SQLite file holding accepted points until InfluxDB has them, and set-aside messages.
     spool_path: Path = Path("./var/ingester/spool.db")
-    #: Points the spool holds at most; when full, MQTT messages wait unacknowledged.
+    #: Points the spool holds at most; when full, the oldest are dropped and counted.
     max_spool_points: PositiveInt = 5_000_000
     #: Set-aside (refused) messages kept; the oldest go first.
     max_rejected: PositiveInt = 10_000

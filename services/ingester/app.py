@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,10 +115,15 @@ class Ingester:
             self._count_rejected(result.reason, m.topic, result.detail)
         if accepted:
             n = sum(len(lines) for lines in accepted)
-            while not self.spool.has_room(n) and not self._stopping:
-                # Back-pressure: the messages stay unacknowledged until the writer catches up.
-                time.sleep(0.2)
-            self.spool.add_points(accepted)
+            dropped = self.spool.add_points(accepted)
+            if dropped:
+                self.figures.dropped.inc(dropped)
+                log.warning(
+                    "spool full: dropped the oldest points",
+                    dropped=dropped,
+                    dropped_total=self.spool.dropped,
+                    max_spool_points=self.spool.max_points,
+                )
             self.figures.accepted.inc(len(accepted))
             self.figures.spooled.inc(n)
             self.figures.spool_points.set(self.spool.count)

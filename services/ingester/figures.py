@@ -46,6 +46,11 @@ class Figures:
             "InfluxDB writes retried (429, 5xx, lost connection)",
             registry=r,
         )
+        self.dropped = Counter(
+            "eaf_ingester_points_dropped",
+            "oldest points dropped because the spool was full",
+            registry=r,
+        )
         self.spool_points = Gauge(
             "eaf_ingester_spool_points", "points waiting in the spool", registry=r
         )

@@ -4,7 +4,7 @@ paho's network thread only queues incoming messages. A worker thread takes them 
 validates each, commits the accepted points of a run of messages in one transaction, sets
 the refused ones aside, and only then acknowledges them (in the order they came, as MQTT
 asks). The broker stops sending once ``receive_maximum`` messages wait unacknowledged, so
-the queue is bounded, and a full spool simply holds the acks back.
+the queue is bounded; a full spool drops its oldest points (counted), so acks never stall.
 
 A message that arrived on an earlier connection is dropped unacknowledged: after a
 reconnect the broker redelivers it within the resumed session, and an ack sent on the new

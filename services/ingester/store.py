@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS known_devices (
     device_id TEXT PRIMARY KEY,
     enrolled_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 #: Bytes of a refused payload kept for inspection. Messages of unknown devices are kept
@@ -90,6 +94,8 @@ class Spool:
             self._db.executescript(_SCHEMA)
             self._count = int(self._db.execute("SELECT count(*) FROM points").fetchone()[0])
             self._known = {r[0] for r in self._db.execute("SELECT device_id FROM known_devices")}
+            row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+            self._dropped = int(row[0]) if row else 0
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(str(path), str(exc)) from exc
 
@@ -104,26 +110,46 @@ class Spool:
         """Points waiting for InfluxDB."""
         return self._count
 
-    def has_room(self, n: int) -> bool:
-        """Whether ``n`` more points fit (an empty spool takes any one message)."""
-        return self._count == 0 or self._count + n <= self.max_points
+    @property
+    def dropped(self) -> int:
+        """Points dropped, oldest first, because the spool was full (ever, persistent)."""
+        return self._dropped
 
     def add_points(self, groups: Iterable[Iterable[str]]) -> int:
-        """Commit the lines of several messages in one durable transaction."""
+        """Commit the lines of several messages in one durable transaction.
+
+        A full spool makes room by dropping its oldest points in the same transaction
+        (counted in ``dropped``): during a long InfluxDB outage the newest metrics are
+        the ones worth keeping, and the MQTT session never stalls. Returns the number
+        of points dropped by this call.
+        """
         now = time.time()
         rows = [(line, now) for group in groups for line in group]
         if not rows:
             return 0
         with self._lock:
+            excess = max(0, self._count + len(rows) - self.max_points)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO points (line, spooled_at) VALUES (?, ?)", rows)
+                if excess:
+                    self._db.execute(
+                        "DELETE FROM points WHERE id IN "
+                        "(SELECT id FROM points ORDER BY id LIMIT ?)",
+                        (excess,),
+                    )
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (excess,),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._count += len(rows)
-        return len(rows)
+            self._count += len(rows) - excess
+            self._dropped += excess
+        return excess
 
     def peek(self, limit: int) -> list[tuple[int, str]]:
         """The oldest ``limit`` points as (id, line)."""

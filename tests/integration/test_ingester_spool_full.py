@@ -1,0 +1,70 @@
+"""The ingester's spool full (InfluxDB unreachable): the oldest points are dropped, the
+drop is counted (persistently and for Prometheus) and logged, and the newest are kept."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import aiomqtt
+from metrics_support import batch, make_settings, metrics_topic, publish_all, recent, wait_until
+from prometheus_client import generate_latest
+
+from edgeaiforge._servers import free_port
+from services.common.bus import Bus
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.ingester import Ingester
+from services.ingester.store import Spool
+
+
+async def test_full_spool_drops_the_oldest_and_counts_them(
+    tmp_path, nats_server, mosquitto_server, mqtt_user, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    user = await mqtt_user(roles=[SERVICE_ROLE])
+    settings = make_settings(
+        tmp_path=tmp_path,
+        nats_url=nats_server.url,
+        mqtt_host=mosquitto_server.host,
+        mqtt_port=mosquitto_server.port,
+        mqtt_username=user.username,
+        mqtt_password=user.password,
+        influx_url=f"http://127.0.0.1:{free_port()}",  # nobody listens: InfluxDB is down
+        database=unique_id("db"),
+        client_id=unique_id("ingester-"),
+        group=unique_id("g"),
+        max_spool_points=50,
+    )
+    device = unique_id("dev-")
+    start = recent()
+    batches = [batch(device, start + timedelta(minutes=i), 5, seed=i) for i in range(20)]
+    messages = [(metrics_topic(device), b.model_dump_json().encode()) for b in batches]
+    publisher = await mqtt_user(roles=[SERVICE_ROLE])
+    bus = Bus(settings.nats, service="ingester")
+    async with Ingester(settings, bus=bus) as ingester:
+        ingester.enrol(device)
+        async with aiomqtt.Client(
+            mosquitto_server.host,
+            mosquitto_server.port,
+            username=publisher.username,
+            password=publisher.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as client:
+            await publish_all(client, messages, window=1)
+
+        async def all_taken() -> bool:
+            return ingester.figures.accepted._value.get() == 20
+
+        await wait_until(all_taken, timeout=30, what="all 20 batches accepted")
+        assert ingester.spool.count == 50
+        assert ingester.spool.dropped == 50
+        exposition = generate_latest(ingester.figures.registry).decode()
+        assert "eaf_ingester_points_dropped_total 50.0" in exposition
+        kept = [line for _, line in ingester.spool.peek(100)]
+    newest = {int(s.ts.timestamp()) for b in batches[10:] for s in b.inference}
+    kept_seconds = {int(line.rsplit(" ", 1)[1]) // 10**9 for line in kept}
+    assert kept_seconds == newest
+    # The count survives a restart of the ingester.
+    reopened = Spool(settings.ingester.spool_path, max_points=50, max_rejected=10)
+    try:
+        assert reopened.dropped == 50
+    finally:
+        reopened.close()
