@@ -20,6 +20,7 @@ import hashlib
 import os
 import struct
 from collections.abc import AsyncIterable, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -138,18 +139,37 @@ class _Writer:
         self.size = 0
         self.file = open(path, "wb")
         self.file.write(b"\0" * HEADER_LEN)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eaf-sha256")
 
-    def write(self, chunks: list[bytes], *, last: bool) -> None:
-        for pos, chunk in enumerate(chunks):
-            self.sha.update(chunk)
-            self.size += len(chunk)
-            is_last = last and pos == len(chunks) - 1
-            if self.encrypted:
-                chunk = crypto.seal_chunk(self.dek, self.prefix, self.index, is_last, chunk)
-            self.file.write(chunk)
-            self.index += 1
+    def write(self, block: bytes, *, last: bool) -> None:
+        """Store ``block``: whole chunks, or (``last``) the stream's remaining bytes.
+
+        One hash update and one file write per block, not per chunk: each releases and
+        re-takes the GIL, and a thread that wants it back waits behind the event loop.
+        """
+        size = self.chunk_size
+        # SHA-256 is the slowest of the CPU work and releases the GIL: it runs beside the
+        # encryption and the write, on a second core where there is one.
+        hashing = self._hasher.submit(self.sha.update, block)
+        try:
+            self.size += len(block)
+            starts = range(0, len(block), size) or range(1)  # an empty stream: one empty chunk
+            if not self.encrypted:
+                self.file.write(block)
+                self.index += len(starts)
+                return
+            sealed = []
+            for start in starts:
+                is_last = last and start + size >= len(block)
+                chunk = block[start : start + size]
+                sealed.append(crypto.seal_chunk(self.dek, self.prefix, self.index, is_last, chunk))
+                self.index += 1
+            self.file.write(b"".join(sealed))
+        finally:
+            hashing.result()
 
     def finish(self) -> ArtifactInfo:
+        self._hasher.shutdown()
         info = ArtifactInfo(
             artifact_id=self.sha.hexdigest(),
             size=self.size,
@@ -166,6 +186,7 @@ class _Writer:
         return info
 
     def abort(self) -> None:
+        self._hasher.shutdown()
         self.file.close()
         self.path.unlink(missing_ok=True)
 
@@ -193,6 +214,9 @@ class ArtifactStore:
         buf = bytearray()
         received = 0
         batch = self.chunk_size * _READ_AHEAD_CHUNKS
+        # One batch is hashed, encrypted and written in a thread while the next arrives:
+        # receiving and the CPU work overlap instead of taking turns.
+        writing: asyncio.Future[None] | None = None
         try:
             async for piece in data:
                 received += len(piece)
@@ -201,19 +225,23 @@ class ArtifactStore:
                 buf += piece
                 # Keep at least one byte back: only the stream's end tells which chunk is last.
                 if len(buf) > batch:
-                    n = (len(buf) - 1) // self.chunk_size
-                    cut = n * self.chunk_size
-                    chunks = [
-                        bytes(buf[i : i + self.chunk_size]) for i in range(0, cut, self.chunk_size)
-                    ]
+                    cut = (len(buf) - 1) // self.chunk_size * self.chunk_size
+                    block = bytes(buf[:cut])
                     del buf[:cut]
-                    await asyncio.to_thread(writer.write, chunks, last=False)
-            tail = [
-                bytes(buf[i : i + self.chunk_size]) for i in range(0, len(buf), self.chunk_size)
-            ]
-            await asyncio.to_thread(writer.write, tail or [b""], last=True)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(
+                        asyncio.to_thread(writer.write, block, last=False)
+                    )
+            if writing is not None:
+                await writing
+                writing = None
+            await asyncio.to_thread(writer.write, bytes(buf), last=True)
             info = await asyncio.to_thread(writer.finish)
         except BaseException:
+            if writing is not None:
+                # The thread cannot be interrupted: let it finish before the file goes.
+                await asyncio.gather(writing, return_exceptions=True)
             await asyncio.to_thread(writer.abort)
             raise
         final = self.path(info.artifact_id)
