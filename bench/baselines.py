@@ -157,3 +157,17 @@ def ort_session_seconds(path: Path) -> dict[str, float]:
     start = time.perf_counter()
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return {"seconds": time.perf_counter() - start}
+
+
+def file_write_mb_per_s(path: Path, target: Path) -> dict[str, float]:
+    """Copy ``path`` to ``target`` in 2 MiB blocks and fsync: what the disk takes."""
+    data = path.read_bytes()
+    start = time.perf_counter()
+    with target.open("wb") as f:
+        for i in range(0, len(data), 2 << 20):
+            f.write(data[i : i + (2 << 20)])
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - start
+    target.unlink()
+    return {"mb_per_s": len(data) / 1e6 / elapsed, "seconds": elapsed, "bytes": len(data)}
