@@ -23,6 +23,11 @@ demo: setup
 down:
 	$(VENV)/bin/edgeaiforge down
 
+# Ratios against limits measured in the same run on servers it starts itself; writes
+# bench/results.json. Never part of `make test`; a missed goal is a row, not a failure.
+bench: setup
+	$(PY) -m bench.run
+
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
