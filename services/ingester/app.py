@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,13 +21,16 @@ from services.common.logging import get_logger
 from services.ingester import handlers
 from services.ingester.domain import Accepted, Reason, validate_message
 from services.ingester.figures import Figures
-from services.ingester.influx import InfluxWriter
+from services.ingester.influx import InfluxWriter, WriteOutcome
 from services.ingester.mqtt import Incoming, MqttReceiver
 from services.ingester.store import RejectedMessage, Spool
 
 __all__ = ["Ingester", "create_service"]
 
 log = get_logger(__name__)
+
+#: Batches written to InfluxDB at once (see ``Ingester._drain``).
+_WRITES_IN_FLIGHT = 2
 
 
 class Ingester:
@@ -174,29 +178,46 @@ class Ingester:
             on_retry=lambda _: self.figures.write_retries.inc(),
         ) as writer:
             await writer.ensure_database()
-            while True:
-                rows = await asyncio.to_thread(self.spool.peek, batch_size)
-                if not rows:
-                    self.figures.lag.set(0)
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), timeout=self.settings.influxdb.flush_interval
+            # Two batches in flight: InfluxDB parses one while the next is read from the
+            # spool and sent, and the spool forgets a batch while the next is written.
+            # Batches finish in order, so the spool only ever forgets a written prefix.
+            in_flight: deque[tuple[list[tuple[int, str]], asyncio.Task[WriteOutcome]]] = deque()
+            try:
+                while True:
+                    while len(in_flight) < _WRITES_IN_FLIGHT:
+                        after = in_flight[-1][0][-1][0] if in_flight else 0
+                        rows = await asyncio.to_thread(self.spool.peek, batch_size, after=after)
+                        if not rows:
+                            break
+                        lines = [line for _, line in rows]
+                        in_flight.append((rows, asyncio.create_task(writer.write(lines))))
+                    if not in_flight:
+                        self.figures.lag.set(0)
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self._wake.wait(), timeout=self.settings.influxdb.flush_interval
+                            )
+                        continue
+                    self.figures.lag.set(await asyncio.to_thread(self.spool.oldest_age))
+                    rows, task = in_flight[0]
+                    outcome = await task
+                    in_flight.popleft()
+                    if outcome.refused:
+                        await asyncio.to_thread(self.spool.add_influx_rejects, outcome.refused)
+                        self.figures.influx_rejected.inc(len(outcome.refused))
+                        log.error(
+                            "influxdb refused points; set aside",
+                            count=len(outcome.refused),
+                            first_error=outcome.refused[0][1],
                         )
-                    continue
-                self.figures.lag.set(await asyncio.to_thread(self.spool.oldest_age))
-                outcome = await writer.write([line for _, line in rows])
-                if outcome.refused:
-                    await asyncio.to_thread(self.spool.add_influx_rejects, outcome.refused)
-                    self.figures.influx_rejected.inc(len(outcome.refused))
-                    log.error(
-                        "influxdb refused points; set aside",
-                        count=len(outcome.refused),
-                        first_error=outcome.refused[0][1],
-                    )
-                await asyncio.to_thread(self.spool.remove, rows[-1][0], len(rows))
-                self.figures.written.inc(outcome.written)
-                self.figures.spool_points.set(self.spool.count)
+                    await asyncio.to_thread(self.spool.remove, rows[-1][0], len(rows))
+                    self.figures.written.inc(outcome.written)
+                    self.figures.spool_points.set(self.spool.count)
+            finally:
+                for _, task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*(t for _, t in in_flight), return_exceptions=True)
 
 
 def _known_yes(_: str) -> bool:

@@ -151,18 +151,24 @@ class Spool:
             self._dropped += excess
         return excess
 
-    def peek(self, limit: int) -> list[tuple[int, str]]:
-        """The oldest ``limit`` points as (id, line)."""
+    def peek(self, limit: int, *, after: int = 0) -> list[tuple[int, str]]:
+        """The oldest ``limit`` points with an id above ``after``, as (id, line)."""
         with self._lock:
             return list(
-                self._db.execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,))
+                self._db.execute(
+                    "SELECT id, line FROM points WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+                )
             )
 
     def remove(self, up_to_id: int, n: int) -> None:
-        """Forget the points with id <= ``up_to_id`` (``n`` of them): InfluxDB has them."""
+        """Forget the points with id <= ``up_to_id`` (``n`` of them): InfluxDB has them.
+
+        The count follows what was deleted: a full spool may have dropped some of these
+        points while they were being written.
+        """
         with self._lock:
-            self._db.execute("DELETE FROM points WHERE id <= ?", (up_to_id,))
-            self._count = max(0, self._count - n)
+            deleted = self._db.execute("DELETE FROM points WHERE id <= ?", (up_to_id,)).rowcount
+            self._count = max(0, self._count - (deleted if deleted >= 0 else n))
 
     def oldest_age(self) -> float:
         """Seconds the oldest waiting point has spent in the spool (0 when empty)."""
