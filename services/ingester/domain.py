@@ -126,54 +126,30 @@ def _line(
     return str(point.to_line_protocol())  # type: ignore[no-untyped-call]
 
 
-# The escaping of influxdb_client's Point (so lines are the same, byte for byte).
-_ESCAPE_KEY = str.maketrans(
-    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
-)
-
-
-def _tag(value: str) -> str:
-    escaped = value.translate(_ESCAPE_KEY)
-    return escaped + " " if escaped.endswith("\\") else escaped
-
-
-def _float(value: float) -> str:
-    text = str(float(value))
-    return text[:-2] if text.endswith(".0") else text
-
-
 def batch_lines(batch: MetricsBatch) -> tuple[str, ...]:
-    """The batch's points as line protocol (nanosecond timestamps), samples in order.
-
-    Built directly rather than through ``influxdb_client.Point`` (4x slower, and the
-    ingester's busiest code): same escaping, fields in the same (sorted) order, so the
-    lines are identical to ``Point``'s and a replay writes the very same points.
-    """
+    """The batch's points as line protocol (nanosecond timestamps), samples in order."""
     lines: list[str] = []
-    device = _tag(batch.device_id)
-    prefixes: dict[tuple[str, str], str] = {}
     for s in batch.inference:
-        prefix = prefixes.get((s.model, s.version))
-        if prefix is None:
-            prefix = f"{INFERENCE},device={device},model={_tag(s.model)},version={_tag(s.version)}"
-            prefixes[(s.model, s.version)] = prefix
-        lines.append(
-            f"{prefix} count={s.count}i,errors={s.errors}i,"
-            f"latency_max_ms={_float(s.latency_max_ms)},"
-            f"latency_p50_ms={_float(s.latency_p50_ms)},"
-            f"latency_p95_ms={_float(s.latency_p95_ms)},"
-            f"latency_p99_ms={_float(s.latency_p99_ms)},"
-            f"throughput={_float(s.throughput)} {timestamp_ns(s.ts)}"
-        )
+        tags = {"device": batch.device_id, "model": s.model, "version": s.version}
+        fields: dict[str, int | float | str] = {
+            "count": s.count,
+            "errors": s.errors,
+            "latency_p50_ms": float(s.latency_p50_ms),
+            "latency_p95_ms": float(s.latency_p95_ms),
+            "latency_p99_ms": float(s.latency_p99_ms),
+            "latency_max_ms": float(s.latency_max_ms),
+            "throughput": float(s.throughput),
+        }
+        lines.append(_line(INFERENCE, tags, fields, timestamp_ns(s.ts)))
     for d in batch.device:
-        temperature = (
-            f",temperature_c={_float(d.temperature_c)}" if d.temperature_c is not None else ""
-        )
-        lines.append(
-            f"{DEVICE},device={device} cpu_percent={_float(d.cpu_percent)},"
-            f"memory_bytes={d.memory_bytes}i,spool_dropped={batch.spool_dropped}i"
-            f"{temperature} {timestamp_ns(d.ts)}"
-        )
+        fields = {
+            "cpu_percent": float(d.cpu_percent),
+            "memory_bytes": d.memory_bytes,
+            "spool_dropped": batch.spool_dropped,
+        }
+        if d.temperature_c is not None:
+            fields["temperature_c"] = float(d.temperature_c)
+        lines.append(_line(DEVICE, {"device": batch.device_id}, fields, timestamp_ns(d.ts)))
     return tuple(lines)
 
 
