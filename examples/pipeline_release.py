@@ -75,6 +75,20 @@ async def command(nc: Client, subject: str, body: dict[str, Any]) -> dict[str, A
     return data
 
 
+async def command_when_validated(
+    nc: Client, subject: str, body: dict[str, Any], *, attempts: int = 50
+) -> dict[str, Any]:
+    """``command``, retried briefly while the platform still reports the version validating."""
+    for _ in range(attempts - 1):
+        try:
+            return await command(nc, subject, body)
+        except ReleaseError as exc:
+            if "conflict" not in str(exc) or "is validating" not in str(exc):
+                raise
+        await asyncio.sleep(0.2)
+    return await command(nc, subject, body)
+
+
 async def upload(api: str, token: str, path: Path) -> dict[str, Any]:
     """Store the file's bytes; answers their artifact id and size."""
     data = await asyncio.to_thread(path.read_bytes)
@@ -134,7 +148,9 @@ async def release(args: argparse.Namespace, *, password: str, api_token: str) ->
                 {"actor": args.actor, "model": args.name, "alias": args.alias,
                  "version": args.version},
             )  # fmt: skip
-            deployment = await command(
+            # The registry records the verdict from the same event, an instant later:
+            # until it has, the deployer still sees the version as validating.
+            deployment = await command_when_validated(
                 nc,
                 "eaf.cmd.deployment.create",
                 {"actor": args.actor, "model": args.name, "version": args.alias,
