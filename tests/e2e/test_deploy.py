@@ -1,6 +1,7 @@
-"""End to end through the REST API: upload with the SDK, the validator passes it, a device
-enrols over HTTP with ``edge-runtime``'s code, ``deploy_model`` puts it there, the API
-reports it active. Real NATS, Mosquitto (auth on), registry, validator, API, deployer."""
+"""End to end through the REST API: a 64 MB model uploaded with the SDK, the validator
+passes it, a device enrols over HTTP with ``edge-runtime``'s code, ``deploy_model`` puts
+it there byte-identical, the API reports it active. Real NATS, Mosquitto (auth on),
+registry, validator, API, deployer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hashlib
 import time
 from contextlib import AsyncExitStack
 
-from deploy_support import bias_model, forget_device
+from deploy_support import forget_device, padded_model
 
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import ModelManager
@@ -35,7 +36,7 @@ async def test_deploy_model_through_the_api(
                   "tick_interval": 0.2, "stall_timeout": 1.0},
     )  # fmt: skip
     path = tmp_path / "model.onnx"
-    path.write_bytes(bias_model(0.75))
+    path.write_bytes(padded_model(64 * 1024 * 1024, seed=7))
     name, device_id = unique_id("m-"), unique_id("dev-")
     with serve_in_thread(settings, durable_prefix=unique_id("registry-")) as url:
         token = create_api_key(settings, role="admin")
