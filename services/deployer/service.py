@@ -173,6 +173,10 @@ class Deployer:
 
     async def create_enrollment_token(self, req: CreateEnrollmentToken) -> EnrollmentToken:
         token = secrets.token_urlsafe(32)
+        # Operators pass the token as `edge-runtime enroll --token X`: one starting with "-"
+        # (1 in 64) would be taken for an option, so draw again.
+        while token.startswith("-"):
+            token = secrets.token_urlsafe(32)
         ttl = req.ttl_seconds or self.settings.deployer.enrollment_token_ttl
         expires = _now() + timedelta(seconds=ttl)
         async with self.sessions.begin() as s:
