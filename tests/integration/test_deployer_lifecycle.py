@@ -4,6 +4,7 @@ PostgreSQL, and the device's local HTTP inference endpoint."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import socket
@@ -22,12 +23,14 @@ from edge_runtime._http import create_http_app
 from schemas.deployer import (
     SUBJECTS,
     CreateDeployment,
+    CreateEnrollmentToken,
     DeploymentInfo,
     DeploymentList,
     DeploymentRef,
     DeploymentStatus,
     DeviceInfo,
     DeviceRef,
+    EnrollmentToken,
     ListDeployments,
     TargetSelector,
 )
@@ -336,3 +339,23 @@ async def test_local_http_endpoint_answers_with_the_active_model(  # type: ignor
             state = status.json()
             assert state["device_id"] == device.device_id
             assert (state["active"]["model"], state["active"]["version"]) == (model, "1.0.0")
+
+
+async def test_enrolment_tokens_can_be_given_on_the_command_line(  # type: ignore[no-untyped-def]
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env()
+    tokens = [
+        (
+            await env.bus.request(
+                SUBJECTS["create_enrollment_token"], CreateEnrollmentToken(), EnrollmentToken
+            )
+        ).token
+        for _ in range(300)
+    ]
+    # `edge-runtime enroll --token X` would read a token starting with "-" as an option
+    # (before the fix, about 1 token in 64).
+    assert [t for t in tokens if t.startswith("-")] == []
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token", required=True)
+    assert all(parser.parse_args(["--token", t]).token == t for t in tokens[:50])
