@@ -1,13 +1,30 @@
-"""Base classes shared by every wire model."""
+"""Base classes and validators shared by every wire model."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from datetime import datetime
 
-__all__ = ["WireModel"]
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+__all__ = ["WireModel", "between"]
 
 
 class WireModel(BaseModel):
     """A frozen message that refuses unknown fields: what goes on a wire is exact."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def between(first: datetime, last: datetime, message: str) -> AfterValidator:
+    """A validator that refuses an aware datetime outside ``[first, last]`` with ``message``."""
+
+    def check(value: datetime) -> datetime:
+        try:
+            inside = first <= value <= last
+        except OverflowError:  # an offset pushes it past datetime's own range
+            inside = False
+        if not inside:
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)

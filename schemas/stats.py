@@ -17,9 +17,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AwareDatetime, Field
 
-from schemas._base import WireModel
+from schemas._base import WireModel, between
 
 __all__ = [
     "EVALUATE_SUBJECT",
@@ -41,21 +41,14 @@ Name = Annotated[str, Field(min_length=1, max_length=128)]
 #: At most the longest retention we support (10 years), at least one second.
 WindowSeconds = Annotated[float, Field(ge=1, le=10 * 366 * 86400)]
 #: Ends of a window that InfluxDB can query: its time range, less the longest window.
-_FIRST_END = datetime(1688, 1, 1, tzinfo=UTC)
-_LAST_END = datetime(2262, 4, 11, tzinfo=UTC)
-
-
-def _queryable(end: datetime) -> datetime:
-    try:
-        inside = _FIRST_END <= end <= _LAST_END
-    except OverflowError:  # an offset pushes it past datetime's own range
-        inside = False
-    if not inside:
-        raise ValueError("end must lie between 1688-01-01 and 2262-04-11 (what InfluxDB stores)")
-    return end
-
-
-WindowEnd = Annotated[AwareDatetime, AfterValidator(_queryable)]
+WindowEnd = Annotated[
+    AwareDatetime,
+    between(
+        datetime(1688, 1, 1, tzinfo=UTC),
+        datetime(2262, 4, 11, tzinfo=UTC),
+        "end must lie between 1688-01-01 and 2262-04-11 (what InfluxDB stores)",
+    ),
+]
 
 
 class StatsRequest(WireModel):

@@ -13,9 +13,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, AwareDatetime, Field, FiniteFloat, model_validator
+from pydantic import AwareDatetime, Field, FiniteFloat, model_validator
 
-from schemas._base import WireModel
+from schemas._base import WireModel, between
 
 __all__ = [
     "MAX_METRICS_PAYLOAD_BYTES",
@@ -37,21 +37,14 @@ Name = Annotated[str, Field(min_length=1, max_length=128)]
 #: refused by InfluxDB, so it is refused here, with the reason, instead.
 Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: The instants InfluxDB can store (nanoseconds since the epoch in a signed 64-bit integer).
-_FIRST_STORABLE = datetime(1677, 9, 22, tzinfo=UTC)
-_LAST_STORABLE = datetime(2262, 4, 11, tzinfo=UTC)
-
-
-def _storable(ts: datetime) -> datetime:
-    try:
-        inside = _FIRST_STORABLE <= ts <= _LAST_STORABLE
-    except OverflowError:  # an offset pushes it past datetime's own range
-        inside = False
-    if not inside:
-        raise ValueError("timestamp is outside what InfluxDB stores (1677-09-22 to 2262-04-11)")
-    return ts
-
-
-Timestamp = Annotated[AwareDatetime, AfterValidator(_storable)]
+Timestamp = Annotated[
+    AwareDatetime,
+    between(
+        datetime(1677, 9, 22, tzinfo=UTC),
+        datetime(2262, 4, 11, tzinfo=UTC),
+        "timestamp is outside what InfluxDB stores (1677-09-22 to 2262-04-11)",
+    ),
+]
 
 
 class InferenceSample(WireModel):
