@@ -40,6 +40,7 @@ __all__ = [
     "ListApiKeysRequest",
     "ListModelsRequest",
     "ListVersionsRequest",
+    "MetadataPatch",
     "ModelInfo",
     "ModelName",
     "ModelPage",
@@ -273,11 +274,11 @@ class ListModelsRequest(WireModel):
     tag: str | None = None
 
 
-class UpdateMetadataRequest(WireModel):
-    """Fields left ``None`` stay as they are; ``properties`` replaces the whole map."""
+class MetadataPatch(WireModel):
+    """A change to a version's metadata (also the body of ``PATCH
+    /api/v1/models/{model}/versions/{version}``): fields left ``None`` stay as they are;
+    ``properties`` and ``tags`` replace the old ones whole."""
 
-    model: ModelName
-    version: SemVer
     task: str | None = Field(default=None, max_length=200)
     framework: str | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=10_000)
@@ -286,6 +287,13 @@ class UpdateMetadataRequest(WireModel):
         default=None, max_length=128
     )
     source_url: str | None = Field(default=None, max_length=2000)
+
+
+class UpdateMetadataRequest(MetadataPatch):
+    """A ``MetadataPatch`` for one version."""
+
+    model: ModelName
+    version: SemVer
 
 
 class SetAliasRequest(WireModel):
