@@ -25,7 +25,7 @@ from services.common.db import ProcessedEvent, claim_event, create_engine, creat
 from services.common.logging import get_logger
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
-from services.validator.pipeline import CHECKS, validate_upload, write_stream
+from services.validator.pipeline import rejected_at, validate_upload, write_stream
 from services.validator.sandbox import private_workdir, run_task
 
 __all__ = ["CONSUMER", "ValidatorService", "create_service", "derived_event_id", "ensure_sandbox"]
@@ -137,7 +137,9 @@ class ValidatorService:
                 # The store may not be visible here yet: let the bus redeliver.
                 raise ArtifactUnavailableError(event.artifact_id, str(exc)) from exc
             except ArtifactCorruptError as exc:
-                return _storage_failure(f"the stored artifact is damaged: {exc.reason}")
+                damaged = f"the stored artifact is damaged: {exc.reason}"
+                failure = CheckResult(name="file", outcome=CheckOutcome.FAILED, message=damaged)
+                return rejected_at([failure], "file")
             reference = None
             if event.reference_artifact_id is not None:
                 reference = workdir / "reference.npz"
@@ -152,15 +154,6 @@ class ValidatorService:
             return await validate_upload(
                 upload, size=size, reference=reference, config=cfg, workdir=workdir
             )
-
-
-def _storage_failure(message: str) -> ValidationReport:
-    checks = [CheckResult(name="file", outcome=CheckOutcome.FAILED, message=message)]
-    checks += [
-        CheckResult(name=n, outcome=CheckOutcome.SKIPPED, message="not run: 'file' failed")
-        for n in CHECKS[1:]
-    ]
-    return ValidationReport(checks=tuple(checks))
 
 
 @asynccontextmanager

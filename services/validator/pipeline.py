@@ -20,7 +20,7 @@ from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.logging import get_logger
 from services.validator.sandbox import SandboxStatus, hand_over, run_task
 
-__all__ = ["CHECKS", "ZIP_MAGIC", "validate_upload", "write_stream"]
+__all__ = ["CHECKS", "ZIP_MAGIC", "rejected_at", "validate_upload", "write_stream"]
 
 log = get_logger(__name__)
 
@@ -64,6 +64,17 @@ async def write_stream(chunks: AsyncIterable[bytes], dest: Path, *, limit: int) 
             out.write(piece)
     hand_over(dest)
     return written
+
+
+def rejected_at(results: list[CheckResult], failed_at: str) -> ValidationReport:
+    """The report of checks that stopped at ``failed_at``: ``results`` (ending with its
+    failure), then every later check as skipped."""
+    rest = CHECKS[CHECKS.index(failed_at) + 1 :]
+    skipped = (
+        CheckResult(name=n, outcome=CheckOutcome.SKIPPED, message=f"not run: '{failed_at}' failed")
+        for n in rest
+    )
+    return ValidationReport(checks=(*results, *skipped))
 
 
 def _result(name: str, passed: bool, message: str, started: float) -> CheckResult:
@@ -119,20 +130,10 @@ async def validate_upload(
     results: list[CheckResult] = []
     started = time.perf_counter()
 
-    def finish(failed_at: str) -> ValidationReport:
-        rest = CHECKS[CHECKS.index(failed_at) + 1 :]
-        results.extend(
-            CheckResult(
-                name=n, outcome=CheckOutcome.SKIPPED, message=f"not run: '{failed_at}' failed"
-            )
-            for n in rest
-        )
-        return ValidationReport(checks=tuple(results))
-
     # -- file: size, emptiness and, for a ZIP upload, safe extraction
     if size == 0:
         results.append(_result("file", False, "the file is empty", started))
-        return finish("file")
+        return rejected_at(results, "file")
     if size > config.max_file_size:
         results.append(
             _result(
@@ -143,7 +144,7 @@ async def validate_upload(
                 started,
             )
         )
-        return finish("file")
+        return rejected_at(results, "file")
     model_dir = workdir / "model"
     model_dir.mkdir()
     hand_over(model_dir)
@@ -159,7 +160,7 @@ async def validate_upload(
         )
         results.append(check)
         if check.outcome is CheckOutcome.FAILED:
-            return finish("file")
+            return rejected_at(results, "file")
         model = model_dir / str(value["model"])
     else:
         model = model_dir / "model.onnx"
@@ -203,7 +204,7 @@ async def validate_upload(
             check, _ = await task
             results.append(check)
             if check.outcome is CheckOutcome.FAILED:
-                return finish(name)
+                return rejected_at(results, name)
     finally:
         for task in running.values():
             task.cancel()
