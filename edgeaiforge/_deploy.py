@@ -62,7 +62,6 @@ class DeployMixin:
         token = self._http.call(
             "POST", "/api/v1/devices/enrollment-tokens", EnrollmentToken, json=body
         )
-        assert token is not None
         return token
 
     def list_devices(
@@ -80,12 +79,10 @@ class DeployMixin:
             DeviceList,
             params={k: v for k, v in params.items() if v not in (None, [])},
         )
-        assert found is not None
         return list(found.devices)
 
     def get_device(self, device_id: str) -> DeviceInfo:
         device = self._http.call("GET", f"/api/v1/devices/{_seg(device_id)}", DeviceInfo)
-        assert device is not None
         return device
 
     def set_device_labels(
@@ -97,7 +94,6 @@ class DeployMixin:
             DeviceInfo,
             json={"labels": dict(labels), "group": group},
         )
-        assert device is not None
         return device
 
     # ---- deployments -----------------------------------------------------------------
@@ -127,7 +123,6 @@ class DeployMixin:
         """
         if version is None:
             info = self._http.call("GET", f"/api/v1/models/{_seg(model)}", ModelInfo)
-            assert info is not None
             if info.latest_version is None:
                 raise EdgeAIForgeError(f"model {model!r} has no version to deploy yet")
             version = info.latest_version
@@ -148,7 +143,6 @@ class DeployMixin:
         created = self._http.call(
             "POST", "/api/v1/deployments", DeploymentInfo, json=body.model_dump(mode="json")
         )
-        assert created is not None
         if wait:
             return self.wait_for_deployment(
                 created.deployment_id, timeout=timeout, on_progress=on_progress
@@ -157,7 +151,6 @@ class DeployMixin:
 
     def get_deployment(self, deployment_id: str) -> DeploymentInfo:
         info = self._http.call("GET", f"/api/v1/deployments/{_seg(deployment_id)}", DeploymentInfo)
-        assert info is not None
         return info
 
     def list_deployments(
@@ -175,14 +168,12 @@ class DeployMixin:
             DeploymentList,
             params={k: v for k, v in params.items() if v is not None},
         )
-        assert found is not None
         return list(found.deployments)
 
     def _act(self, deployment_id: str, verb: str) -> DeploymentInfo:
         info = self._http.call(
             "POST", f"/api/v1/deployments/{_seg(deployment_id)}/{verb}", DeploymentInfo
         )
-        assert info is not None
         return info
 
     def pause_deployment(self, deployment_id: str) -> DeploymentInfo:

@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 from pydantic import BaseModel
@@ -80,6 +80,28 @@ class HttpClient:
         except httpx.TransportError as exc:
             raise ConnectionFailedError(self.base_url, f"{type(exc).__name__}: {exc}") from None
 
+    @overload
+    def call(
+        self,
+        method: str,
+        path: str,
+        response_type: type[T],
+        *,
+        params: Params = None,
+        json: Any = None,
+    ) -> T: ...
+
+    @overload
+    def call(
+        self,
+        method: str,
+        path: str,
+        response_type: None = None,
+        *,
+        params: Params = None,
+        json: Any = None,
+    ) -> None: ...
+
     def call(
         self,
         method: str,
@@ -89,11 +111,11 @@ class HttpClient:
         params: Params = None,
         json: Any = None,
     ) -> T | None:
-        """One JSON request; the reply parsed as ``response_type`` (None for no body)."""
+        """One JSON request; the reply parsed as ``response_type`` (None: the body is ignored)."""
         request = self._client.build_request(method, path, params=params, json=json)
         response = self._send(request)
         _raise_for(response)
-        if response_type is None or response.status_code == 204:
+        if response_type is None:
             return None
         return response_type.model_validate_json(response.content)
 

@@ -60,12 +60,10 @@ class RegistryMixin:
             ModelPage,
             params={k: v for k, v in params.items() if v is not None},
         )
-        assert page is not None
         return page
 
     def get_model(self, name: str) -> ModelInfo:
         info = self._http.call("GET", f"/api/v1/models/{_seg(name)}", ModelInfo)
-        assert info is not None
         return info
 
     def list_versions(
@@ -85,7 +83,6 @@ class RegistryMixin:
             VersionPage,
             params={k: str(v) for k, v in params.items() if v is not None},
         )
-        assert page is not None
         return page
 
     def get_version(self, name: str, ref: str) -> VersionInfo:
@@ -93,7 +90,6 @@ class RegistryMixin:
         info = self._http.call(
             "GET", f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}", VersionInfo
         )
-        assert info is not None
         return info
 
     def download(
@@ -118,7 +114,6 @@ class RegistryMixin:
         out = self._http.call(
             "DELETE", f"/api/v1/models/{_seg(name)}/versions/{_seg(version)}", Deleted
         )
-        assert out is not None
         return out
 
     def set_alias(self, name: str, alias: str, version: str) -> AliasInfo:
@@ -129,7 +124,6 @@ class RegistryMixin:
             AliasInfo,
             json={"version": version},
         )
-        assert out is not None
         return out
 
     def remove_alias(self, name: str, alias: str) -> None:
@@ -162,7 +156,6 @@ class RegistryMixin:
             VersionInfo,
             json={k: v for k, v in fields.items() if v is not None},
         )
-        assert out is not None
         return out
 
     def get_reports(self, name: str, ref: str) -> VersionReports:
@@ -170,10 +163,8 @@ class RegistryMixin:
         out = self._http.call(
             "GET", f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}/reports", VersionReports
         )
-        assert out is not None
         return out
 
     def whoami(self) -> Principal:
         out = self._http.call("GET", "/api/v1/whoami", Principal)
-        assert out is not None
         return out

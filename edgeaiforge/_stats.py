@@ -33,5 +33,4 @@ class StatsMixin:
         stats = self._http.call(
             "GET", f"/api/v1/models/{quote(name, safe='')}/stats", ModelStats, params=params
         )
-        assert stats is not None
         return stats
