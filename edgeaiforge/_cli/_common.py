@@ -25,6 +25,7 @@ __all__ = [
     "JsonOption",
     "console",
     "err_console",
+    "label_pairs",
     "manager",
     "print_json",
     "progress_bar",
@@ -35,6 +36,17 @@ console = Console()
 err_console = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def label_pairs(items: list[str] | None) -> dict[str, str]:
+    """``--label key=value`` options as a dict; anything without ``=`` is refused."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        out[key] = value
+    return out
 
 
 def manager(ctx: typer.Context) -> ModelManager:

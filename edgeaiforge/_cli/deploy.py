@@ -9,7 +9,14 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from edgeaiforge._cli._common import JsonOption, console, err_console, print_json, run
+from edgeaiforge._cli._common import (
+    JsonOption,
+    console,
+    err_console,
+    label_pairs,
+    print_json,
+    run,
+)
 from edgeaiforge._manager import ModelManager
 from schemas.deployer import DeploymentInfo, DeploymentList
 from schemas.events import TargetState
@@ -26,18 +33,6 @@ _COLOURS = {
     TargetState.TIMED_OUT: "red",
     TargetState.CANCELLED: "dim",
 }
-
-
-def _labels(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--label")
-        out[key] = value
-    return out
 
 
 def progress_table(info: DeploymentInfo) -> Table:
@@ -90,7 +85,7 @@ def deploy(
             device,
             version=version,
             group=group,
-            labels=_labels(label),
+            labels=label_pairs(label) or None,
             strategy="waves" if waves else "all_at_once",
             waves=tuple(w.strip() for w in waves.split(",")) if waves else ("100%",),
             success_threshold=success_threshold,

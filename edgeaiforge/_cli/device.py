@@ -7,23 +7,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeaiforge._cli._common import JsonOption, console, print_json, run
+from edgeaiforge._cli._common import JsonOption, console, label_pairs, print_json, run
 from edgeaiforge._manager import ModelManager
 from schemas.deployer import DeviceList
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Enrolled devices and enrolment tokens.", no_args_is_help=True)
-
-
-def _pairs(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--label")
-        out[key] = value
-    return out
 
 
 @app.command("list")
@@ -37,7 +27,7 @@ def list_(
     """Enrolled devices."""
 
     def action(mm: ModelManager) -> None:
-        devices = mm.list_devices(group=group, online=online, labels=_pairs(label) or None)
+        devices = mm.list_devices(group=group, online=online, labels=label_pairs(label) or None)
         if json_out:
             print_json(DeviceList(devices=tuple(devices)))
             return
@@ -92,7 +82,7 @@ def token(
 
     def action(mm: ModelManager) -> None:
         t = mm.create_enrollment_token(
-            device_id=device_id, group=group, labels=_pairs(label), ttl_seconds=ttl
+            device_id=device_id, group=group, labels=label_pairs(label), ttl_seconds=ttl
         )
         print_json(t) if json_out else console.print(t.token)
 
@@ -110,7 +100,7 @@ def labels(
     """Replace a device's labels (and group)."""
 
     def action(mm: ModelManager) -> None:
-        d = mm.set_device_labels(device_id, _pairs(label), group=group)
+        d = mm.set_device_labels(device_id, label_pairs(label), group=group)
         print_json(d) if json_out else console.print(f"{d.device_id}: {d.labels}")
 
     run(ctx, action)
