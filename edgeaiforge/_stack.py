@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -191,7 +191,7 @@ def _cmdline(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
 
 
-def process_running(record: Mapping[str, Any] | None) -> bool:
+def process_running(record: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
     """Whether the recorded process still runs *and* is the one we started.
 
     A pid alone could by now name another program; the command line must match too.
@@ -232,7 +232,7 @@ def stop_process(layout: StackLayout, name: str) -> bool:
     """SIGTERM the recorded process group, SIGKILL after a grace period; True if it ran."""
     record = layout.read_record(name)
     stopped = False
-    if record is not None and process_running(record):
+    if process_running(record):
         pid = int(record["pid"])
         # Every process was started as the leader of its own session, so its group holds
         # it and its helpers (the validator's sandboxed workers) and nothing else.
@@ -361,7 +361,6 @@ def _start_server(name: str, settings: Settings, layout: StackLayout) -> Compone
     host, port, key = _server_endpoints(settings)[name]
     record = layout.read_record(name)
     if process_running(record):
-        assert record is not None
         return ComponentStatus(
             name, "server", record["pid"], True, _port_open(host, port), f"{host}:{port}"
         )
@@ -436,7 +435,6 @@ def _start_service(
 ) -> ComponentStatus:
     record = layout.read_record(name)
     if process_running(record):
-        assert record is not None
         return ComponentStatus(name, "service", record["pid"], True, False, "already running")
     port = _service_ports(settings).get(name)
     if port is not None and _port_open(port[0], port[1]):

@@ -143,8 +143,7 @@ def _start_background(
     }
     wanted = dict(zip(names, argvs, strict=True))
     same = set(running) == set(wanted) and all(
-        _stack.process_running(rec) and rec is not None and rec["argv"] == wanted[name]
-        for name, rec in running.items()
+        _stack.process_running(rec) and rec["argv"] == wanted[name] for name, rec in running.items()
     )
     if same:
         console.print("fleet: already running with these devices; reusing it")
