@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from schemas.config import IngesterConfig, MqttConfig
+from schemas.topics import Topics
 from services.common.logging import get_logger
 
 __all__ = ["Incoming", "MqttReceiver"]
@@ -63,7 +64,8 @@ class MqttReceiver:
         self._generation = 0
         self._connected = threading.Event()
         self._stopping = threading.Event()
-        self.filter = f"$share/{config.shared_group}/{mqtt.topic_prefix}/devices/+/metrics"
+        every_metrics = Topics(mqtt.topic_prefix).all_devices("metrics")
+        self.filter = f"$share/{config.shared_group}/{every_metrics}"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
