@@ -22,6 +22,7 @@ from edgeaiforge._errors import (
     NotFoundError,
     PermissionDeniedError,
     ServerError,
+    UnexpectedResponseError,
 )
 from edgeaiforge._manager import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
@@ -43,4 +44,5 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ServerError",
+    "UnexpectedResponseError",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ServerError",
+    "UnexpectedResponseError",
 ]
 
 
@@ -46,6 +47,14 @@ class ConnectionFailedError(EdgeAIForgeError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"cannot reach the EdgeAIForge API at {url}: {reason}")
+
+
+class UnexpectedResponseError(EdgeAIForgeError):
+    """The API answered success with a body this SDK cannot read (a version mismatch?)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"unexpected answer from {path}: {reason} (is the SDK the API's version?)")
 
 
 class ApiError(EdgeAIForgeError):

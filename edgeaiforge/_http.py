@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from edgeaiforge._errors import (
     ApiError,
@@ -21,6 +21,7 @@ from edgeaiforge._errors import (
     NotFoundError,
     PermissionDeniedError,
     ServerError,
+    UnexpectedResponseError,
 )
 
 __all__ = ["DEFAULT_TIMEOUT", "HttpClient", "Params", "Progress", "QueryValue"]
@@ -117,7 +118,7 @@ class HttpClient:
         _raise_for(response)
         if response_type is None:
             return None
-        return response_type.model_validate_json(response.content)
+        return _parse(path, response.content, response_type)
 
     def upload(
         self,
@@ -149,7 +150,7 @@ class HttpClient:
         )
         response = self._send(request)
         _raise_for(response)
-        return response_type.model_validate_json(response.content)
+        return _parse(path, response.content, response_type)
 
     def download(
         self, path: str, dest: Path, *, what: str, progress: Progress | None = None
@@ -191,3 +192,13 @@ class HttpClient:
         finally:
             response.close()
             part.unlink(missing_ok=True)
+
+
+def _parse(path: str, content: bytes, response_type: type[T]) -> T:
+    """A success body as ``response_type``; anything else is the SDK's own error."""
+    try:
+        return response_type.model_validate_json(content)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise UnexpectedResponseError(path, f"{where}: {first['msg']}") from None

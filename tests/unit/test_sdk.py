@@ -112,3 +112,26 @@ def test_problem_details_become_typed_errors(status: int, cls: type[ApiError]) -
 def test_non_json_error_bodies_still_give_a_message() -> None:
     with pytest.raises(ServerError, match="bad gateway page"):
         _raise_for(httpx.Response(502, text="bad gateway page"))
+
+
+def test_a_success_body_the_sdk_cannot_read_is_its_own_error() -> None:
+    import httpx
+    from pydantic import BaseModel
+
+    from edgeaiforge import EdgeAIForgeError, UnexpectedResponseError
+    from edgeaiforge._http import HttpClient
+
+    class Reply(BaseModel):
+        name: str
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"unexpected": True})
+
+    client = HttpClient.__new__(HttpClient)
+    client._client = httpx.Client(base_url="http://api", transport=httpx.MockTransport(answer))
+    try:
+        with pytest.raises(UnexpectedResponseError, match="/x: name: Field required") as err:
+            client.call("GET", "/x", Reply)
+        assert isinstance(err.value, EdgeAIForgeError)
+    finally:
+        client._client.close()
