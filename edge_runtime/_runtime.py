@@ -30,7 +30,7 @@ from edge_runtime._transfer import (
     check_manifest,
     open_manifest_key,
 )
-from edge_runtime.errors import InferenceError, TransferRefused
+from edge_runtime.errors import EdgeRuntimeError, InferenceError, TransferRefused
 from edge_runtime.metrics import MetricsCollector, MetricsReporter
 from edge_runtime.spool import MetricsSpool
 from schemas.events import TargetState
@@ -164,6 +164,20 @@ class EdgeRuntime:
     async def infer(self, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Run the active model (on sample inputs when ``inputs`` is None)."""
         return await self.host.infer(inputs)
+
+    async def simulate(self, rate: float) -> None:
+        """Run ``rate`` inferences a second on generated inputs until cancelled (demos,
+        benchmarks: ``--simulate RATE``); nothing runs until a model is active."""
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            with contextlib.suppress(EdgeRuntimeError):
+                await self.infer()
+            delay = next_at - time.monotonic()
+            if delay < -1.0:  # fell behind (a slow model): do not catch up in a burst
+                next_at = time.monotonic()
+            await asyncio.sleep(max(0.0, delay))
 
     async def publish_metrics(self, payload: bytes) -> bool:
         """Publish one metrics message on this device's ``metrics`` topic (QoS 1).

@@ -62,16 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _simulate(runtime: EdgeRuntime, rate: float) -> None:
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    while True:
-        next_at += interval
-        with contextlib.suppress(EdgeRuntimeError):
-            await runtime.infer()
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-
-
 async def _serve_http(runtime: EdgeRuntime, address: str) -> None:
     import uvicorn
 
@@ -104,7 +94,7 @@ async def _run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, runtime.stop)
     extras: list[asyncio.Task[None]] = []
     if args.simulate > 0:
-        extras.append(asyncio.create_task(_simulate(runtime, args.simulate)))
+        extras.append(asyncio.create_task(runtime.simulate(args.simulate)))
     if args.http:
         extras.append(asyncio.create_task(_serve_http(runtime, args.http)))
     try:

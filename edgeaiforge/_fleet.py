@@ -97,20 +97,6 @@ def enroll_fleet(
     return outcome
 
 
-async def _simulate(runtime: EdgeRuntime, rate: float) -> None:
-    """``rate`` inferences per second on generated inputs, once a model is active."""
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    while True:
-        next_at += interval
-        with contextlib.suppress(EdgeRuntimeError):
-            await runtime.infer()
-        delay = next_at - time.monotonic()
-        if delay < -1.0:  # fell behind (a slow model): do not try to catch up in a burst
-            next_at = time.monotonic()
-        await asyncio.sleep(max(0.0, delay))
-
-
 async def _serve_http(
     runtime: EdgeRuntime, host: str, port: int, say: Callable[[str], None]
 ) -> None:
@@ -172,7 +158,7 @@ async def run_fleet(
         tasks.append(asyncio.create_task(runtime.run(), name=f"{device_id}-runtime"))
         tasks.append(asyncio.create_task(reporter.run_with(runtime.publish_metrics)))
         if rate > 0:
-            tasks.append(asyncio.create_task(_simulate(runtime, rate)))
+            tasks.append(asyncio.create_task(runtime.simulate(rate)))
         if http_port:
             tasks.append(asyncio.create_task(_serve_http(runtime, http_host, http_port + k, say)))
     say(f"running {len(runtimes)} devices at {rate:g} inferences/s each")
