@@ -343,6 +343,12 @@ def stats_table(mm: ModelManager, window: float) -> Table | None:
     return table
 
 
+def inferences_on(mm: ModelManager, version: str, device_id: str) -> int:
+    """Inferences of ``version`` on ``device_id`` that have reached InfluxDB (last hour)."""
+    stats = mm.get_model_stats(MODEL, window=3600, version=version)
+    return sum(d.count for v in stats.versions for d in v.devices if d.device_id == device_id)
+
+
 async def _evaluate(settings: Settings) -> EvaluateReply:
     # The tracker's comparison is on the bus only: ask as the stack's NATS admin.
     user, password = StackLayout.of(settings).nats_login()
@@ -490,6 +496,14 @@ def run(config: Path, devices: int) -> None:
         # Narrower convolutions: fewer MACs, so the canary should be faster, not slower.
         upload(mm, candidate, width=6, parent=baseline_version)
         checked(mm, candidate)
+        # The comparison needs enough inferences of the baseline on the canary device too.
+        need = settings.performance_tracking.min_inferences
+        wait_for(
+            f"{need} inferences of {baseline_version} on sim-001 (the comparison's baseline)",
+            lambda: inferences_on(mm, baseline_version, "sim-001") >= need or None,
+            120,
+            every=1.0,
+        )
         canary = mm.deploy_model(MODEL, "sim-001", version=candidate)
         follow(mm, canary)
 
