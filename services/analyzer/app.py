@@ -23,9 +23,9 @@ from services.analyzer.errors import AnalysisFailedError
 from services.analyzer.store import previous_analysis, save_analysis
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
 from services.common.bus import Bus
-from services.common.db import claim_event, create_engine, create_tables
+from services.common.db import claim_event, create_engine, create_tables, is_processed
 from services.common.logging import get_logger
-from services.validator.app import already_processed, derived_event_id, ensure_sandbox
+from services.validator.app import derived_event_id, ensure_sandbox
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import ZIP_MAGIC, write_stream
@@ -60,7 +60,7 @@ class AnalyzerService:
     async def handle_validated(self, event: ModelValidated) -> None:
         """Analyse one validated version and publish the report, once per event."""
         async with self.sessions() as session:
-            if await already_processed(session, self.consumer, event.event_id):
+            if await is_processed(session, consumer=self.consumer, event_id=event.event_id):
                 log.info("version already analysed", event_id=str(event.event_id))
                 return
             previous = await previous_analysis(session, model=event.model, version=event.version)

@@ -15,7 +15,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.config import DatabaseConfig
 
-__all__ = ["CommonBase", "ProcessedEvent", "claim_event", "create_engine", "create_tables"]
+__all__ = [
+    "CommonBase",
+    "ProcessedEvent",
+    "claim_event",
+    "create_engine",
+    "create_tables",
+    "is_processed",
+]
 
 
 def create_engine(config: DatabaseConfig) -> AsyncEngine:
@@ -65,18 +72,23 @@ class ProcessedEvent(CommonBase):
     )
 
 
+async def is_processed(session: AsyncSession, *, consumer: str, event_id: uuid.UUID) -> bool:
+    """Whether ``consumer`` has recorded ``event_id`` as handled."""
+    seen = await session.scalar(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == str(event_id)
+        )
+    )
+    return seen is not None
+
+
 async def claim_event(session: AsyncSession, *, consumer: str, event_id: uuid.UUID) -> bool:
     """Record that ``consumer`` handles ``event_id`` in the caller's transaction.
 
     Returns False if the event was already handled: the caller then does nothing. Because
     the row commits with the side effect, a crash between them cannot split the two.
     """
-    seen = await session.scalar(
-        select(ProcessedEvent.event_id).where(
-            ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == str(event_id)
-        )
-    )
-    if seen is not None:
+    if await is_processed(session, consumer=consumer, event_id=event_id):
         return False
     await session.execute(insert(ProcessedEvent).values(consumer=consumer, event_id=str(event_id)))
     return True

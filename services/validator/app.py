@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.config import SandboxLimits, Settings, ValidatorConfig
@@ -21,7 +20,7 @@ from schemas.events import ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
 from services.common.bus import Bus
-from services.common.db import ProcessedEvent, claim_event, create_engine, create_tables
+from services.common.db import claim_event, create_engine, create_tables, is_processed
 from services.common.logging import get_logger
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
@@ -39,16 +38,6 @@ _EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
 def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
     """The id of the event ``consumer`` publishes in answer to event ``source``."""
     return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
-
-
-async def already_processed(session: AsyncSession, consumer: str, event_id: uuid.UUID) -> bool:
-    """True when ``consumer`` has recorded ``event_id`` as handled."""
-    found = await session.scalar(
-        select(ProcessedEvent.event_id).where(
-            ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == str(event_id)
-        )
-    )
-    return found is not None
 
 
 async def ensure_sandbox(config: ValidatorConfig) -> str:
@@ -95,7 +84,7 @@ class ValidatorService:
     async def handle_uploaded(self, event: ModelUploaded) -> None:
         """Validate one upload and publish the verdict, once per event."""
         async with self.sessions() as session:
-            if await already_processed(session, self.consumer, event.event_id):
+            if await is_processed(session, consumer=self.consumer, event_id=event.event_id):
                 log.info("upload already validated", event_id=str(event.event_id))
                 return
         report = await self.validate(event)
