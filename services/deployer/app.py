@@ -79,14 +79,17 @@ async def create_app(
         catalog=catalog or RegistryCatalog(bus),
         admin=admin,
     )
-    prefix = settings.mqtt.topic_prefix
+    topics = deployer.topics
     link = MqttLink(
         settings.mqtt,
         client_id=f"eaf-deployer-{os.getpid()}-{os.urandom(3).hex()}",
         subscriptions=[
-            f"$share/{SHARE_GROUP}/{prefix}/artifacts/+/get",
-            f"$share/{SHARE_GROUP}/{prefix}/devices/+/state",
-            f"$share/{SHARE_GROUP}/{prefix}/devices/+/online",
+            f"$share/{SHARE_GROUP}/{topic}"
+            for topic in (
+                topics.all_artifact_gets(),
+                topics.all_devices("state"),
+                topics.all_devices("online"),
+            )
         ],
         on_message=deployer.on_mqtt_message,
     )
