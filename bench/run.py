@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import analyze, deploy, ingest, upload
+from bench import analyze, deploy, edge_memory, ingest, upload
 from bench._common import ROOT, Result, Servers, machine, print_table, servers, write_results
 
 Bench = Callable[[Servers, Path], Awaitable[Result]]
@@ -29,7 +29,7 @@ BENCHES: dict[str, Bench] = {
     "transfer_ratio": deploy.transfer,
     "ingest_ratio": ingest.ingest,
     "analyze_ratio": analyze.analyze,
-    "edge_memory_ratio": deploy.edge_memory,
+    "edge_memory_ratio": edge_memory.edge_memory,
     "fanout_ratio": deploy.fanout,
 }
 

@@ -1,0 +1,81 @@
+"""The edge runtime's memory while it takes a large model (``edge_memory_ratio``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench._common import Result, Servers
+from bench._platform import Platform, StateWatcher, matmul_model, platform
+from bench.deploy import MB, MiB, deploy_and_wait
+from schemas.deployer import TargetSelector
+
+
+def _vm(pid: int, field: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else 0
+
+
+async def edge_memory(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Result:
+    """Peak RSS of ``edge-runtime run`` (its own process) taking a ``size_mb`` MiB model."""
+    data = matmul_model(size_mb * MiB)
+    async with platform(servers, workdir) as p:
+        device = "bench-memory-1"
+        await p.enroll(device)
+        cmd = [
+            sys.executable, "-m", "edge_runtime", "run", "--state-dir", str(p.state_dir(device)),
+        ]  # fmt: skip
+        log = (workdir / "edge-runtime.log").open("wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            async with StateWatcher(servers, servers.service_user) as watcher:
+                # Idle: connected, no model; let it settle so imports and buffers are done.
+                await _wait_online(p, device)
+                await asyncio.sleep(2.0)
+                idle_hwm = _vm(proc.pid, "VmHWM")
+                idle_rss = _vm(proc.pid, "VmRSS")
+                seconds, _ = await deploy_and_wait(
+                    p, watcher, [device], "bench-memory", data,
+                    target=TargetSelector(device_id=device), timeout=300,
+                )  # fmt: skip
+                peak = _vm(proc.pid, "VmHWM")
+                after = _vm(proc.pid, "VmRSS")
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 30)
+            log.close()
+    return Result(
+        key="edge_memory_ratio",
+        what=f"edge runtime peak RSS taking a {len(data) / MB:.0f} MB model, less idle, ÷ size",
+        value=(peak - idle_hwm) / len(data),
+        goal="<= 1.2",
+        raw={
+            "idle_peak_rss_mib": round(idle_hwm / MiB, 1),
+            "idle_rss_mib": round(idle_rss / MiB, 1),
+            "peak_rss_mib": round(peak / MiB, 1),
+            "rss_after_activation_mib": round(after / MiB, 1),
+            "model_mib": round(len(data) / MiB, 1),
+            "deployment_seconds": round(seconds, 3),
+            "includes": "the runtime as 'python -m edge_runtime run' in its own process; "
+            "VmHWM (peak resident set) from /proc before the deployment and after the model "
+            "is active: transfer, verification, onnxruntime load, health inference",
+        },
+    )
+
+
+async def _wait_online(p: Platform, device: str) -> None:
+    from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = await p.bus.request(SUBJECTS["get_device"], DeviceRef(device_id=device), DeviceInfo)
+        if info.online:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"device {device} did not come online within 60 s")
