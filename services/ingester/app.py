@@ -181,16 +181,16 @@ class Ingester:
             # Two batches in flight: InfluxDB parses one while the next is read from the
             # spool and sent, and the spool forgets a batch while the next is written.
             # Batches finish in order, so the spool only ever forgets a written prefix.
-            in_flight: deque[tuple[list[tuple[int, str]], asyncio.Task[WriteOutcome]]] = deque()
+            in_flight: deque[tuple[int, asyncio.Task[WriteOutcome]]] = deque()
             try:
                 while True:
                     while len(in_flight) < _WRITES_IN_FLIGHT:
-                        after = in_flight[-1][0][-1][0] if in_flight else 0
+                        after = in_flight[-1][0] if in_flight else 0
                         rows = await asyncio.to_thread(self.spool.peek, batch_size, after=after)
                         if not rows:
                             break
-                        lines = [line for _, line in rows]
-                        in_flight.append((rows, asyncio.create_task(writer.write(lines))))
+                        lines = [line for _, message in rows for line in message]
+                        in_flight.append((rows[-1][0], asyncio.create_task(writer.write(lines))))
                     if not in_flight:
                         self.figures.lag.set(0)
                         self._wake.clear()
@@ -200,7 +200,7 @@ class Ingester:
                             )
                         continue
                     self.figures.lag.set(await asyncio.to_thread(self.spool.oldest_age))
-                    rows, task = in_flight[0]
+                    last_id, task = in_flight[0]
                     outcome = await task
                     in_flight.popleft()
                     if outcome.refused:
@@ -211,7 +211,7 @@ class Ingester:
                             count=len(outcome.refused),
                             first_error=outcome.refused[0][1],
                         )
-                    await asyncio.to_thread(self.spool.remove, rows[-1][0], len(rows))
+                    await asyncio.to_thread(self.spool.remove, last_id)
                     self.figures.written.inc(outcome.written)
                     self.figures.spool_points.set(self.spool.count)
             finally:

@@ -2,7 +2,8 @@
 
 Tables:
 
-- ``points``: accepted line-protocol lines, in arrival order, until InfluxDB has them;
+- ``messages``: accepted points until InfluxDB has them, one row per message (its
+  line-protocol lines together, as a JSON array, and how many), in arrival order;
 - ``rejected``: messages set aside with their reason (bounded, oldest dropped first);
 - ``influx_rejected``: single points InfluxDB itself refused (4xx);
 - ``known_devices``: devices seen in ``eaf.device.enrolled``.
@@ -14,10 +15,11 @@ makes a commit durable before the MQTT message is acknowledged.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from services.ingester.errors import SpoolError
 __all__ = ["RejectedMessage", "Spool"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
+CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    line TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    lines TEXT NOT NULL,
     spooled_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejected (
@@ -92,7 +95,10 @@ class Spool:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
-            self._count = int(self._db.execute("SELECT count(*) FROM points").fetchone()[0])
+            self._adopt_point_rows()
+            self._count = int(
+                self._db.execute("SELECT coalesce(sum(points), 0) FROM messages").fetchone()[0]
+            )
             self._known = {r[0] for r in self._db.execute("SELECT device_id FROM known_devices")}
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
             self._dropped = int(row[0]) if row else 0
@@ -115,29 +121,29 @@ class Spool:
         """Points dropped, oldest first, because the spool was full (ever, persistent)."""
         return self._dropped
 
-    def add_points(self, groups: Iterable[Iterable[str]]) -> int:
+    def add_points(self, groups: Iterable[Sequence[str]]) -> int:
         """Commit the lines of several messages in one durable transaction.
 
-        A full spool makes room by dropping its oldest points in the same transaction
-        (counted in ``dropped``): during a long InfluxDB outage the newest metrics are
-        the ones worth keeping, and the MQTT session never stalls. Returns the number
-        of points dropped by this call.
+        Each group (a message's points) is one row, read and forgotten together. A full
+        spool makes room by dropping its oldest points in the same transaction (counted
+        in ``dropped``): during a long InfluxDB outage the newest metrics are the ones
+        worth keeping, and the MQTT session never stalls. Returns the number of points
+        dropped by this call.
         """
         now = time.time()
-        rows = [(line, now) for group in groups for line in group]
+        rows = [(len(group), json.dumps(list(group)), now) for group in groups if group]
         if not rows:
             return 0
+        added = sum(n for n, _, _ in rows)
         with self._lock:
-            excess = max(0, self._count + len(rows) - self.max_points)
+            excess = max(0, self._count + added - self.max_points)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT INTO points (line, spooled_at) VALUES (?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO messages (points, lines, spooled_at) VALUES (?, ?, ?)", rows
+                )
                 if excess:
-                    self._db.execute(
-                        "DELETE FROM points WHERE id IN "
-                        "(SELECT id FROM points ORDER BY id LIMIT ?)",
-                        (excess,),
-                    )
+                    self._drop_oldest_locked(excess)
                     self._db.execute(
                         "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
@@ -147,33 +153,81 @@ class Spool:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._count += len(rows) - excess
+            self._count += added - excess
             self._dropped += excess
         return excess
 
-    def peek(self, limit: int, *, after: int = 0) -> list[tuple[int, str]]:
-        """The oldest ``limit`` points with an id above ``after``, as (id, line)."""
-        with self._lock:
-            return list(
-                self._db.execute(
-                    "SELECT id, line FROM points WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
-                )
-            )
+    def _drop_oldest_locked(self, excess: int) -> None:
+        # Whole messages while they fit in ``excess``; the oldest points of the last one.
+        doomed: list[tuple[int]] = []
+        trimmed: tuple[int, str, int] | None = None
+        oldest = self._db.execute("SELECT id, points, lines FROM messages ORDER BY id")
+        for row_id, points, lines in oldest:
+            if points <= excess:
+                doomed.append((row_id,))
+                excess -= points
+            else:
+                kept = json.loads(lines)[excess:]
+                trimmed = (len(kept), json.dumps(kept), row_id)
+                excess = 0
+            if not excess:
+                break
+        oldest.close()
+        self._db.executemany("DELETE FROM messages WHERE id = ?", doomed)
+        if trimmed is not None:
+            self._db.execute("UPDATE messages SET points = ?, lines = ? WHERE id = ?", trimmed)
 
-    def remove(self, up_to_id: int, n: int) -> None:
-        """Forget the points with id <= ``up_to_id`` (``n`` of them): InfluxDB has them.
+    def peek(self, limit: int, *, after: int = 0) -> list[tuple[int, list[str]]]:
+        """The oldest messages with an id above ``after``, as (id, lines), whole messages
+        until they hold at least ``limit`` points (one message at least, when any)."""
+        out: list[tuple[int, list[str]]] = []
+        taken = 0
+        with self._lock:
+            for row_id, points, lines in self._db.execute(
+                "SELECT id, points, lines FROM messages WHERE id > ? ORDER BY id", (after,)
+            ):
+                out.append((row_id, json.loads(lines)))
+                taken += points
+                if taken >= limit:
+                    break
+        return out
+
+    def remove(self, up_to_id: int) -> None:
+        """Forget the messages with id <= ``up_to_id``: InfluxDB has their points.
 
         The count follows what was deleted: a full spool may have dropped some of these
         points while they were being written.
         """
         with self._lock:
-            deleted = self._db.execute("DELETE FROM points WHERE id <= ?", (up_to_id,)).rowcount
-            self._count = max(0, self._count - (deleted if deleted >= 0 else n))
+            deleted = self._db.execute(
+                "DELETE FROM messages WHERE id <= ? RETURNING points", (up_to_id,)
+            ).fetchall()
+            self._count = max(0, self._count - sum(n for (n,) in deleted))
+
+    def _adopt_point_rows(self) -> None:
+        # A spool written by an earlier version keeps one row per point in ``points``:
+        # carry those over (in order, one row each) before anything new is added.
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'points'"
+        ).fetchone()
+        if exists is None:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO messages (points, lines, spooled_at) "
+                "SELECT 1, json_array(line), spooled_at FROM points ORDER BY id"
+            )
+            self._db.execute("DROP TABLE points")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def oldest_age(self) -> float:
         """Seconds the oldest waiting point has spent in the spool (0 when empty)."""
         with self._lock:
-            row = self._db.execute("SELECT min(spooled_at) FROM points").fetchone()
+            row = self._db.execute("SELECT min(spooled_at) FROM messages").fetchone()
         return max(0.0, time.time() - row[0]) if row and row[0] is not None else 0.0
 
     # ---- set-aside messages -----------------------------------------------------------
@@ -291,16 +345,19 @@ class Spool:
                         (device_id,),
                     )
                 ]
-                lines: list[tuple[str, float]] = []
+                messages: list[tuple[int, str, float]] = []
                 taken: list[int] = []
                 now = time.time()
                 self._known.add(device_id)
                 for row in rows:
                     points = readmit(row)
                     if points is not None:
-                        lines.extend((line, now) for line in points)
+                        if points:
+                            messages.append((len(points), json.dumps(points), now))
                         taken.append(row.id)
-                self._db.executemany("INSERT INTO points (line, spooled_at) VALUES (?, ?)", lines)
+                self._db.executemany(
+                    "INSERT INTO messages (points, lines, spooled_at) VALUES (?, ?, ?)", messages
+                )
                 self._db.executemany("DELETE FROM rejected WHERE id = ?", [(i,) for i in taken])
                 self._db.execute("COMMIT")
             except BaseException:
@@ -308,5 +365,5 @@ class Spool:
                     self._known.discard(device_id)
                 self._db.execute("ROLLBACK")
                 raise
-            self._count += len(lines)
+            self._count += sum(n for n, _, _ in messages)
             return len(taken)

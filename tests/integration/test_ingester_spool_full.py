@@ -58,7 +58,7 @@ async def test_full_spool_drops_the_oldest_and_counts_them(
         assert ingester.spool.dropped == 50
         exposition = generate_latest(ingester.figures.registry).decode()
         assert "eaf_ingester_points_dropped_total 50.0" in exposition
-        kept = [line for _, line in ingester.spool.peek(100)]
+        kept = [line for _, lines in ingester.spool.peek(100) for line in lines]
     newest = {int(s.ts.timestamp()) for b in batches[10:] for s in b.inference}
     kept_seconds = {int(line.rsplit(" ", 1)[1]) // 10**9 for line in kept}
     assert kept_seconds == newest
