@@ -1,6 +1,6 @@
-"""The analyzer service: consumes ``eaf.model.validated``, profiles the model in a
-sandboxed worker, measures its latency in another, diffs it against the previous version
-and publishes ``eaf.model.analyzed``.
+"""The analyzer service: consumes ``eaf.model.validated``, profiles the model and then
+measures its latency in a sandboxed worker, diffs it against the previous version and
+publishes ``eaf.model.analyzed``.
 
 It keeps its own table of past analyses (``analyzer_reports``) for the diff; the
 incoming event id is recorded in the same transaction, and the outgoing event id is
@@ -29,7 +29,7 @@ from services.validator.app import derived_event_id, ensure_sandbox
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import ZIP_MAGIC, write_stream
-from services.validator.sandbox import hand_over, private_workdir, run_task
+from services.validator.sandbox import hand_over, private_workdir, run_task, start_worker
 
 __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
 
@@ -95,7 +95,7 @@ class AnalyzerService:
         )
 
     async def analyze(self, artifact_id: str) -> AnalysisReport:
-        """Profile and time the artifact in sandboxed workers."""
+        """Profile and time the artifact in a sandboxed worker."""
         vcfg, acfg = self.settings.validator, self.config
         async with private_workdir(vcfg.work_dir) as workdir:
             upload = workdir / "upload"
@@ -107,29 +107,28 @@ class AnalyzerService:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model = await self._model_file(upload, workdir)
             dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
-            outcome = await run_task(
-                "services.analyzer.tasks:profile",
-                {"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims},
-                limits=acfg.sandbox,
-                workdir=workdir,
-                require_isolation=vcfg.require_network_isolation,
-            )
-            if not outcome.ok:
-                raise AnalysisFailedError(artifact_id, outcome.describe(acfg.sandbox, "analyzer"))
-            report = AnalysisReport.model_validate(outcome.value)
-            timing = await run_task(
-                "services.analyzer.tasks:measure_latency",
+            async with start_worker(
+                "services.analyzer.tasks:profile_and_time",
                 {
                     "model": str(model),
+                    "max_nodes": acfg.max_nodes_in_report,
                     "threads": acfg.threads,
                     "warmup_runs": acfg.warmup_runs,
                     "runs": acfg.runs,
                     **dims,
                 },
+                steps=2,
                 limits=acfg.sandbox,
                 workdir=workdir,
                 require_isolation=vcfg.require_network_isolation,
-            )
+            ) as worker:
+                outcome = await worker.next()
+                if not outcome.ok:
+                    raise AnalysisFailedError(
+                        artifact_id, outcome.describe(acfg.sandbox, "analyzer")
+                    )
+                report = AnalysisReport.model_validate(outcome.value)
+                timing = await worker.next()
         if timing.ok:
             return report.model_copy(update={"latency": LatencyStats.model_validate(timing.value)})
         # A model that passed validation but cannot be timed still has its profile.

@@ -1,9 +1,14 @@
 """The analyzer's work on a model file, run by the sandboxed worker (see
-``services.validator.sandbox``): the structural profile and the latency measurement."""
+``services.validator.sandbox``): the structural profile and the latency measurement.
+
+``profile_and_time`` does both in one worker, one after the other (nothing else runs
+beside the latency measurement); ``profile`` and ``measure_latency`` do one each.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,7 +17,7 @@ import onnx
 from services.analyzer.domain import analyze
 from services.validator.inputs import generate_feeds
 
-__all__ = ["measure_latency", "profile"]
+__all__ = ["measure_latency", "profile", "profile_and_time"]
 
 
 def profile(model: str, dim_default: int, dims: dict[str, int], max_nodes: int) -> dict[str, Any]:
@@ -20,6 +25,23 @@ def profile(model: str, dim_default: int, dims: dict[str, int], max_nodes: int) 
     proto = onnx.load(model, load_external_data=False)
     report = analyze(proto, dim_default=dim_default, dims=dims, max_nodes=max_nodes)
     return report.model_dump(mode="json")
+
+
+def profile_and_time(
+    model: str,
+    dim_default: int,
+    dims: dict[str, int],
+    max_nodes: int,
+    threads: int,
+    warmup_runs: int,
+    runs: int,
+) -> Iterator[dict[str, Any]]:
+    """Two steps: the profile (as ``profile``), then the latency (as ``measure_latency``).
+
+    The protobuf is gone before the onnxruntime session is created, so the two never
+    hold the weights at the same time."""
+    yield profile(model, dim_default, dims, max_nodes)
+    yield measure_latency(model, threads, warmup_runs, runs, dim_default, dims)
 
 
 def measure_latency(

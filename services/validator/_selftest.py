@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["abort", "allocate", "connect", "identity", "read_file", "sleep", "spin"]
+__all__ = ["abort", "allocate", "connect", "identity", "read_file", "sleep", "spin", "steps"]
 
 
 def connect(host: str, port: int) -> dict[str, Any]:
@@ -52,3 +53,30 @@ def read_file(path: str) -> int:
     """Read a file; its size."""
     with open(path, "rb") as f:
         return len(f.read())
+
+
+def burn(seconds: float) -> float:
+    """Use about ``seconds`` of CPU time; returns what was used."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(range(10_000))
+    return time.process_time() - start
+
+
+def steps(plan: list[list[Any]]) -> Iterator[Any]:
+    """A task of several steps: each ``[action, argument]`` of ``plan`` is one step
+    (``value``, ``burn``, ``sleep``, ``spin``, ``abort``, ``raise``)."""
+    for action, argument in plan:
+        if action == "value":
+            yield argument
+        elif action == "burn":
+            yield burn(float(argument))
+        elif action == "sleep":
+            sleep(float(argument))
+            yield None
+        elif action == "spin":
+            spin()
+        elif action == "abort":
+            abort()
+        else:
+            raise RuntimeError(str(argument))

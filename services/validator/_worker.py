@@ -13,6 +13,7 @@ import ctypes
 import errno
 import importlib
 import json
+import math
 import os
 import resource
 import socket
@@ -32,10 +33,11 @@ def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _apply_limits(cpu_seconds: int, memory_mb: int) -> None:
+def _apply_limits(cpu_seconds: int, memory_mb: int, steps: int) -> None:
     # Soft CPU limit sends SIGXCPU; the hard limit a second later is SIGKILL, in case the
-    # signal is caught or ignored by native code.
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    # signal is caught or ignored by native code. A task of several steps gets the CPU
+    # seconds of one task per step: the soft limit moves before each step (``main``).
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds * steps + 1))
     _limit(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
     _limit(resource.RLIMIT_CORE, 0)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -80,22 +82,45 @@ def _drop_privileges() -> None:
         os.setuid(_NOBODY)
 
 
+def _cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _error(exc: BaseException, isolation: str) -> dict[str, Any]:
+    if isinstance(exc, MemoryError):
+        return {"status": "memory_limit", "detail": "MemoryError", "isolation": isolation}
+    text = str(exc).strip().splitlines()
+    first = text[0][:500] if text else ""
+    status = "memory_limit" if "bad_alloc" in str(exc) else "error"
+    return {"status": status, "detail": f"{type(exc).__name__}: {first}", "isolation": isolation}
+
+
 def main() -> None:
-    """Run one task; the answer is a single JSON line on the original stdout."""
+    """Run one task; each answer is a single JSON line on the original stdout.
+
+    A task of one step returns its answer. A task of several steps (``spec["steps"]``) is
+    a generator: each value it yields is one answer, and each step gets the CPU seconds of
+    a whole task (the soft RLIMIT_CPU moves before each step; the hard limit covers all).
+    """
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     spec = json.loads(sys.stdin.read())
-    reply: dict[str, Any]
+
+    def say(reply: dict[str, Any]) -> None:
+        answer.write(json.dumps(reply) + "\n")
+        answer.flush()
+
     try:
         isolation = _isolate_network()
     except OSError as exc:
         isolation = "none"
         if spec.get("require_isolation", True):
-            reply = {"status": "isolation", "detail": str(exc), "isolation": isolation}
-            answer.write(json.dumps(reply) + "\n")
-            answer.flush()
+            say({"status": "isolation", "detail": str(exc), "isolation": isolation})
             return
-    _apply_limits(int(spec["cpu_seconds"]), int(spec["memory_mb"]))
+    steps = max(1, int(spec.get("steps", 1)))
+    cpu_seconds = int(spec["cpu_seconds"])
+    _apply_limits(cpu_seconds, int(spec["memory_mb"]), steps)
     module_name, _, func_name = str(spec["task"]).partition(":")
     try:
         # Our own code is imported while still privileged: the interpreter may live where
@@ -105,21 +130,22 @@ def main() -> None:
             importlib.import_module(f"encodings.{codec}")
         func = getattr(importlib.import_module(module_name), func_name)
         _drop_privileges()
-        value = func(**spec["kwargs"])
-        reply = {"status": "ok", "value": value, "isolation": isolation}
-    except MemoryError:
-        reply = {"status": "memory_limit", "detail": "MemoryError", "isolation": isolation}
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        first = text[0][:500] if text else ""
-        status = "memory_limit" if "bad_alloc" in str(exc) else "error"
-        reply = {
-            "status": status,
-            "detail": f"{type(exc).__name__}: {first}",
-            "isolation": isolation,
-        }
-    answer.write(json.dumps(reply) + "\n")
-    answer.flush()
+        if steps == 1:
+            say({"status": "ok", "value": func(**spec["kwargs"]), "isolation": isolation})
+            return
+        results = iter(func(**spec["kwargs"]))
+        for step in range(steps):
+            if step:
+                # This step's CPU seconds count from now; never past the hard limit.
+                soft = min(math.ceil(_cpu_used()) + cpu_seconds, cpu_seconds * steps)
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_seconds * steps + 1))
+            try:
+                value = next(results)
+            except StopIteration:
+                return
+            say({"status": "ok", "value": value, "isolation": isolation})
+    except Exception as exc:  # MemoryError included
+        say(_error(exc, isolation))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """The order of the checks and what a report says when one of them fails.
 
 ``validate_upload`` takes the decrypted upload (and reference data) in a private work
-directory and runs every check in its own sandboxed worker. The first failure rejects the
-model; the checks after it are reported as skipped. A worker that crashes, runs out of
-memory or time fails its check with that reason.
+directory and runs the checks in order in one sandboxed worker, which parses the model
+once and reports each check as it finishes. The first failure rejects the model; the
+checks after it are reported as skipped. A worker that crashes, runs out of memory or time
+fails the check it was running with that reason.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import AsyncIterable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from schemas.config import ValidatorConfig
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.logging import get_logger
-from services.validator.sandbox import SandboxStatus, hand_over, run_task
+from services.validator.sandbox import SandboxStatus, TaskOutcome, hand_over, start_worker
 
 __all__ = ["CHECKS", "ZIP_MAGIC", "rejected_at", "validate_upload", "write_stream"]
 
@@ -36,17 +35,6 @@ CHECKS = (
     "reference",
 )
 ZIP_MAGIC = b"PK\x03\x04"
-#: Sandboxed checks running at once (each is one worker process with the model loaded).
-_PARALLEL_CHECKS = max(1, min(2, os.cpu_count() or 1))
-_TASKS = {
-    "load": "services.validator.tasks:check_load",
-    "external_data": "services.validator.tasks:check_external_data",
-    "policy": "services.validator.tasks:check_policy",
-    "checker": "services.validator.tasks:check_checker",
-    "shape_inference": "services.validator.tasks:check_shape_inference",
-    "trial_inference": "services.validator.tasks:check_trial_inference",
-    "reference": "services.validator.tasks:check_reference",
-}
 
 
 class _TooLarge(Exception):
@@ -86,21 +74,19 @@ def _result(name: str, passed: bool, message: str, started: float) -> CheckResul
     )
 
 
-async def _sandboxed(
-    name: str, task: str, kwargs: dict[str, Any], config: ValidatorConfig, workdir: Path
+def _from_outcome(
+    name: str, outcome: TaskOutcome, config: ValidatorConfig
 ) -> tuple[CheckResult, Any]:
-    started = time.perf_counter()
-    outcome = await run_task(
-        task,
-        kwargs,
-        limits=config.sandbox,
-        workdir=workdir,
-        require_isolation=config.require_network_isolation,
-    )
+    """A check's result from what its worker said (or why it said nothing)."""
+    duration = round(outcome.duration_ms, 1)
     if outcome.status is SandboxStatus.OK and isinstance(outcome.value, dict):
         value = outcome.value
-        return _result(
-            name, bool(value.get("passed")), str(value.get("message", "")), started
+        passed = bool(value.get("passed"))
+        return CheckResult(
+            name=name,
+            outcome=CheckOutcome.PASSED if passed else CheckOutcome.FAILED,
+            message=str(value.get("message", "")),
+            duration_ms=duration,
         ), value
     if outcome.status is SandboxStatus.ERROR:
         message = f"the check failed on this model: {outcome.detail}"
@@ -115,7 +101,24 @@ async def _sandboxed(
         detail=outcome.detail,
         stderr=outcome.stderr_tail[-500:],
     )
-    return _result(name, False, message, started), None
+    failed = CheckResult(
+        name=name, outcome=CheckOutcome.FAILED, message=message, duration_ms=duration
+    )
+    return failed, None
+
+
+async def _sandboxed(
+    name: str, task: str, kwargs: dict[str, Any], config: ValidatorConfig, workdir: Path
+) -> tuple[CheckResult, Any]:
+    async with start_worker(
+        task,
+        kwargs,
+        steps=1,
+        limits=config.sandbox,
+        workdir=workdir,
+        require_isolation=config.require_network_isolation,
+    ) as worker:
+        return _from_outcome(name, await worker.next(), config)
 
 
 async def validate_upload(
@@ -167,46 +170,42 @@ async def validate_upload(
         upload.rename(model)  # noqa: ASYNC240 - a rename within one directory
         results.append(_result("file", True, f"a single ONNX file of {size} bytes", started))
 
-    base: dict[str, Any] = {"model": str(model)}
-    cfg = config.model_dump(mode="json")
-    # The checks are independent of each other; each worker loads the model itself, so
-    # two at a time halve the wall time on a machine with two cores or more. They start in
-    # order and are reported in order: the first failure rejects, later ones are skipped
-    # (cancelled, their workers killed, if still running).
-    slots = asyncio.Semaphore(_PARALLEL_CHECKS)
-
-    async def sandboxed(name: str, kwargs: dict[str, Any]) -> tuple[CheckResult, Any]:
-        async with slots:
-            return await _sandboxed(name, _TASKS[name], kwargs, config, workdir)
-
-    running: dict[str, asyncio.Task[tuple[CheckResult, Any]]] = {}
-    for name in CHECKS[1:]:
-        kwargs = dict(base)
-        if name in ("policy", "shape_inference", "trial_inference", "reference"):
-            kwargs["config"] = cfg
-        if name == "reference":
-            if reference is None:
-                continue
-            kwargs["reference"] = str(reference)
-        running[name] = asyncio.create_task(sandboxed(name, kwargs))
-    try:
-        for name in CHECKS[1:]:
-            task = running.get(name)
-            if task is None:
-                results.append(
-                    CheckResult(
-                        name=name,
-                        outcome=CheckOutcome.SKIPPED,
-                        message="no reference inputs/outputs were uploaded",
-                    )
+    # One worker runs the checks in order: it parses the model once and creates one
+    # onnxruntime session (trial inference and reference), where a worker per check would
+    # parse it once per check. Each check keeps the limits of a worker (the sandbox's
+    # per-step limits); a worker that dies fails the check it was running.
+    checks = [n for n in CHECKS[1:] if n != "reference" or reference is not None]
+    kwargs: dict[str, Any] = {
+        "model": str(model),
+        "config": config.model_dump(mode="json"),
+        "checks": checks,
+        "reference": str(reference) if reference is not None else None,
+    }
+    async with start_worker(
+        "services.validator.tasks:run_checks",
+        kwargs,
+        steps=len(checks),
+        limits=config.sandbox,
+        workdir=workdir,
+        require_isolation=config.require_network_isolation,
+    ) as worker:
+        for name in checks:
+            check, value = _from_outcome(name, await worker.next(), config)
+            if value is not None and value.get("check") != name:
+                check = CheckResult(
+                    name=name,
+                    outcome=CheckOutcome.FAILED,
+                    message=f"the worker answered for {value.get('check')!r} instead",
                 )
-                continue
-            check, _ = await task
             results.append(check)
             if check.outcome is CheckOutcome.FAILED:
                 return rejected_at(results, name)
-    finally:
-        for task in running.values():
-            task.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
+    if reference is None:
+        results.append(
+            CheckResult(
+                name="reference",
+                outcome=CheckOutcome.SKIPPED,
+                message="no reference inputs/outputs were uploaded",
+            )
+        )
     return ValidationReport(checks=tuple(results))

@@ -35,8 +35,10 @@ __all__ = [
     "NOBODY",
     "SandboxStatus",
     "TaskOutcome",
+    "Worker",
     "private_workdir",
     "run_task",
+    "start_worker",
 ]
 
 log = get_logger(__name__)
@@ -45,6 +47,8 @@ log = get_logger(__name__)
 NOBODY = 65534
 _STDERR_TAIL = 4096
 _ALLOWED_TASK_PREFIXES = ("services.validator.", "services.analyzer.")
+#: Longest answer line a worker may write (an analysis report of a large model).
+_MAX_ANSWER = 64 * 1024 * 1024
 
 
 class SandboxStatus(StrEnum):
@@ -118,15 +122,13 @@ def hand_over(path: Path) -> None:
         os.chown(path, NOBODY, NOBODY)
 
 
-async def run_task(
+def _spec(
     task: str,
     kwargs: dict[str, Any],
-    *,
     limits: SandboxLimits,
-    workdir: Path,
-    require_isolation: bool = True,
-) -> TaskOutcome:
-    """Run ``task`` (``"module:function"``) with ``kwargs`` in a sandboxed worker."""
+    require_isolation: bool,
+    steps: int,
+) -> bytes:
     if not task.startswith(_ALLOWED_TASK_PREFIXES):
         raise ValueError(f"task {task!r} is not a sandbox task")
     spec = {
@@ -135,7 +137,12 @@ async def run_task(
         "cpu_seconds": limits.cpu_seconds,
         "memory_mb": limits.memory_mb,
         "require_isolation": require_isolation,
+        "steps": steps,
     }
+    return json.dumps(spec).encode()
+
+
+async def _spawn(workdir: Path) -> asyncio.subprocess.Process:
     env = {
         "PATH": os.defpath,
         "HOME": str(workdir),
@@ -146,8 +153,7 @@ async def run_task(
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
     }
-    started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",
         "-m",
@@ -158,19 +164,58 @@ async def run_task(
         cwd=workdir,
         env=env,
         start_new_session=True,
+        limit=_MAX_ANSWER,
     )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    tail = bytearray()
 
-    async def drain_stderr() -> None:
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        # The whole group: the worker may have started threads or children.
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+class _StderrTail:
+    """Keeps the last bytes the worker wrote to stderr (native libraries' chatter)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._tail = bytearray()
+        self._task = asyncio.create_task(self._drain(proc))
+
+    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
         while chunk := await proc.stderr.read(65536):
-            tail.extend(chunk)
-            del tail[:-_STDERR_TAIL]
+            self._tail.extend(chunk)
+            del self._tail[:-_STDERR_TAIL]
+
+    async def close(self) -> None:
+        with suppress(Exception):
+            await asyncio.wait_for(self._task, timeout=5)
+        self._task.cancel()
+
+    def text(self) -> str:
+        return self._tail.decode(errors="replace")
+
+
+async def run_task(
+    task: str,
+    kwargs: dict[str, Any],
+    *,
+    limits: SandboxLimits,
+    workdir: Path,
+    require_isolation: bool = True,
+) -> TaskOutcome:
+    """Run ``task`` (``"module:function"``) with ``kwargs`` in a sandboxed worker."""
+    spec = _spec(task, kwargs, limits, require_isolation, 1)
+    started = time.perf_counter()
+    proc = await _spawn(workdir)
+    assert proc.stdin is not None and proc.stdout is not None
+    stderr = _StderrTail(proc)
 
     async def talk() -> bytes:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(spec).encode())
+        proc.stdin.write(spec)
         with suppress(BrokenPipeError, ConnectionResetError):
             await proc.stdin.drain()
         proc.stdin.close()
@@ -178,7 +223,6 @@ async def run_task(
         await proc.wait()
         return out
 
-    stderr_task = asyncio.create_task(drain_stderr())
     timed_out = False
     out = b""
     try:
@@ -186,18 +230,122 @@ async def run_task(
     except TimeoutError:
         timed_out = True
     finally:
-        if proc.returncode is None:
-            # The whole group: the worker may have started threads or children.
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        with suppress(Exception):
-            await asyncio.wait_for(stderr_task, timeout=5)
+        await _kill(proc)
+        await stderr.close()
     duration = (time.perf_counter() - started) * 1000
-    stderr_tail = tail.decode(errors="replace")
     if timed_out:
-        return TaskOutcome(SandboxStatus.TIMEOUT, duration_ms=duration, stderr_tail=stderr_tail)
-    return _outcome(proc.returncode or 0, out, duration, stderr_tail)
+        return TaskOutcome(SandboxStatus.TIMEOUT, duration_ms=duration, stderr_tail=stderr.text())
+    return _outcome(proc.returncode or 0, out, duration, stderr.text())
+
+
+class Worker:
+    """A running worker of a task that reports several steps, one answer line each.
+
+    Every step has the limits of a whole task: ``limits.wall_seconds`` from the end of the
+    previous step (the parent kills the process group beyond it) and ``limits.cpu_seconds``
+    of CPU time (the worker moves its soft RLIMIT_CPU before each step, under a hard limit
+    of all the steps together). A worker that dies ends the step it was running.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, limits: SandboxLimits, steps: int) -> None:
+        self._proc = proc
+        self._limits = limits
+        self._left = steps
+        self._stderr = _StderrTail(proc)
+        self._mark = time.perf_counter()
+        self._ended = False
+
+    async def next(self) -> TaskOutcome:
+        """The answer of the next step, or why the worker gave none (then it is over)."""
+        if self._ended or self._left <= 0:
+            raise RuntimeError("the worker has no more steps")
+        assert self._proc.stdout is not None
+        self._left -= 1
+        try:
+            line = await asyncio.wait_for(
+                self._proc.stdout.readline(), timeout=self._limits.wall_seconds
+            )
+        except TimeoutError:
+            await self.close()
+            return TaskOutcome(
+                SandboxStatus.TIMEOUT, duration_ms=self._lap(), stderr_tail=self._stderr.text()
+            )
+        except ValueError:  # an answer longer than _MAX_ANSWER
+            await self.close()
+            return TaskOutcome(
+                SandboxStatus.CRASHED,
+                detail="the worker's answer is too long",
+                duration_ms=self._lap(),
+                stderr_tail=self._stderr.text(),
+            )
+        if not line.endswith(b"\n"):
+            # End of output: the worker is gone or going; its exit status says why.
+            lap = self._lap()
+            exited = await self._finish(grace=self._limits.wall_seconds)
+            if not exited:
+                return TaskOutcome(
+                    SandboxStatus.TIMEOUT, duration_ms=lap, stderr_tail=self._stderr.text()
+                )
+            return _outcome(self._proc.returncode or 0, line, lap, self._stderr.text())
+        outcome = _outcome(0, line, self._lap(), "")
+        if not outcome.ok:
+            await self.close()
+        return outcome
+
+    def _lap(self) -> float:
+        now = time.perf_counter()
+        lap, self._mark = (now - self._mark) * 1000, now
+        return lap
+
+    async def close(self) -> None:
+        """Stop the worker if it still runs (nothing it could still say is wanted)."""
+        await self._finish(grace=0.0)
+
+    async def _finish(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for the worker to exit, then kill its group.
+
+        True when it exited by itself."""
+        if self._ended:
+            return True
+        self._ended = True
+        exited = False
+        try:
+            if grace > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._proc.wait(), timeout=grace)
+            exited = self._proc.returncode is not None
+        finally:
+            await _kill(self._proc)
+            await self._stderr.close()
+        return exited
+
+
+@asynccontextmanager
+async def start_worker(
+    task: str,
+    kwargs: dict[str, Any],
+    *,
+    steps: int,
+    limits: SandboxLimits,
+    workdir: Path,
+    require_isolation: bool = True,
+) -> AsyncIterator[Worker]:
+    """Start a sandboxed worker for ``task``, a generator of at most ``steps`` answers.
+
+    The worker is confined exactly as in ``run_task``; it is killed on exit.
+    """
+    spec = _spec(task, kwargs, limits, require_isolation, steps)
+    proc = await _spawn(workdir)
+    assert proc.stdin is not None
+    worker = Worker(proc, limits, steps)
+    try:
+        proc.stdin.write(spec)
+        with suppress(BrokenPipeError, ConnectionResetError):
+            await proc.stdin.drain()
+        proc.stdin.close()
+        yield worker
+    finally:
+        await worker.close()
 
 
 def _outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOutcome:

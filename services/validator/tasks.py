@@ -1,14 +1,18 @@
-"""The validation checks, each run by the sandboxed worker in its own process.
+"""The validation checks, run by the sandboxed worker.
 
-Every function takes JSON-able keyword arguments (paths inside the worker's private
-directory, the validator's settings as a dict) and returns ``{"passed": bool, "message":
-str}``. They are imported only inside the worker, after it has confined itself.
+``run_checks`` runs the checks of one upload in order in one worker, which parses the
+model once (one ``onnx.load``, one onnxruntime session) and reports each check as it
+finishes. The ``check_*`` functions run one check on a model file. Every function takes
+JSON-able keyword arguments (paths inside the worker's private directory, the validator's
+settings as a dict); a check's result is ``{"passed": bool, "message": str}``. They are
+imported only inside the worker, after it has confined itself.
 """
 
 from __future__ import annotations
 
 import stat
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,11 +38,14 @@ __all__ = [
     "check_shape_inference",
     "check_trial_inference",
     "probe",
+    "run_checks",
     "unpack_archive",
 ]
 
 Result = dict[str, Any]
 _MAX_PROBLEMS = 5
+#: Initializers larger than this are left out of the model given to shape inference.
+_DETACH_BYTES = 65536
 
 
 def _passed(message: str, **extra: Any) -> Result:
@@ -115,10 +122,43 @@ def unpack_archive(archive: str, target: str, max_bytes: int) -> Result:
     )
 
 
+class _Model:
+    """One model file and what the checks made of it, so that each is made once: the
+    parsed protobuf (without external data) and the onnxruntime session."""
+
+    def __init__(self, path: str, config: ValidatorConfig) -> None:
+        self.path = path
+        self.config = config
+        self._proto: onnx.ModelProto | None = None
+        self._session: Any = None
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            self._proto = _load(self.path)
+        return self._proto
+
+    def take_proto(self) -> onnx.ModelProto:
+        """The parsed model, for a check that changes it; later checks parse it again."""
+        proto, self._proto = self.proto, None
+        return proto
+
+    def session(self) -> Any:
+        if self._session is None:
+            # The session holds its own copy of the weights: the protobuf can go.
+            self._proto = None
+            self._session = _session(self.path)
+        return self._session
+
+
 def check_load(model: str) -> Result:
     """Parse the protobuf without external data."""
+    return _check_load(_Model(model, ValidatorConfig()))
+
+
+def _check_load(m: _Model) -> Result:
     try:
-        proto = _load(model)
+        proto = m.proto
     except Exception as exc:
         return _failed(f"not a valid ONNX protobuf ({type(exc).__name__}: {exc})")
     if not proto.HasField("graph") or proto.ir_version <= 0:
@@ -132,11 +172,15 @@ def check_load(model: str) -> Result:
 
 def check_external_data(model: str) -> Result:
     """Every external data location is safe and the right size."""
-    proto = _load(model)
+    return _check_external_data(_Model(model, ValidatorConfig()))
+
+
+def _check_external_data(m: _Model) -> Result:
+    proto = m.proto
     tensors = external_tensors(proto)
     if not tensors:
         return _passed("the model keeps all its data inside the file")
-    problems = external_data_problems(proto, Path(model).parent)
+    problems = external_data_problems(proto, Path(m.path).parent)
     if problems:
         return _problems(problems)
     files = {e.value for _, t in tensors for e in t.external_data if e.key == "location"}
@@ -147,8 +191,11 @@ def check_external_data(model: str) -> Result:
 
 def check_policy(model: str, config: dict[str, Any]) -> Result:
     """Domains, opsets, IR version, node count, nesting and tensor sizes are allowed."""
-    cfg = ValidatorConfig.model_validate(config)
-    problems = policy_problems(_load(model), cfg)
+    return _check_policy(_Model(model, ValidatorConfig.model_validate(config)))
+
+
+def _check_policy(m: _Model) -> Result:
+    problems = policy_problems(m.proto, m.config)
     if problems:
         return _problems(problems)
     return _passed("allowed by the policy")
@@ -156,8 +203,14 @@ def check_policy(model: str, config: dict[str, Any]) -> Result:
 
 def check_checker(model: str) -> Result:
     """``onnx.checker.check_model(full_check=True)``, by path (large and external models)."""
+    return _check_checker(_Model(model, ValidatorConfig()))
+
+
+def _check_checker(m: _Model) -> Result:
+    # By path: the checker parses the file in C++ (no copy of the model through Python),
+    # and a model with external data is checked with its data files.
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(m.path, full_check=True)
     except Exception as exc:
         text = " ".join(str(exc).split())
         return _failed(f"onnx.checker: {text[:600]}")
@@ -167,16 +220,34 @@ def check_checker(model: str) -> Result:
 def check_shape_inference(model: str, config: dict[str, Any]) -> Result:
     """Strict shape inference, with dynamic input dimensions at their configured values;
     no inferred tensor may exceed the element limit."""
-    cfg = ValidatorConfig.model_validate(config)
-    proto = _load(model)
+    return _check_shape_inference(_Model(model, ValidatorConfig.model_validate(config)))
+
+
+def _infer(proto: onnx.ModelProto, cfg: ValidatorConfig) -> onnx.ModelProto:
     concrete_input_dims(proto, default=cfg.dynamic_dim_default, named=cfg.dynamic_dims)
+    return onnx.shape_inference.infer_shapes(
+        proto, check_type=True, strict_mode=True, data_prop=True
+    )
+
+
+def _check_shape_inference(m: _Model) -> Result:
+    cfg = m.config
+    # ``infer_shapes`` copies the model into C++ and the result back; without the large
+    # initializers' bytes (inference reads the dims of those) that costs nothing. An
+    # inference that wanted their values fails without them: it is run again on the whole
+    # model, whose result decides.
+    proto = m.take_proto()
+    for t in proto.graph.initializer:
+        if len(t.raw_data) > _DETACH_BYTES:
+            t.ClearField("raw_data")
     try:
-        inferred = onnx.shape_inference.infer_shapes(
-            proto, check_type=True, strict_mode=True, data_prop=True
-        )
-    except Exception as exc:
-        text = " ".join(str(exc).split())
-        return _failed(f"shape inference failed: {text[:600]}")
+        inferred = _infer(proto, cfg)
+    except Exception:
+        try:
+            inferred = _infer(_load(m.path), cfg)
+        except Exception as exc:
+            text = " ".join(str(exc).split())
+            return _failed(f"shape inference failed: {text[:600]}")
     problems = declared_shape_problems(inferred, cfg.max_tensor_elements)
     if problems:
         return _problems(problems)
@@ -197,9 +268,13 @@ def _session(model: str, threads: int = 1) -> Any:
 
 def check_trial_inference(model: str, config: dict[str, Any]) -> Result:
     """Run onnxruntime (CPU) on generated inputs; every output must be finite."""
-    cfg = ValidatorConfig.model_validate(config)
+    return _check_trial_inference(_Model(model, ValidatorConfig.model_validate(config)))
+
+
+def _check_trial_inference(m: _Model) -> Result:
+    cfg = m.config
     try:
-        session = _session(model)
+        session = m.session()
     except Exception as exc:
         return _failed(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:600]}")
     try:
@@ -224,7 +299,11 @@ def check_trial_inference(model: str, config: dict[str, Any]) -> Result:
 
 def check_reference(model: str, reference: str, config: dict[str, Any]) -> Result:
     """Run on the uploaded reference inputs and compare with the expected outputs."""
-    cfg = ValidatorConfig.model_validate(config)
+    return _check_reference(_Model(model, ValidatorConfig.model_validate(config)), reference)
+
+
+def _check_reference(m: _Model, reference: str) -> Result:
+    cfg = m.config
     try:
         data = np.load(reference, allow_pickle=False)
         arrays = {k: data[k] for k in data.files}
@@ -236,7 +315,7 @@ def check_reference(model: str, reference: str, config: dict[str, Any]) -> Resul
     }
     if not expected:
         return _failed("the reference file holds no 'outputs/<name>' arrays")
-    session = _session(model)
+    session = m.session()
     wanted = {i.name for i in session.get_inputs()}
     if missing := sorted(wanted - set(feeds)):
         return _failed(f"the reference file lacks inputs: {', '.join(missing)}")
@@ -279,3 +358,31 @@ def check_reference(model: str, reference: str, config: dict[str, Any]) -> Resul
     return _passed(
         f"{len(expected)} output(s) match the reference (largest difference {worst:.3g})"
     )
+
+
+_CHECKS: dict[str, Callable[[_Model], Result]] = {
+    "load": _check_load,
+    "external_data": _check_external_data,
+    "policy": _check_policy,
+    "checker": _check_checker,
+    "shape_inference": _check_shape_inference,
+    "trial_inference": _check_trial_inference,
+}
+
+
+def run_checks(
+    model: str, config: dict[str, Any], checks: list[str], reference: str | None = None
+) -> Iterator[Result]:
+    """Run ``checks`` in order on one model; yields each one's result (with its
+    ``"check"`` name) as it finishes and stops after the first failure."""
+    m = _Model(model, ValidatorConfig.model_validate(config))
+    for name in checks:
+        if name == "reference":
+            if reference is None:
+                raise ValueError("the reference check needs a reference file")
+            result = _check_reference(m, reference)
+        else:
+            result = _CHECKS[name](m)
+        yield {"check": name, **result}
+        if not result["passed"]:
+            return

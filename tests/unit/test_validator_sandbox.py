@@ -12,7 +12,7 @@ import pytest
 
 from schemas.config import SandboxLimits
 from services.validator import _selftest
-from services.validator.sandbox import SandboxStatus, private_workdir, run_task
+from services.validator.sandbox import SandboxStatus, private_workdir, run_task, start_worker
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 SELF = "services.validator._selftest:"
@@ -88,3 +88,50 @@ async def test_worker_drops_root_and_cannot_read_private_files(
 async def test_only_sandbox_tasks_can_be_named(workdir: Path) -> None:
     with pytest.raises(ValueError, match="not a sandbox task"):
         await run_task("os:system", {"command": "true"}, limits=LIMITS, workdir=workdir)
+
+
+async def test_a_worker_of_several_steps_answers_each_as_it_finishes(workdir: Path) -> None:
+    plan = [["value", 1], ["value", {"b": 2}], ["raise", "broken"], ["value", 4]]
+    async with start_worker(
+        SELF + "steps", {"plan": plan}, steps=4, limits=LIMITS, workdir=workdir
+    ) as worker:
+        first, second, third = await worker.next(), await worker.next(), await worker.next()
+    assert first.ok and first.value == 1 and first.isolation in ("netns", "userns+netns")
+    assert second.ok and second.value == {"b": 2}
+    assert third.status is SandboxStatus.ERROR and "RuntimeError: broken" in third.detail
+
+
+async def test_a_crash_ends_the_step_that_was_running(workdir: Path) -> None:
+    plan = [["value", "done"], ["abort", None], ["value", "never"]]
+    async with start_worker(
+        SELF + "steps", {"plan": plan}, steps=3, limits=LIMITS, workdir=workdir
+    ) as worker:
+        first, second = await worker.next(), await worker.next()
+    assert first.ok and first.value == "done"
+    assert second.status is SandboxStatus.CRASHED and "SIGABRT" in second.detail
+
+
+async def test_every_step_has_the_wall_clock_limit(workdir: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=1.5)
+    plan = [["sleep", 1.0], ["sleep", 1.0], ["sleep", 600]]
+    async with start_worker(
+        SELF + "steps", {"plan": plan}, steps=3, limits=limits, workdir=workdir
+    ) as worker:
+        outcomes = [await worker.next() for _ in plan]
+    # Two steps of 1 s each pass although together they exceed 1.5 s; the third is killed.
+    assert [o.status for o in outcomes] == [
+        SandboxStatus.OK, SandboxStatus.OK, SandboxStatus.TIMEOUT
+    ]  # fmt: skip
+    assert "did not finish within 1.5 s" in outcomes[2].describe(limits, "validator")
+
+
+async def test_every_step_has_the_cpu_limit(workdir: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=2, memory_mb=1024, wall_seconds=60)
+    plan = [["burn", 1.5], ["burn", 1.5], ["spin", None]]
+    async with start_worker(
+        SELF + "steps", {"plan": plan}, steps=3, limits=limits, workdir=workdir
+    ) as worker:
+        outcomes = [await worker.next() for _ in plan]
+    # 3 s of CPU in the first two steps, more than one step may use: each has its own 2 s.
+    assert outcomes[0].ok and outcomes[1].ok, outcomes
+    assert outcomes[2].status is SandboxStatus.CPU_LIMIT
