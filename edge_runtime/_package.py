@@ -4,18 +4,24 @@ The validator accepts such uploads (see ``docs/validation.md``); the device rece
 ZIP as the artifact, verified like any other, and unpacks it next to it before loading.
 Unpacking applies the same rules as the validator: no absolute paths, no ``..``, no
 symbolic links, no member larger than it declares, and a bounded expanded size.
+
+A plain ``.onnx`` with large embedded weights gets the same directory: its weights are
+moved once into a file beside it that onnxruntime memory-maps (``_external``), so they
+are not resident twice while the session is created.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from edge_runtime._external import externalize
 from edge_runtime.errors import InferenceError
 
-__all__ = ["PackageError", "is_package", "model_file", "unpacked_dir"]
+__all__ = ["PackageError", "discard_unpacked", "is_package", "model_file", "unpacked_dir"]
 
 _MAX_EXPANDED = 16 * 1024**3
 _DONE = ".unpacked"
@@ -39,6 +45,40 @@ def unpacked_dir(path: Path) -> Path:
     return path.with_name(path.stem + ".pkg")
 
 
+def discard_unpacked(path: Path) -> None:
+    """Remove what was unpacked or rewritten for ``path`` (it is made again when needed)."""
+    shutil.rmtree(unpacked_dir(path), ignore_errors=True)
+
+
+def _complete(target: Path) -> None:
+    """Mark ``target`` complete, durably: a power cut never leaves a marked partial copy."""
+    (target / _DONE).touch()
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _externalized(path: Path) -> Path:
+    """The rewritten model for the plain ``.onnx`` at ``path``, or ``path`` itself."""
+    target = unpacked_dir(path)
+    model = target / "model.onnx"
+    if (target / _DONE).exists() and model.exists():
+        return model
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        rewritten = externalize(path, target)
+    except OSError:
+        # No room for the rewrite (or the like): the model still loads as it is.
+        rewritten = None
+    if rewritten is None:
+        shutil.rmtree(target, ignore_errors=True)
+        return path
+    _complete(target)
+    return rewritten
+
+
 def _check(path: Path, archive: zipfile.ZipFile) -> PurePosixPath:
     total = 0
     models = []
@@ -59,13 +99,15 @@ def _check(path: Path, archive: zipfile.ZipFile) -> PurePosixPath:
 
 
 def model_file(path: Path) -> Path:
-    """The ``.onnx`` file to load for the artifact at ``path``: itself, or from its package.
+    """The ``.onnx`` file to load for the artifact at ``path``.
 
-    Unpacking is idempotent: a completed directory (marked ``.unpacked``) is reused, a
-    partial one (a crash mid-way) is unpacked again.
+    For a package, the model unpacked from it; for a plain model with large embedded
+    weights, its rewrite with the weights as external data; otherwise ``path`` itself.
+    Both are idempotent: a completed directory (marked ``.unpacked``) is reused, a partial
+    one (a crash mid-way) is made again.
     """
     if not is_package(path):
-        return path
+        return _externalized(path)
     target = unpacked_dir(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -80,9 +122,11 @@ def model_file(path: Path) -> Path:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(info) as src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
+                        out.flush()
+                        os.fsync(out.fileno())
                     if dest.stat().st_size != info.file_size:
                         raise PackageError(path, f"member {info.filename!r} has the wrong size")
-                (target / _DONE).touch()
+                _complete(target)
     except zipfile.BadZipFile as exc:
         raise PackageError(path, f"not a valid ZIP ({exc})") from None
     return target / member
