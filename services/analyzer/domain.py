@@ -33,6 +33,7 @@ from services.validator.onnx_utils import (
     graph_inputs,
     iter_graphs,
     op_key,
+    stored_bytes,
     tensor_numel,
     type_string,
 )
@@ -164,16 +165,20 @@ def _signature(vi: onnx.ValueInfoProto) -> TensorSignature:
     )
 
 
-def _shape_map(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+def _shape_map(
+    model: onnx.ModelProto, *, keep_weights: bool = True
+) -> tuple[dict[str, Shape], dict[str, int]]:
     """Shapes and element types of the main graph's values after shape inference.
 
     Large weights are detached while inference runs so that the model is not copied with
-    them; inference needs their dims only.
+    them; inference needs their dims only. With ``keep_weights=False`` they are not put
+    back (nor copied out first): the caller has no further use for them.
     """
     detached: list[tuple[TensorProto, bytes]] = []
     for t in model.graph.initializer:
-        if len(t.raw_data) > 65536:
-            detached.append((t, t.raw_data))
+        if t.HasField("raw_data") and stored_bytes(t) > 65536:
+            if keep_weights:
+                detached.append((t, t.raw_data))
             t.ClearField("raw_data")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -399,8 +404,10 @@ def analyze(
     dim_default: int = 1,
     dims: Mapping[str, int] | None = None,
     max_nodes: int = 500,
+    keep_weights: bool = True,
 ) -> AnalysisReport:
-    """Profile ``model`` (modified in place: dynamic input dims are fixed to values).
+    """Profile ``model`` (modified in place: dynamic input dims are fixed to values; with
+    ``keep_weights=False`` the data of large initializers is dropped, which saves copying it).
 
     Latency and the diff are left empty: the worker measures the one, the service adds
     the other.
@@ -416,7 +423,7 @@ def analyze(
             histogram[op_key(node)][0] += 1
 
     assumed = concrete_input_dims(model, default=dim_default, named=dims or {})
-    shapes, types = _shape_map(model)
+    shapes, types = _shape_map(model, keep_weights=keep_weights)
     costs: list[NodeCost] = []
     unknown_nodes = 0
     for index, node in enumerate(g.node):

@@ -12,18 +12,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import onnx
 
 from services.analyzer.domain import analyze
 from services.validator.inputs import generate_feeds
+from services.validator.onnx_utils import load_model
 
 __all__ = ["measure_latency", "profile", "profile_and_time"]
 
 
 def profile(model: str, dim_default: int, dims: dict[str, int], max_nodes: int) -> dict[str, Any]:
     """The analysis report (without latency and diff) as JSON."""
-    proto = onnx.load(model, load_external_data=False)
-    report = analyze(proto, dim_default=dim_default, dims=dims, max_nodes=max_nodes)
+    proto = load_model(model)
+    # The protobuf is thrown away afterwards: the weights need not survive shape inference.
+    report = analyze(
+        proto, dim_default=dim_default, dims=dims, max_nodes=max_nodes, keep_weights=False
+    )
     return report.model_dump(mode="json")
 
 

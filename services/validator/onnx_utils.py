@@ -1,12 +1,15 @@
 """Small helpers over ONNX protobufs shared by the validator's checks and the analyzer.
 
-Nothing here loads external data or runs a model: these walk a ``ModelProto`` that has
-already been parsed (in a sandboxed worker).
+Nothing here loads external data or runs a model: ``load_model`` parses a model file (in
+a sandboxed worker), the rest walk a ``ModelProto`` that has already been parsed.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import mmap
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -23,11 +26,15 @@ __all__ = [
     "graph_inputs",
     "iter_graphs",
     "iter_tensors",
+    "load_model",
     "op_key",
+    "stored_bytes",
     "tensor_numel",
     "type_string",
 ]
 
+#: What ``onnx.load`` raises for a file that does not parse (protobuf has no type stubs).
+_DecodeError: type[Exception] = importlib.import_module("google.protobuf.message").DecodeError
 _NAMES: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
 
 
@@ -52,6 +59,28 @@ def dtype_bits(elem_type: int) -> int:
         return 8
     digits = "".join(ch for ch in name if ch.isdigit())
     return int(digits) if digits and name not in ("string",) else 0
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """``onnx.load(path, load_external_data=False)`` for a binary model file, parsed from a
+    memory map of the file rather than from a copy of it read into memory."""
+    proto = onnx.ModelProto()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            proto.ParseFromString(b"")
+            return proto
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view, memoryview(view) as data:
+            decoded = proto.ParseFromString(data)
+    if decoded is not None and decoded != size:
+        raise _DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {size}")
+    return proto
+
+
+def stored_bytes(tensor: TensorProto) -> int:
+    """Bytes a stored tensor's values take by its dims and element type (0 for strings),
+    without reading them."""
+    return (tensor_numel(tensor.dims) * dtype_bits(tensor.data_type) + 7) // 8
 
 
 def tensor_numel(dims: Iterator[int] | list[int] | tuple[int, ...]) -> int:

@@ -27,7 +27,7 @@ from services.validator.domain import (
     policy_problems,
 )
 from services.validator.inputs import generate_feeds, non_finite
-from services.validator.onnx_utils import concrete_input_dims
+from services.validator.onnx_utils import concrete_input_dims, load_model, stored_bytes
 
 __all__ = [
     "check_checker",
@@ -63,7 +63,7 @@ def _problems(problems: list[str]) -> Result:
 
 
 def _load(model: str) -> onnx.ModelProto:
-    return onnx.load(model, load_external_data=False)
+    return load_model(model)
 
 
 def probe() -> Result:
@@ -238,7 +238,7 @@ def _check_shape_inference(m: _Model) -> Result:
     # model, whose result decides.
     proto = m.take_proto()
     for t in proto.graph.initializer:
-        if len(t.raw_data) > _DETACH_BYTES:
+        if t.HasField("raw_data") and stored_bytes(t) > _DETACH_BYTES:
             t.ClearField("raw_data")
     try:
         inferred = _infer(proto, cfg)

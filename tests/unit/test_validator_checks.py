@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from model_zoo import (
     custom_domain_model,
     external_data_model,
@@ -19,11 +20,12 @@ from model_zoo import (
     tiny_model,
     to_bytes,
 )
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from schemas.config import ValidatorConfig
 from services.validator import tasks
 from services.validator.domain import external_data_problems, policy_problems
+from services.validator.onnx_utils import load_model
 
 BIAS = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
 
@@ -174,3 +176,45 @@ def test_non_finite_outputs_fail_the_trial_inference(tmp_path: Path) -> None:
     # Generated inputs are standard normal: log of the negative ones is NaN.
     result = tasks.check_trial_inference(str(path), ValidatorConfig().model_dump(mode="json"))
     assert not result["passed"] and "non-finite" in result["message"]
+
+
+def test_load_model_parses_like_onnx_load(tmp_path: Path) -> None:
+    path = _save(tmp_path / "m", tiny_model())
+    assert load_model(path) == onnx.load(path, load_external_data=False)
+    (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(Exception, match="Error parsing message"):
+        load_model(tmp_path / "cut.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert load_model(tmp_path / "empty.onnx") == onnx.ModelProto()
+
+
+def test_shape_inference_reads_large_initializers_when_it_needs_their_values(
+    tmp_path: Path,
+) -> None:
+    # A Reshape whose shape input is an initializer above the size left out of the first
+    # inference (80 KB): inference needs its values, so the whole model decides.
+    target = np.array([1] * 9998 + [16, 16], dtype=np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(target, "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _save(tmp_path / "m", model)
+    result = tasks.check_shape_inference(str(path), ValidatorConfig().model_dump(mode="json"))
+    assert result["passed"], result
+
+
+def test_run_checks_reports_in_order_and_stops_at_the_first_failure(tmp_path: Path) -> None:
+    config = ValidatorConfig().model_dump(mode="json")
+    checks = ["load", "external_data", "policy", "checker", "shape_inference", "trial_inference"]
+    good = _save(tmp_path / "good", tiny_model())
+    results = list(tasks.run_checks(str(good), config, checks))
+    assert [r["check"] for r in results] == checks and all(r["passed"] for r in results)
+    bad = _save(tmp_path / "bad", custom_domain_model())
+    results = list(tasks.run_checks(str(bad), config, checks))
+    assert [r["check"] for r in results] == ["load", "external_data", "policy"]
+    assert not results[-1]["passed"] and "'com.evil' is not allowed" in results[-1]["message"]
