@@ -19,6 +19,7 @@ from schemas.topics import Topics
 from services.common.bus import Bus
 from services.common.logging import get_logger
 from services.ingester import handlers
+from services.ingester.checking import Checker
 from services.ingester.domain import Accepted, Reason, validate_message
 from services.ingester.figures import Figures
 from services.ingester.influx import InfluxWriter, WriteOutcome
@@ -51,6 +52,7 @@ class Ingester:
             max_rejected=self.config.max_rejected,
         )
         self.figures.known_devices.set(self.spool.known_count)
+        self.checker = Checker(settings.mqtt.topic_prefix)
         self.receiver = MqttReceiver(settings.mqtt, self.config, self._handle)
         self.bus = bus
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,12 +75,14 @@ class Ingester:
                 registry=self.figures.registry,
             )
         self._writer_task = asyncio.create_task(self._drain(), name="ingester-writer")
+        await asyncio.to_thread(self.checker.start)
         self.receiver.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping = True
         await asyncio.to_thread(self.receiver.stop)
+        await asyncio.to_thread(self.checker.close)
         if self._writer_task is not None:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,9 +96,9 @@ class Ingester:
 
     def _handle(self, messages: list[Incoming]) -> None:
         accepted: list[tuple[str, ...]] = []
-        for m in messages:
+        results = self.checker.check([(m.topic, m.payload) for m in messages])
+        for m, result in zip(messages, results, strict=True):
             self.figures.received.inc()
-            result = validate_message(m.topic, m.payload, topics=self.topics, is_known=_known_yes)
             if isinstance(result, Accepted):
                 # The known-device check and the set-aside are one step with ``enrol``.
                 if self.spool.check_or_set_aside(
@@ -218,11 +222,6 @@ class Ingester:
                 for _, task in in_flight:
                     task.cancel()
                 await asyncio.gather(*(t for _, t in in_flight), return_exceptions=True)
-
-
-def _known_yes(_: str) -> bool:
-    # The real check happens atomically in Spool.check_or_set_aside.
-    return True
 
 
 @contextlib.asynccontextmanager
