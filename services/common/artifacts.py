@@ -16,7 +16,10 @@ artifact under its final name. CPU work (hashing, AES) runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import struct
 from collections.abc import AsyncIterable, AsyncIterator
@@ -24,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas import crypto
 from schemas.topics import validate_artifact_id
@@ -45,6 +50,10 @@ HEADER_LEN = 96
 _HEADER = struct.Struct(">4sBBHIQ7sB40s")
 _FLAG_ENCRYPTED = 0x01
 _READ_AHEAD_CHUNKS = 8
+#: Chunks per batch of ``put``: hashed, encrypted and written together in a thread.
+_BATCH_CHUNKS = 8
+_ALIGN = 4096
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
 class ArtifactError(Exception):
@@ -124,8 +133,110 @@ class PutResult:
     created: bool
 
 
+class _Output:
+    """The temp file, written front to back from one page-aligned buffer that is reused.
+
+    Where the filesystem allows it, the file is opened with ``O_DIRECT``: whole aligned
+    blocks go from the buffer to the device without a copy into the page cache, so the
+    final ``fsync`` has no writeback of the whole artifact left to wait for (on the
+    benchmark machine: ``O_DIRECT`` 2.5-3.3 GB/s, buffered writes + ``fsync`` 350-960 MB/s,
+    the kernel's writeback being the slow part). Elsewhere it is an ordinary buffered file.
+    The last partial block and the header go through the page cache, then ``fsync``.
+    """
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self.fd = -1
+        self.direct = False
+        if _O_DIRECT:
+            try:
+                self.fd = os.open(path, flags | _O_DIRECT, 0o666)
+                self.direct = True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # the filesystem does not do O_DIRECT
+                    raise
+        if self.fd < 0:
+            self.fd = os.open(path, flags, 0o666)
+        # Anonymous mmap: page-aligned, as O_DIRECT wants; touched once, then reused.
+        self._map = mmap.mmap(-1, capacity + 2 * _ALIGN)
+        self.view = memoryview(self._map)
+        self.fill = 0  # bytes waiting in the buffer
+        self.offset = 0  # where in the file the buffer starts (aligned while direct)
+
+    def room(self, n: int) -> memoryview:
+        """``n`` bytes of buffer to fill next (then ``advance(n)``); drains when full."""
+        if self.fill + n > len(self.view):
+            self.drain()
+            if self.fill + n > len(self.view):
+                raise ValueError(f"{n} bytes do not fit the output buffer")
+        return self.view[self.fill : self.fill + n]
+
+    def advance(self, n: int) -> None:
+        self.fill += n
+
+    def put(self, data: memoryview | bytes) -> None:
+        self.room(len(data))[:] = data
+        self.advance(len(data))
+
+    def drain(self) -> None:
+        """Write out every whole block in the buffer; the partial last block stays."""
+        n = self.fill // _ALIGN * _ALIGN if self.direct else self.fill
+        if n == 0:
+            return
+        self._pwrite(self.view[:n], self.offset)
+        rest = self.fill - n
+        self.view[:rest] = self.view[n : self.fill]
+        self.offset += n
+        self.fill = rest
+
+    def finish(self, header: bytes) -> None:
+        """Write what is left, then the header over the placeholder, and ``fsync``."""
+        self.drain()
+        if self.direct:
+            # What is left is shorter than a block: through the page cache, as is the header.
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
+            self.direct = False
+        self._pwrite(self.view[: self.fill], self.offset)
+        self.offset += self.fill
+        self.fill = 0
+        self._pwrite(memoryview(header), 0)
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.view.release()
+        try:
+            self._map.close()
+        except BufferError:  # a slice still lives (in a traceback): the GC unmaps it
+            pass
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while data:
+            try:
+                n = os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                if not (self.direct and exc.errno == errno.EINVAL):
+                    raise
+                # Opened with O_DIRECT, but this file refuses such writes: go buffered.
+                fcntl.fcntl(
+                    self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT
+                )
+                self.direct = False
+                continue
+            data = data[n:]
+            offset += n
+
+
 class _Writer:
-    """Blocking half of ``put``: hashes, encrypts and writes chunks to a temp file."""
+    """Blocking half of ``put``: hashes, encrypts and writes batches to a temp file.
+
+    A batch is one of two reused plaintext buffers that ``put`` fills; it is encrypted
+    chunk by chunk straight into the reused output buffer (``encrypt_into``: no new
+    allocation per chunk, whose fresh pages cost more than AES-GCM itself) and written
+    from there. SHA-256, the slowest step, runs in its own thread over the same buffer.
+    """
 
     def __init__(self, path: Path, kek: bytes | None, chunk_size: int) -> None:
         self.path = path
@@ -134,37 +245,42 @@ class _Writer:
         self.dek = crypto.new_dek() if kek is not None else b""
         self.wrapped = crypto.wrap_dek(kek, self.dek) if kek is not None else b""
         self.prefix = crypto.new_nonce_prefix() if kek is not None else b"\0" * 7
+        self._aead = AESGCM(self.dek) if kek is not None else None
         self.sha = hashlib.sha256()
         self.index = 0
         self.size = 0
-        self.file = open(path, "wb")
-        self.file.write(b"\0" * HEADER_LEN)
+        #: Filled by ``put`` in turns: one is being written while the other fills.
+        self.buffers = (
+            bytearray(chunk_size * _BATCH_CHUNKS),
+            bytearray(chunk_size * _BATCH_CHUNKS),
+        )
+        tag = crypto.TAG_LEN if self.encrypted else 0
+        self.out = _Output(path, _BATCH_CHUNKS * (chunk_size + tag) + HEADER_LEN)
+        self.out.put(bytes(HEADER_LEN))  # the header's place; written for real at the end
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eaf-sha256")
 
-    def write(self, block: bytes, *, last: bool) -> None:
-        """Store ``block``: whole chunks, or (``last``) the stream's remaining bytes.
-
-        One hash update and one file write per block, not per chunk: each releases and
-        re-takes the GIL, and a thread that wants it back waits behind the event loop.
-        """
-        size = self.chunk_size
-        # SHA-256 is the slowest of the CPU work and releases the GIL: it runs beside the
-        # encryption and the write, on a second core where there is one.
+    def write(self, block: memoryview, *, last: bool) -> None:
+        """Store ``block``: whole chunks, or (``last``) the stream's remaining bytes."""
+        n = len(block)
+        # SHA-256 releases the GIL: it runs beside the encryption and the write, on a
+        # second core where there is one.
         hashing = self._hasher.submit(self.sha.update, block)
         try:
-            self.size += len(block)
-            starts = range(0, len(block), size) or range(1)  # an empty stream: one empty chunk
-            if not self.encrypted:
-                self.file.write(block)
-                self.index += len(starts)
-                return
-            sealed = []
-            for start in starts:
-                is_last = last and start + size >= len(block)
-                chunk = block[start : start + size]
-                sealed.append(crypto.seal_chunk(self.dek, self.prefix, self.index, is_last, chunk))
-                self.index += 1
-            self.file.write(b"".join(sealed))
+            self.size += n
+            if self._aead is None:
+                self.out.put(block)
+                self.index += max(1, -(-n // self.chunk_size))
+            else:
+                size = self.chunk_size
+                for start in range(0, n, size) or range(1):  # an empty stream: one empty chunk
+                    chunk = block[start : start + size]
+                    is_last = last and start + size >= n
+                    nonce = crypto.stream_nonce(self.prefix, self.index, is_last)
+                    room = self.out.room(len(chunk) + crypto.TAG_LEN)
+                    self._aead.encrypt_into(nonce, chunk, None, room)
+                    self.out.advance(len(room))
+                    self.index += 1
+            self.out.drain()
         finally:
             hashing.result()
 
@@ -178,16 +294,15 @@ class _Writer:
             nonce_prefix=self.prefix,
             wrapped_dek=self.wrapped,
         )
-        self.file.seek(0)
-        self.file.write(info.header())
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        try:
+            self.out.finish(info.header())
+        finally:
+            self.out.close()
         return info
 
     def abort(self) -> None:
         self._hasher.shutdown()
-        self.file.close()
+        self.out.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -211,32 +326,41 @@ class ArtifactStore:
         """Store a stream of plaintext; raises ``ArtifactTooLargeError`` past ``max_bytes``."""
         tmp = self.root / "tmp" / f"{os.getpid()}-{os.urandom(8).hex()}"
         writer = await asyncio.to_thread(_Writer, tmp, self.kek, self.chunk_size)
-        buf = bytearray()
+        # Each piece is copied at once into one of two reused batch buffers and let go:
+        # pieces held on to until a thread copies them make the allocator hand memory back
+        # to the kernel and fault it in again for every next piece (measured: 3x the CPU of
+        # the HTTP receive). One buffer is hashed, encrypted and written in a thread while
+        # the other fills: receiving and the CPU work overlap instead of taking turns.
+        buffers = [memoryview(b) for b in writer.buffers]
+        current = 0
+        view = buffers[current]
+        fill = 0
         received = 0
-        batch = self.chunk_size * _READ_AHEAD_CHUNKS
-        # One batch is hashed, encrypted and written in a thread while the next arrives:
-        # receiving and the CPU work overlap instead of taking turns.
         writing: asyncio.Future[None] | None = None
         try:
             async for piece in data:
                 received += len(piece)
                 if max_bytes is not None and received > max_bytes:
                     raise ArtifactTooLargeError(max_bytes)
-                buf += piece
-                # Keep at least one byte back: only the stream's end tells which chunk is last.
-                if len(buf) > batch:
-                    cut = (len(buf) - 1) // self.chunk_size * self.chunk_size
-                    block = bytes(buf[:cut])
-                    del buf[:cut]
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(
-                        asyncio.to_thread(writer.write, block, last=False)
-                    )
+                src = memoryview(piece)
+                while src:
+                    if fill == len(view):
+                        # Full, and more bytes follow: none of its chunks is the last.
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(
+                            asyncio.to_thread(writer.write, view, last=False)
+                        )
+                        current ^= 1
+                        view, fill = buffers[current], 0
+                    n = min(len(src), len(view) - fill)
+                    view[fill : fill + n] = src[:n]
+                    fill += n
+                    src = src[n:]
             if writing is not None:
                 await writing
                 writing = None
-            await asyncio.to_thread(writer.write, bytes(buf), last=True)
+            await asyncio.to_thread(writer.write, view[:fill], last=True)
             info = await asyncio.to_thread(writer.finish)
         except BaseException:
             if writing is not None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas import crypto
+from services.common import artifacts
 from services.common.artifacts import (
     HEADER_LEN,
     ArtifactCorruptError,
@@ -121,3 +123,57 @@ async def test_encryption_disabled_stores_plaintext(tmp_path: Path) -> None:
     aid = (await store.put(stream(data))).info.artifact_id
     assert data in store.path(aid).read_bytes()
     assert await read_all(store, aid) == data
+
+
+#: Bytes ``put`` hands to its writer thread at once (``_BATCH_CHUNKS`` chunks).
+BATCH = artifacts._BATCH_CHUNKS * CHUNK
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct_if_possible", "buffered"])
+@pytest.mark.parametrize(
+    ("size", "piece"),
+    [
+        (BATCH, 1000),
+        (BATCH + 1, BATCH + 1),
+        (2 * BATCH, BATCH),
+        (2 * BATCH - 1, 3 * BATCH),
+        (3 * BATCH + 17, 65536),
+        (5 * CHUNK + 3, 1),
+    ],
+)
+async def test_file_is_exactly_the_stream_format(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch, direct: bool, size: int, piece: int
+) -> None:
+    """Whatever the pieces and batches: header, then STREAM chunks with the last one flagged."""
+    if not direct:
+        monkeypatch.setattr(artifacts, "_O_DIRECT", 0)
+    data = os.urandom(size)
+    info = (await store.put(stream(data, piece=piece))).info
+    dek = store.dek(info)
+    chunks = [data[i : i + CHUNK] for i in range(0, size, CHUNK)]
+    expected = info.header() + b"".join(
+        crypto.seal_chunk(dek, info.nonce_prefix, i, i == len(chunks) - 1, c)
+        for i, c in enumerate(chunks)
+    )
+    assert store.path(info.artifact_id).read_bytes() == expected
+    assert info.artifact_id == hashlib.sha256(data).hexdigest()
+    assert await read_all(store, info.artifact_id) == data
+
+
+async def test_unencrypted_file_over_several_batches(tmp_path: Path) -> None:
+    store = ArtifactStore(root=tmp_path, kek=None, chunk_size=CHUNK)
+    data = os.urandom(2 * BATCH + 5)
+    info = (await store.put(stream(data, piece=5000))).info
+    assert store.path(info.artifact_id).read_bytes() == info.header() + data
+
+
+async def test_a_stream_that_breaks_off_stores_nothing(store: ArtifactStore) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield os.urandom(BATCH)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.put(broken())
+    assert not list((store.root / "tmp").iterdir())
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
