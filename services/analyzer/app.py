@@ -97,7 +97,19 @@ class AnalyzerService:
     async def analyze(self, artifact_id: str) -> AnalysisReport:
         """Profile and time the artifact in a sandboxed worker."""
         vcfg, acfg = self.settings.validator, self.config
-        async with private_workdir(vcfg.work_dir) as workdir:
+        dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
+        async with (
+            private_workdir(vcfg.work_dir) as workdir,
+            # Started first: it starts Python and imports onnx/onnxruntime while the
+            # artifact is decrypted; it reads nothing before ``begin``.
+            start_worker(
+                "services.analyzer.tasks:profile_and_time",
+                steps=2,
+                limits=acfg.sandbox,
+                workdir=workdir,
+                require_isolation=vcfg.require_network_isolation,
+            ) as worker,
+        ):
             upload = workdir / "upload"
             try:
                 await write_stream(
@@ -106,9 +118,7 @@ class AnalyzerService:
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model = await self._model_file(upload, workdir)
-            dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
-            async with start_worker(
-                "services.analyzer.tasks:profile_and_time",
+            await worker.begin(
                 {
                     "model": str(model),
                     "max_nodes": acfg.max_nodes_in_report,
@@ -116,19 +126,13 @@ class AnalyzerService:
                     "warmup_runs": acfg.warmup_runs,
                     "runs": acfg.runs,
                     **dims,
-                },
-                steps=2,
-                limits=acfg.sandbox,
-                workdir=workdir,
-                require_isolation=vcfg.require_network_isolation,
-            ) as worker:
-                outcome = await worker.next()
-                if not outcome.ok:
-                    raise AnalysisFailedError(
-                        artifact_id, outcome.describe(acfg.sandbox, "analyzer")
-                    )
-                report = AnalysisReport.model_validate(outcome.value)
-                timing = await worker.next()
+                }
+            )
+            outcome = await worker.next()
+            if not outcome.ok:
+                raise AnalysisFailedError(artifact_id, outcome.describe(acfg.sandbox, "analyzer"))
+            report = AnalysisReport.model_validate(outcome.value)
+            timing = await worker.next()
         if timing.ok:
             return report.model_copy(update={"latency": LatencyStats.model_validate(timing.value)})
         # A model that passed validation but cannot be timed still has its profile.

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from services.analyzer.domain import analyze
 from services.validator.inputs import generate_feeds
@@ -51,8 +52,6 @@ def measure_latency(
     model: str, threads: int, warmup_runs: int, runs: int, dim_default: int, dims: dict[str, int]
 ) -> dict[str, Any]:
     """p50/p95 of ``runs`` inferences on onnxruntime CPU after ``warmup_runs``."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -65,7 +65,7 @@ def burn(seconds: float) -> float:
 
 def steps(plan: list[list[Any]]) -> Iterator[Any]:
     """A task of several steps: each ``[action, argument]`` of ``plan`` is one step
-    (``value``, ``burn``, ``sleep``, ``spin``, ``abort``, ``raise``)."""
+    (``value``, ``burn``, ``sleep``, ``spin``, ``abort``, ``read``, ``raise``)."""
     for action, argument in plan:
         if action == "value":
             yield argument
@@ -78,5 +78,7 @@ def steps(plan: list[list[Any]]) -> Iterator[Any]:
             spin()
         elif action == "abort":
             abort()
+        elif action == "read":
+            yield read_file(str(argument))
         else:
             raise RuntimeError(str(argument))

@@ -1,9 +1,10 @@
 """The sandboxed worker: ``python -I -m services.validator._worker`` (started by
-``services.validator.sandbox.run_task``, never by hand).
+``services.validator.sandbox``, never by hand).
 
-It reads one JSON task from stdin, confines itself (limits, network namespace, ``nobody``)
-before importing anything that parses the untrusted files, runs the task and writes one
-JSON line to its original stdout. Everything else written to stdout (by native
+It reads one JSON task from stdin, confines itself (limits, network namespace,
+``nobody``) before importing anything that parses the untrusted files, reads the task's
+arguments (a later line), runs the task and writes one JSON line per step to its original
+stdout. Everything else written to stdout (by native
 libraries) is sent to stderr so that it cannot corrupt the answer.
 """
 
@@ -99,13 +100,17 @@ def _error(exc: BaseException, isolation: str) -> dict[str, Any]:
 def main() -> None:
     """Run one task; each answer is a single JSON line on the original stdout.
 
-    A task of one step returns its answer. A task of several steps (``spec["steps"]``) is
-    a generator: each value it yields is one answer, and each step gets the CPU seconds of
-    a whole task (the soft RLIMIT_CPU moves before each step; the hard limit covers all).
+    On stdin: one line with the task and its limits, read before anything else; then one
+    line per step, read after the worker has confined itself, each the signal to run the
+    step (the first holds the task's keyword arguments). The parent can so start a worker
+    before the files it will read exist, and hold a step back. A task of one step returns
+    its answer. A task of several steps (``steps``) is a generator: each value it yields
+    is one answer, and each step gets the CPU seconds of a whole task (the soft
+    RLIMIT_CPU moves before each step; the hard limit covers all of them).
     """
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    spec = json.loads(sys.stdin.read())
+    spec = json.loads(sys.stdin.readline())
 
     def say(reply: dict[str, Any]) -> None:
         answer.write(json.dumps(reply) + "\n")
@@ -130,12 +135,18 @@ def main() -> None:
             importlib.import_module(f"encodings.{codec}")
         func = getattr(importlib.import_module(module_name), func_name)
         _drop_privileges()
+        first = sys.stdin.readline()
+        if not first:
+            return  # the parent gave up before the first step
+        kwargs = json.loads(first)
         if steps == 1:
-            say({"status": "ok", "value": func(**spec["kwargs"]), "isolation": isolation})
+            say({"status": "ok", "value": func(**kwargs), "isolation": isolation})
             return
-        results = iter(func(**spec["kwargs"]))
+        results = iter(func(**kwargs))
         for step in range(steps):
             if step:
+                if not sys.stdin.readline():
+                    return  # no more steps wanted
                 # This step's CPU seconds count from now; never past the hard limit.
                 soft = min(math.ceil(_cpu_used()) + cpu_seconds, cpu_seconds * steps)
                 resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_seconds * steps + 1))

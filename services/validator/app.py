@@ -24,7 +24,12 @@ from services.common.db import claim_event, create_engine, create_tables, is_pro
 from services.common.logging import get_logger
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
-from services.validator.pipeline import rejected_at, validate_upload, write_stream
+from services.validator.pipeline import (
+    rejected_at,
+    start_check_workers,
+    validate_upload,
+    write_stream,
+)
 from services.validator.sandbox import private_workdir, run_task
 
 __all__ = ["CONSUMER", "ValidatorService", "create_service", "derived_event_id", "ensure_sandbox"]
@@ -114,7 +119,14 @@ class ValidatorService:
     async def validate(self, event: ModelUploaded) -> ValidationReport:
         """Decrypt the upload into a private directory and run the checks on it."""
         cfg = self.config
-        async with private_workdir(cfg.work_dir) as workdir:
+        async with (
+            private_workdir(cfg.work_dir) as workdir,
+            # Started first: the workers start Python and import onnx/onnxruntime while
+            # the upload is decrypted; they read nothing before validate_upload says so.
+            start_check_workers(
+                cfg, workdir, reference=event.reference_artifact_id is not None
+            ) as workers,
+        ):
             upload = workdir / "upload"
             try:
                 size = await write_stream(
@@ -141,7 +153,12 @@ class ValidatorService:
                 except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                     raise ArtifactUnavailableError(event.reference_artifact_id, str(exc)) from exc
             return await validate_upload(
-                upload, size=size, reference=reference, config=cfg, workdir=workdir
+                upload,
+                size=size,
+                reference=reference,
+                config=cfg,
+                workdir=workdir,
+                workers=workers,
             )
 
 

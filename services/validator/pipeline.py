@@ -1,25 +1,43 @@
 """The order of the checks and what a report says when one of them fails.
 
 ``validate_upload`` takes the decrypted upload (and reference data) in a private work
-directory and runs the checks in order in one sandboxed worker, which parses the model
-once and reports each check as it finishes. The first failure rejects the model; the
-checks after it are reported as skipped. A worker that crashes, runs out of memory or time
-fails the check it was running with that reason.
+directory and runs the checks in two sandboxed workers (the onnx side on one parse of the
+model, the onnxruntime side on one session), which report each check as it finishes. The
+first failure rejects the model; the checks after it are reported as skipped. A worker
+that crashes, runs out of memory or time fails the check it was running with that reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schemas.config import ValidatorConfig
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.logging import get_logger
-from services.validator.sandbox import SandboxStatus, TaskOutcome, hand_over, start_worker
+from services.validator.sandbox import (
+    SandboxStatus,
+    TaskOutcome,
+    Worker,
+    hand_over,
+    start_worker,
+)
 
-__all__ = ["CHECKS", "ZIP_MAGIC", "rejected_at", "validate_upload", "write_stream"]
+__all__ = [
+    "CHECKS",
+    "RUNTIME_CHECKS",
+    "STRUCTURE_CHECKS",
+    "ZIP_MAGIC",
+    "CheckWorkers",
+    "rejected_at",
+    "start_check_workers",
+    "validate_upload",
+    "write_stream",
+]
 
 log = get_logger(__name__)
 
@@ -35,6 +53,11 @@ CHECKS = (
     "reference",
 )
 ZIP_MAGIC = b"PK\x03\x04"
+#: The checks the structure worker runs (the onnx side), in order.
+STRUCTURE_CHECKS = ("load", "external_data", "policy", "checker", "shape_inference")
+#: The checks the runtime worker runs on its onnxruntime session, in order.
+RUNTIME_CHECKS = ("trial_inference", "reference")
+_RUN_CHECKS = "services.validator.tasks:run_checks"
 
 
 class _TooLarge(Exception):
@@ -121,6 +144,45 @@ async def _sandboxed(
         return _from_outcome(name, await worker.next(), config)
 
 
+@dataclass(frozen=True, slots=True)
+class CheckWorkers:
+    """The two sandboxed workers that run an upload's checks (``start_check_workers``)."""
+
+    #: ``load`` to ``shape_inference``: the onnx side, on one parse of the model.
+    structure: Worker
+    #: The onnxruntime session, then ``trial_inference`` (and ``reference``) on it.
+    runtime: Worker
+    runtime_checks: tuple[str, ...]
+
+
+@asynccontextmanager
+async def start_check_workers(
+    config: ValidatorConfig, workdir: Path, *, reference: bool
+) -> AsyncIterator[CheckWorkers]:
+    """Start the checks' workers before the upload is in ``workdir``: they confine
+    themselves and import onnx and onnxruntime while the upload is decrypted, and read it
+    only once ``validate_upload`` gives them its path. Both are killed on exit."""
+    runtime_checks = RUNTIME_CHECKS if reference else RUNTIME_CHECKS[:-1]
+    isolation = config.require_network_isolation
+    async with (
+        start_worker(
+            _RUN_CHECKS,
+            steps=len(STRUCTURE_CHECKS),
+            limits=config.sandbox,
+            workdir=workdir,
+            require_isolation=isolation,
+        ) as structure,
+        start_worker(
+            _RUN_CHECKS,
+            steps=1 + len(runtime_checks),
+            limits=config.sandbox,
+            workdir=workdir,
+            require_isolation=isolation,
+        ) as runtime,
+    ):
+        yield CheckWorkers(structure, runtime, runtime_checks)
+
+
 async def validate_upload(
     upload: Path,
     *,
@@ -128,8 +190,21 @@ async def validate_upload(
     reference: Path | None,
     config: ValidatorConfig,
     workdir: Path,
+    workers: CheckWorkers | None = None,
 ) -> ValidationReport:
-    """Run every check on ``upload`` (a file of ``size`` bytes inside ``workdir``)."""
+    """Run every check on ``upload`` (a file of ``size`` bytes inside ``workdir``), in
+    ``workers`` if they were started beforehand (``start_check_workers``)."""
+    if workers is None:
+        has_reference = reference is not None
+        async with start_check_workers(config, workdir, reference=has_reference) as prepared:
+            return await validate_upload(
+                upload,
+                size=size,
+                reference=reference,
+                config=config,
+                workdir=workdir,
+                workers=prepared,
+            )
     results: list[CheckResult] = []
     started = time.perf_counter()
 
@@ -170,36 +245,37 @@ async def validate_upload(
         upload.rename(model)  # noqa: ASYNC240 - a rename within one directory
         results.append(_result("file", True, f"a single ONNX file of {size} bytes", started))
 
-    # One worker runs the checks in order: it parses the model once and creates one
-    # onnxruntime session (trial inference and reference), where a worker per check would
-    # parse it once per check. Each check keeps the limits of a worker (the sandbox's
-    # per-step limits); a worker that dies fails the check it was running.
-    checks = [n for n in CHECKS[1:] if n != "reference" or reference is not None]
-    kwargs: dict[str, Any] = {
+    # Two workers instead of one per check: the structure worker parses the model once for
+    # load, external_data, policy, checker and shape_inference; the runtime worker creates
+    # the onnxruntime session meanwhile (on the second core) and runs the model on it only
+    # once every structural check has passed. Each check keeps the limits of a worker (the
+    # sandbox's per-step limits); a worker that dies fails the check it was running.
+    common: dict[str, Any] = {
         "model": str(model),
         "config": config.model_dump(mode="json"),
-        "checks": checks,
         "reference": str(reference) if reference is not None else None,
     }
-    async with start_worker(
-        "services.validator.tasks:run_checks",
-        kwargs,
-        steps=len(checks),
-        limits=config.sandbox,
-        workdir=workdir,
-        require_isolation=config.require_network_isolation,
-    ) as worker:
-        for name in checks:
-            check, value = _from_outcome(name, await worker.next(), config)
-            if value is not None and value.get("check") != name:
-                check = CheckResult(
-                    name=name,
-                    outcome=CheckOutcome.FAILED,
-                    message=f"the worker answered for {value.get('check')!r} instead",
-                )
-            results.append(check)
-            if check.outcome is CheckOutcome.FAILED:
-                return rejected_at(results, name)
+    await workers.structure.begin({**common, "checks": list(STRUCTURE_CHECKS)})
+    await workers.runtime.begin({**common, "checks": ["session", *workers.runtime_checks]})
+    for name in STRUCTURE_CHECKS:
+        check, _ = _answer(name, await workers.structure.next(), config)
+        results.append(check)
+        if check.outcome is CheckOutcome.FAILED:
+            return rejected_at(results, name)
+    # The session is part of trial_inference: its failure and its time are that check's.
+    session, value = _answer("session", await workers.runtime.next(), config)
+    session_ms = session.duration_ms or 0.0
+    for name in workers.runtime_checks:
+        if value is not None:
+            check, value = _answer(name, await workers.runtime.next(), config)
+        else:
+            check = session.model_copy(update={"name": name})
+        if name == "trial_inference":
+            total = round(session_ms + (check.duration_ms or 0.0), 1)
+            check = check.model_copy(update={"duration_ms": total})
+        results.append(check)
+        if check.outcome is CheckOutcome.FAILED:
+            return rejected_at(results, name)
     if reference is None:
         results.append(
             CheckResult(
@@ -209,3 +285,18 @@ async def validate_upload(
             )
         )
     return ValidationReport(checks=tuple(results))
+
+
+def _answer(name: str, outcome: TaskOutcome, config: ValidatorConfig) -> tuple[CheckResult, Any]:
+    """``_from_outcome``, making sure the worker answered for the check expected."""
+    check, value = _from_outcome(name, outcome, config)
+    if value is not None and value.get("check") != name:
+        failed = CheckResult(
+            name=name,
+            outcome=CheckOutcome.FAILED,
+            message=f"the worker answered for {value.get('check')!r} instead",
+        )
+        return failed, None
+    if check.outcome is CheckOutcome.FAILED:
+        return check, None
+    return check, value

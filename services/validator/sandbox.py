@@ -122,24 +122,18 @@ def hand_over(path: Path) -> None:
         os.chown(path, NOBODY, NOBODY)
 
 
-def _spec(
-    task: str,
-    kwargs: dict[str, Any],
-    limits: SandboxLimits,
-    require_isolation: bool,
-    steps: int,
-) -> bytes:
+def _header(task: str, limits: SandboxLimits, require_isolation: bool, steps: int) -> bytes:
+    """The worker's first line: what to run and within which limits (no arguments)."""
     if not task.startswith(_ALLOWED_TASK_PREFIXES):
         raise ValueError(f"task {task!r} is not a sandbox task")
     spec = {
         "task": task,
-        "kwargs": kwargs,
         "cpu_seconds": limits.cpu_seconds,
         "memory_mb": limits.memory_mb,
         "require_isolation": require_isolation,
         "steps": steps,
     }
-    return json.dumps(spec).encode()
+    return json.dumps(spec).encode() + b"\n"
 
 
 async def _spawn(workdir: Path) -> asyncio.subprocess.Process:
@@ -207,7 +201,7 @@ async def run_task(
     require_isolation: bool = True,
 ) -> TaskOutcome:
     """Run ``task`` (``"module:function"``) with ``kwargs`` in a sandboxed worker."""
-    spec = _spec(task, kwargs, limits, require_isolation, 1)
+    spec = _header(task, limits, require_isolation, 1) + json.dumps(kwargs).encode() + b"\n"
     started = time.perf_counter()
     proc = await _spawn(workdir)
     assert proc.stdin is not None and proc.stdout is not None
@@ -241,41 +235,64 @@ async def run_task(
 class Worker:
     """A running worker of a task that reports several steps, one answer line each.
 
-    Every step has the limits of a whole task: ``limits.wall_seconds`` from the end of the
-    previous step (the parent kills the process group beyond it) and ``limits.cpu_seconds``
-    of CPU time (the worker moves its soft RLIMIT_CPU before each step, under a hard limit
-    of all the steps together). A worker that dies ends the step it was running.
+    The worker confines itself and imports the task as soon as it starts; it reads a file
+    only once ``begin`` has sent the task's arguments, and runs each later step when
+    ``next`` asks for it. Every step has the limits of a whole task:
+    ``limits.wall_seconds`` from the moment it is asked for (the parent kills the process
+    group beyond it) and ``limits.cpu_seconds`` of CPU time (the worker moves its soft
+    RLIMIT_CPU before each step, under a hard limit of all the steps together). A worker
+    that dies ends the step it was running.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, limits: SandboxLimits, steps: int) -> None:
         self._proc = proc
         self._limits = limits
-        self._left = steps
+        self._steps = steps
+        self._asked = 0
+        self._answered = 0
         self._stderr = _StderrTail(proc)
         self._mark = time.perf_counter()
         self._ended = False
 
+    async def _send(self, line: bytes) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(line)
+        with suppress(BrokenPipeError, ConnectionResetError):
+            await self._proc.stdin.drain()
+        self._asked += 1
+        self._mark = time.perf_counter()
+
+    async def begin(self, kwargs: dict[str, Any]) -> None:
+        """Give the task its arguments: the first step starts."""
+        if self._asked:
+            raise RuntimeError("the worker has already begun")
+        await self._send(json.dumps(kwargs).encode() + b"\n")
+
     async def next(self) -> TaskOutcome:
-        """The answer of the next step, or why the worker gave none (then it is over)."""
-        if self._ended or self._left <= 0:
-            raise RuntimeError("the worker has no more steps")
+        """Run the next step; its answer, or why the worker gave none (then it is over)."""
+        if self._ended or self._answered >= self._steps or not self._asked:
+            raise RuntimeError("the worker has no step to run")
         assert self._proc.stdout is not None
-        self._left -= 1
+        if self._asked == self._answered:
+            await self._send(b"\n")
+        self._answered += 1
+        # The step's wall clock runs from when it was asked for, which may be a while ago.
+        left = self._limits.wall_seconds - (time.perf_counter() - self._mark)
         try:
-            line = await asyncio.wait_for(
-                self._proc.stdout.readline(), timeout=self._limits.wall_seconds
-            )
+            line = await asyncio.wait_for(self._proc.stdout.readline(), timeout=max(left, 0.05))
         except TimeoutError:
+            lap = self._lap()
             await self.close()
             return TaskOutcome(
-                SandboxStatus.TIMEOUT, duration_ms=self._lap(), stderr_tail=self._stderr.text()
+                SandboxStatus.TIMEOUT, duration_ms=lap, stderr_tail=self._stderr.text()
             )
         except ValueError:  # an answer longer than _MAX_ANSWER
+            lap = self._lap()
             await self.close()
             return TaskOutcome(
                 SandboxStatus.CRASHED,
                 detail="the worker's answer is too long",
-                duration_ms=self._lap(),
+                duration_ms=lap,
                 stderr_tail=self._stderr.text(),
             )
         if not line.endswith(b"\n"):
@@ -293,9 +310,7 @@ class Worker:
         return outcome
 
     def _lap(self) -> float:
-        now = time.perf_counter()
-        lap, self._mark = (now - self._mark) * 1000, now
-        return lap
+        return (time.perf_counter() - self._mark) * 1000
 
     async def close(self) -> None:
         """Stop the worker if it still runs (nothing it could still say is wanted)."""
@@ -323,7 +338,7 @@ class Worker:
 @asynccontextmanager
 async def start_worker(
     task: str,
-    kwargs: dict[str, Any],
+    kwargs: dict[str, Any] | None = None,
     *,
     steps: int,
     limits: SandboxLimits,
@@ -332,17 +347,19 @@ async def start_worker(
 ) -> AsyncIterator[Worker]:
     """Start a sandboxed worker for ``task``, a generator of at most ``steps`` answers.
 
-    The worker is confined exactly as in ``run_task``; it is killed on exit.
+    The worker is confined exactly as in ``run_task``; it is killed on exit. Without
+    ``kwargs`` it waits, confined and with the task imported, for ``Worker.begin``.
     """
-    spec = _spec(task, kwargs, limits, require_isolation, steps)
+    header = _header(task, limits, require_isolation, steps)
     proc = await _spawn(workdir)
-    assert proc.stdin is not None
     worker = Worker(proc, limits, steps)
     try:
-        proc.stdin.write(spec)
+        assert proc.stdin is not None
+        proc.stdin.write(header)
         with suppress(BrokenPipeError, ConnectionResetError):
             await proc.stdin.drain()
-        proc.stdin.close()
+        if kwargs is not None:
+            await worker.begin(kwargs)
         yield worker
     finally:
         await worker.close()

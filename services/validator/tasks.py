@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from schemas.config import ValidatorConfig
 from services.validator.domain import (
@@ -256,8 +257,6 @@ def _check_shape_inference(m: _Model) -> Result:
 
 
 def _session(model: str, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -360,7 +359,17 @@ def _check_reference(m: _Model, reference: str) -> Result:
     )
 
 
+def _check_session(m: _Model) -> Result:
+    """Create the onnxruntime session (the first part of ``trial_inference``)."""
+    try:
+        m.session()
+    except Exception as exc:
+        return _failed(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:600]}")
+    return _passed("onnxruntime session created")
+
+
 _CHECKS: dict[str, Callable[[_Model], Result]] = {
+    "session": _check_session,
     "load": _check_load,
     "external_data": _check_external_data,
     "policy": _check_policy,
@@ -374,7 +383,10 @@ def run_checks(
     model: str, config: dict[str, Any], checks: list[str], reference: str | None = None
 ) -> Iterator[Result]:
     """Run ``checks`` in order on one model; yields each one's result (with its
-    ``"check"`` name) as it finishes and stops after the first failure."""
+    ``"check"`` name) as it finishes and stops after the first failure.
+
+    ``"session"`` creates the onnxruntime session that ``trial_inference`` and
+    ``reference`` use (they create it themselves otherwise)."""
     m = _Model(model, ValidatorConfig.model_validate(config))
     for name in checks:
         if name == "reference":

@@ -3,6 +3,7 @@ crash kills only the worker, and (as root) the worker cannot read the service's 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -135,3 +136,31 @@ async def test_every_step_has_the_cpu_limit(workdir: Path) -> None:
     # 3 s of CPU in the first two steps, more than one step may use: each has its own 2 s.
     assert outcomes[0].ok and outcomes[1].ok, outcomes
     assert outcomes[2].status is SandboxStatus.CPU_LIMIT
+
+
+async def test_a_worker_started_early_reads_nothing_before_it_begins(workdir: Path) -> None:
+    target = workdir / "later.bin"
+    async with start_worker(SELF + "read_file", steps=1, limits=LIMITS, workdir=workdir) as worker:
+        # The worker is up (confined, task imported) before the file it will read exists.
+        await asyncio.sleep(0.5)
+        target.write_bytes(b"x" * 10)
+        target.chmod(0o644)
+        await worker.begin({"path": str(target)})
+        outcome = await worker.next()
+    assert outcome.ok and outcome.value == 10, outcome
+
+
+async def test_a_later_step_runs_only_when_asked_for(workdir: Path) -> None:
+    target = workdir / "between.bin"
+    plan = [["value", 1], ["read", str(target)]]
+    async with start_worker(
+        SELF + "steps", {"plan": plan}, steps=2, limits=LIMITS, workdir=workdir
+    ) as worker:
+        first = await worker.next()
+        await asyncio.sleep(0.3)
+        # Written after the first step: the second, which reads it, has not run yet.
+        target.write_bytes(b"y" * 7)
+        target.chmod(0o644)
+        second = await worker.next()
+    assert first.value == 1
+    assert second.ok and second.value == 7, second
