@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -20,7 +21,7 @@ from services.common.bus import Bus
 from services.common.logging import get_logger
 from services.ingester import handlers
 from services.ingester.checking import Checker
-from services.ingester.domain import Accepted, Reason, validate_message
+from services.ingester.domain import Accepted, Reason, Refused, validate_message
 from services.ingester.figures import Figures
 from services.ingester.influx import InfluxWriter, WriteOutcome
 from services.ingester.mqtt import Incoming, MqttReceiver
@@ -94,9 +95,17 @@ class Ingester:
 
     # ---- receiving (worker thread) ------------------------------------------------------
 
-    def _handle(self, messages: list[Incoming]) -> None:
+    def _handle(self, messages: list[Incoming]) -> Callable[[], None]:
+        checking = self.checker.submit([(m.topic, m.payload) for m in messages])
+        return functools.partial(self._spool_run, messages, checking)
+
+    def _spool_run(
+        self,
+        messages: list[Incoming],
+        checking: Callable[[], list[Accepted | Refused]],
+    ) -> None:
         accepted: list[tuple[str, ...]] = []
-        results = self.checker.check([(m.topic, m.payload) for m in messages])
+        results = checking()
         for m, result in zip(messages, results, strict=True):
             self.figures.received.inc()
             if isinstance(result, Accepted):

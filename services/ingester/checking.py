@@ -13,10 +13,12 @@ is the same either way, only where it is computed differs.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -74,20 +76,40 @@ class Checker:
 
     def check(self, messages: list[tuple[str, bytes]]) -> list[Accepted | Refused]:
         """The result of each message, in order."""
+        return self.submit(messages)()
+
+    def submit(self, messages: list[tuple[str, bytes]]) -> Callable[[], list[Accepted | Refused]]:
+        """Start checking ``messages``; the returned function waits for their results.
+
+        Between the two the caller may do other work (commit the previous run) while
+        the worker processes check this one.
+        """
         pool = self._pool
         if pool is None or len(messages) < _MIN_RUN:
-            return check_messages(self.prefix, messages)
+            return functools.partial(check_messages, self.prefix, messages)
         size = -(-len(messages) // self.workers)
         try:
             futures: list[Future[list[Accepted | Refused]]] = [
                 pool.submit(check_messages, self.prefix, messages[i : i + size])
                 for i in range(0, len(messages), size)
             ]
-            return [result for future in futures for result in future.result()]
         except BrokenProcessPool as exc:
-            log.warning("a checking process died; starting new ones", error=str(exc))
-            self._replace(pool)
-            return check_messages(self.prefix, messages)
+            return self._in_place(pool, exc, messages)
+
+        def results() -> list[Accepted | Refused]:
+            try:
+                return [result for future in futures for result in future.result()]
+            except BrokenProcessPool as exc:
+                return self._in_place(pool, exc, messages)()
+
+        return results
+
+    def _in_place(
+        self, pool: ProcessPoolExecutor, exc: Exception, messages: list[tuple[str, bytes]]
+    ) -> Callable[[], list[Accepted | Refused]]:
+        log.warning("a checking process died; starting new ones", error=str(exc))
+        self._replace(pool)
+        return functools.partial(check_messages, self.prefix, messages)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

@@ -1,10 +1,11 @@
 """The MQTT side of the ingester: paho-mqtt with manual acks in two threads.
 
 paho's network thread only queues incoming messages. A worker thread takes them in order,
-validates each, commits the accepted points of a run of messages in one transaction, sets
-the refused ones aside, and only then acknowledges them (in the order they came, as MQTT
-asks). The broker stops sending once ``receive_maximum`` messages wait unacknowledged, so
-the queue is bounded; a full spool drops its oldest points (counted), so acks never stall.
+in runs: it has a run validated (while the previous run is committed), commits the accepted
+points of the run in one transaction, sets the refused ones aside, and only then
+acknowledges them (in the order they came, as MQTT asks). The broker stops sending once
+``receive_maximum`` messages wait unacknowledged, so the queue is bounded; a full spool
+drops its oldest points (counted), so acks never stall.
 
 A message that arrived on an earlier connection is dropped unacknowledged: after a
 reconnect the broker redelivers it within the resumed session, and an ack sent on the new
@@ -16,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,11 @@ __all__ = ["Incoming", "MqttReceiver"]
 log = get_logger(__name__)
 
 #: Messages handled (and committed) together at most.
-_RUN = 500
+_RUN = 200
+#: Runs started before the oldest is committed (see ``MqttReceiver._work``).
+_DEPTH = 2
+#: The queue was empty.
+_NOTHING: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +52,17 @@ class Incoming:
     generation: int
 
 
-Handler = Callable[[list[Incoming]], None]
+#: Starts work on a run of messages; the function it returns makes them durable.
+Handler = Callable[[list[Incoming]], Callable[[], None]]
 
 
 class MqttReceiver:
     """Subscribe to ``$share/<group>/<prefix>/devices/+/metrics`` and feed ``handle``.
 
-    ``handle`` gets runs of messages and must have made each one durable (spooled or set
-    aside) when it returns; the messages are acknowledged after that.
+    ``handle`` gets a run of messages, starts work on it and returns a function that,
+    when it returns, has made each message durable (spooled or set aside); the messages
+    are acknowledged after that. The next run may be handed over before that function
+    is called; the functions are called in the order of the runs.
     """
 
     def __init__(self, mqtt: MqttConfig, config: IngesterConfig, handle: Handler) -> None:
@@ -146,26 +155,28 @@ class MqttReceiver:
     # ---- worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
+        # Up to _DEPTH runs are started at once: the next run is being checked while
+        # the previous one is committed and acknowledged. Runs finish in order.
+        pending: deque[tuple[list[Incoming], Callable[[], None]]] = deque()
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(block=not pending)
+            except queue.Empty:
+                first = _NOTHING
             if first is None:
                 return
-            run = [first]
-            while len(run) < _RUN:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                run.append(item)
-            current = [m for m in run if m.generation == self._generation]
-            if not current:
+            if first is not _NOTHING:
+                current = [m for m in self._take_run(first) if m.generation == self._generation]
+                if current:
+                    pending.append((current, self._handle(current)))
+                if len(pending) < _DEPTH and not self._queue.empty():
+                    continue
+            if not pending:
                 continue
+            run, finish = pending.popleft()
             while True:
                 try:
-                    self._handle(current)
+                    finish()
                     break
                 except Exception:
                     # The spool could not commit (disk full, I/O error): do not ack, retry.
@@ -173,6 +184,19 @@ class MqttReceiver:
                     if self._stopping.is_set():
                         return
                     time.sleep(1.0)
-            for m in current:
+            for m in run:
                 if m.generation == self._generation and m.qos > 0:
                     self._client.ack(m.mid, m.qos)
+
+    def _take_run(self, first: Incoming) -> list[Incoming]:
+        run = [first]
+        while len(run) < _RUN:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            run.append(item)
+        return run
