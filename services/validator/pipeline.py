@@ -58,6 +58,8 @@ STRUCTURE_CHECKS = ("load", "external_data", "policy", "checker", "shape_inferen
 #: The checks the runtime worker runs on its onnxruntime session, in order.
 RUNTIME_CHECKS = ("trial_inference", "reference")
 _RUN_CHECKS = "services.validator.tasks:run_checks"
+#: Imports numpy and onnxruntime only, so that its worker is ready soon.
+_RUN_RUNTIME_CHECKS = "services.validator.runtime:run_runtime_checks"
 
 
 class _TooLarge(Exception):
@@ -173,7 +175,7 @@ async def start_check_workers(
             require_isolation=isolation,
         ) as structure,
         start_worker(
-            _RUN_CHECKS,
+            _RUN_RUNTIME_CHECKS,
             steps=1 + len(runtime_checks),
             limits=config.sandbox,
             workdir=workdir,
@@ -250,13 +252,24 @@ async def validate_upload(
     # the onnxruntime session meanwhile (on the second core) and runs the model on it only
     # once every structural check has passed. Each check keeps the limits of a worker (the
     # sandbox's per-step limits); a worker that dies fails the check it was running.
-    common: dict[str, Any] = {
-        "model": str(model),
-        "config": config.model_dump(mode="json"),
-        "reference": str(reference) if reference is not None else None,
-    }
-    await workers.structure.begin({**common, "checks": list(STRUCTURE_CHECKS)})
-    await workers.runtime.begin({**common, "checks": ["session", *workers.runtime_checks]})
+    await workers.structure.begin(
+        {
+            "model": str(model),
+            "config": config.model_dump(mode="json"),
+            "checks": list(STRUCTURE_CHECKS),
+        }
+    )
+    await workers.runtime.begin(
+        {
+            "model": str(model),
+            "checks": ["session", *workers.runtime_checks],
+            "reference": str(reference) if reference is not None else None,
+            "dynamic_dim_default": config.dynamic_dim_default,
+            "dynamic_dims": dict(config.dynamic_dims),
+            "reference_atol": config.reference_atol,
+            "reference_rtol": config.reference_rtol,
+        }
+    )
     for name in STRUCTURE_CHECKS:
         check, _ = _answer(name, await workers.structure.next(), config)
         results.append(check)

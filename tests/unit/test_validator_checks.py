@@ -23,7 +23,7 @@ from model_zoo import (
 from onnx import TensorProto, helper, numpy_helper
 
 from schemas.config import ValidatorConfig
-from services.validator import tasks
+from services.validator import runtime, tasks
 from services.validator.domain import external_data_problems, policy_problems
 from services.validator.onnx_utils import load_model
 
@@ -210,7 +210,7 @@ def test_shape_inference_reads_large_initializers_when_it_needs_their_values(
 
 def test_run_checks_reports_in_order_and_stops_at_the_first_failure(tmp_path: Path) -> None:
     config = ValidatorConfig().model_dump(mode="json")
-    checks = ["load", "external_data", "policy", "checker", "shape_inference", "trial_inference"]
+    checks = ["load", "external_data", "policy", "checker", "shape_inference"]
     good = _save(tmp_path / "good", tiny_model())
     results = list(tasks.run_checks(str(good), config, checks))
     assert [r["check"] for r in results] == checks and all(r["passed"] for r in results)
@@ -218,3 +218,26 @@ def test_run_checks_reports_in_order_and_stops_at_the_first_failure(tmp_path: Pa
     results = list(tasks.run_checks(str(bad), config, checks))
     assert [r["check"] for r in results] == ["load", "external_data", "policy"]
     assert not results[-1]["passed"] and "'com.evil' is not allowed" in results[-1]["message"]
+
+
+def test_the_runtime_checks_share_one_session(tmp_path: Path) -> None:
+    model = _save(tmp_path / "m", tiny_model())
+    x = np.array([[1.0, 1.0, -2.0, 3.0]], dtype=np.float32)
+    reference = _reference(
+        tmp_path / "ref.npz", **{"inputs/x": x, "outputs/y": np.maximum(x + BIAS, 0)}
+    )
+    settings = {
+        "dynamic_dim_default": 1,
+        "dynamic_dims": {},
+        "reference_atol": 1e-4,
+        "reference_rtol": 1e-4,
+    }
+    checks = ["session", "trial_inference", "reference"]
+    results = list(runtime.run_runtime_checks(str(model), checks, reference, **settings))
+    assert [r["check"] for r in results] == checks and all(r["passed"] for r in results)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    results = list(
+        runtime.run_runtime_checks(str(tmp_path / "broken.onnx"), checks, None, **settings)
+    )
+    assert [r["check"] for r in results] == ["session"]
+    assert "onnxruntime cannot load the model" in results[0]["message"]

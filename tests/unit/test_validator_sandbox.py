@@ -9,7 +9,9 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from model_zoo import tiny_model, to_bytes
 
 from schemas.config import SandboxLimits
 from services.validator import _selftest
@@ -164,3 +166,35 @@ async def test_a_later_step_runs_only_when_asked_for(workdir: Path) -> None:
         second = await worker.next()
     assert first.value == 1
     assert second.ok and second.value == 7, second
+
+
+async def test_the_runtime_checks_run_in_the_sandbox(workdir: Path) -> None:
+    # Everything they need is imported before the worker drops to nobody (the interpreter
+    # may live where nobody cannot read): generated inputs, and reference .npz files.
+    model = workdir / "model.onnx"
+    model.write_bytes(to_bytes(tiny_model()))
+    x = np.array([[1.0, 1.0, -2.0, 3.0]], dtype=np.float32)
+    bias = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
+    reference = workdir / "reference.npz"
+    np.savez_compressed(reference, **{"inputs/x": x, "outputs/y": np.maximum(x + bias, 0)})
+    for path in (model, reference):
+        path.chmod(0o644)
+    checks = ["session", "trial_inference", "reference"]
+    kwargs = {
+        "model": str(model),
+        "checks": checks,
+        "reference": str(reference),
+        "dynamic_dim_default": 1,
+        "dynamic_dims": {},
+        "reference_atol": 1e-4,
+        "reference_rtol": 1e-4,
+    }
+    async with start_worker(
+        "services.validator.runtime:run_runtime_checks",
+        kwargs,
+        steps=3,
+        limits=LIMITS,
+        workdir=workdir,
+    ) as worker:
+        outcomes = [await worker.next() for _ in checks]
+    assert all(o.ok and o.value["passed"] for o in outcomes), outcomes
