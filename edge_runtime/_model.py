@@ -9,6 +9,7 @@ because of a switch. The old session is freed when its last request returns.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,15 @@ def sample_inputs(session: ort.InferenceSession, *, batch: int = 1) -> dict[str,
     return feeds
 
 
+def _trim_heap() -> None:
+    """Hand the heap the transfer left free back to the OS before the model is mapped."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _load(path: Path, threads: int, prepack: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -73,6 +83,7 @@ def _load(path: Path, threads: int, prepack: bool) -> ort.InferenceSession:
     # model's large weights are moved to a file beside it. Either way onnxruntime maps
     # the weights from that file instead of copying them out of the protobuf.
     file = model_file(path)
+    _trim_heap()
     if file != path and not prepack:
         # Prepacking would put a second, reordered copy of each mapped weight in memory
         # (a 100 MiB MatMul peaks at 2x its weights with it, 1x without).
