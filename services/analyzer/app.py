@@ -1,6 +1,6 @@
-"""The analyzer service: consumes ``eaf.model.validated``, profiles the model and then
-measures its latency in a sandboxed worker, diffs it against the previous version and
-publishes ``eaf.model.analyzed``.
+"""The analyzer service: consumes ``eaf.model.validated``, profiles the model in a
+sandboxed worker, measures its latency in another (once the profile is done), diffs it
+against the previous version and publishes ``eaf.model.analyzed``.
 
 It keeps its own table of past analyses (``analyzer_reports``) for the diff; the
 incoming event id is recorded in the same transaction, and the outgoing event id is
@@ -95,20 +95,29 @@ class AnalyzerService:
         )
 
     async def analyze(self, artifact_id: str) -> AnalysisReport:
-        """Profile and time the artifact in a sandboxed worker."""
+        """Profile and time the artifact in sandboxed workers."""
         vcfg, acfg = self.settings.validator, self.config
         dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
+        limits = acfg.sandbox
+        isolation = vcfg.require_network_isolation
         async with (
             private_workdir(vcfg.work_dir) as workdir,
-            # Started first: it starts Python and imports onnx/onnxruntime while the
-            # artifact is decrypted; it reads nothing before ``begin``.
+            # Started first: they start Python and import their libraries while the
+            # artifact is decrypted; they read nothing before ``begin``.
             start_worker(
-                "services.analyzer.tasks:profile_and_time",
-                steps=2,
-                limits=acfg.sandbox,
+                "services.analyzer.tasks:profile",
+                steps=1,
+                limits=limits,
                 workdir=workdir,
-                require_isolation=vcfg.require_network_isolation,
-            ) as worker,
+                require_isolation=isolation,
+            ) as profiler,
+            start_worker(
+                "services.analyzer.timing:time_model",
+                steps=2,
+                limits=limits,
+                workdir=workdir,
+                require_isolation=isolation,
+            ) as timer,
         ):
             upload = workdir / "upload"
             try:
@@ -118,21 +127,27 @@ class AnalyzerService:
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model = await self._model_file(upload, workdir)
-            await worker.begin(
+            await profiler.begin(
+                {"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims}
+            )
+            # The timer creates its session meanwhile; it measures only when asked, below.
+            await timer.begin(
                 {
                     "model": str(model),
-                    "max_nodes": acfg.max_nodes_in_report,
                     "threads": acfg.threads,
                     "warmup_runs": acfg.warmup_runs,
                     "runs": acfg.runs,
                     **dims,
                 }
             )
-            outcome = await worker.next()
+            outcome = await profiler.next()
+            await profiler.close()  # gone before the measurement starts
             if not outcome.ok:
-                raise AnalysisFailedError(artifact_id, outcome.describe(acfg.sandbox, "analyzer"))
+                raise AnalysisFailedError(artifact_id, outcome.describe(limits, "analyzer"))
             report = AnalysisReport.model_validate(outcome.value)
-            timing = await worker.next()
+            timing = await timer.next()
+            if timing.ok:
+                timing = await timer.next()
         if timing.ok:
             return report.model_copy(update={"latency": LatencyStats.model_validate(timing.value)})
         # A model that passed validation but cannot be timed still has its profile.
