@@ -22,6 +22,7 @@ import contextlib
 import errno
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ _TENSOR_DATA_LOCATION = 14
 _EXTERNAL = 1
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _COPY_BLOCK = 1 << 20
+_WINDOW = 64 * 1024
+_MAX_FIELDS = 1 << 22  # a walk longer than this is not worth it: load the model as it is
 
 
 class _NotUnderstood(Exception):
@@ -115,15 +118,29 @@ def _string_field(number: int, data: bytes) -> bytes:
 
 
 class _Reader:
-    """Bounds-checked reads of varints from a file descriptor."""
+    """Bounds-checked reads of protobuf fields from a file descriptor, with a small buffer.
+
+    Headers are read through a 64 KiB window, so walking many small fields costs few
+    system calls; the values of large fields are skipped, never read.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.fields_seen = 0
+        self._at = 0
+        self._buf = b""
+
+    def _head(self, pos: int, end: int) -> bytes:
+        want = min(10, end - pos)
+        rel = pos - self._at
+        if not 0 <= rel <= len(self._buf) - want:
+            self._at, self._buf = pos, os.pread(self.fd, _WINDOW, pos)
+            rel = 0
+        return self._buf[rel : rel + want]
 
     def varint(self, pos: int, end: int) -> tuple[int, int]:
-        head = os.pread(self.fd, min(10, end - pos), pos)
         value = 0
-        for i, byte in enumerate(head):
+        for i, byte in enumerate(self._head(pos, end)):
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
                 if value >= 1 << 64:
@@ -131,11 +148,13 @@ class _Reader:
                 return value, pos + i + 1
         raise _NotUnderstood(f"truncated or overlong varint at {pos}")
 
-    def fields(self, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
         """``(number, wire type, field start, value start, field end)`` of each field."""
-        out = []
         pos = start
         while pos < end:
+            self.fields_seen += 1
+            if self.fields_seen > _MAX_FIELDS:
+                raise _NotUnderstood("too many fields to walk")
             key, value_at = self.varint(pos, end)
             number, wire = key >> 3, key & 7
             if number == 0:
@@ -153,9 +172,8 @@ class _Reader:
                 raise _NotUnderstood(f"wire type {wire} at {pos}")
             if stop > end:
                 raise _NotUnderstood(f"field at {pos} runs past its message")
-            out.append((number, wire, pos, value_at, stop))
+            yield number, wire, pos, value_at, stop
             pos = stop
-        return out
 
 
 def _tensor(

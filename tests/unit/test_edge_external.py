@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 from pathlib import Path
 
@@ -220,3 +221,37 @@ def test_malformed_input_is_loaded_as_it_is_or_rewritten_faithfully(
     except Exception:  # the protobuf refuses it; onnxruntime would too
         return
     assert inlined(rewritten) == original.SerializeToString(deterministic=True)
+
+
+def chain(nodes: int) -> onnx.ModelProto:
+    """Many small fields (a long Identity chain) after a large initializer."""
+    w = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "W")
+    names = ["h0", *(f"h{i}" for i in range(1, nodes + 1))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h0"])]
+        + [helper.make_node("Identity", [a], [b]) for a, b in itertools.pairwise(names)],
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_many_fields_round_trip_and_a_bound_on_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = tmp_path / "chain.onnx"
+    original.write_bytes(chain(6000).SerializeToString())
+    assert original.stat().st_size > 2 * 64 * 1024  # headers span several read windows
+    rewritten = externalize(original, tmp_path / "out", **SMALL)
+    assert rewritten is not None
+    onnx.checker.check_model(str(rewritten))
+    parsed = onnx.ModelProto()
+    parsed.ParseFromString(original.read_bytes())
+    assert inlined(rewritten) == parsed.SerializeToString(deterministic=True)
+
+    monkeypatch.setattr("edge_runtime._external._MAX_FIELDS", 1000)
+    assert externalize(original, tmp_path / "capped", **SMALL) is None
