@@ -40,12 +40,14 @@ async def edge_memory(servers: Servers, workdir: Path, *, size_mb: int = 100) ->
                 await asyncio.sleep(2.0)
                 idle_hwm = _vm(proc.pid, "VmHWM")
                 idle_rss = _vm(proc.pid, "VmRSS")
+                idle_anon, idle_file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
                 seconds, _ = await deploy_and_wait(
                     p, watcher, [device], "bench-memory", data,
                     target=TargetSelector(device_id=device), timeout=300,
                 )  # fmt: skip
                 peak = _vm(proc.pid, "VmHWM")
                 after = _vm(proc.pid, "VmRSS")
+                anon, file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
         finally:
             proc.terminate()
             await asyncio.to_thread(proc.wait, 30)
@@ -60,11 +62,16 @@ async def edge_memory(servers: Servers, workdir: Path, *, size_mb: int = 100) ->
             "idle_rss_mib": round(idle_rss / MiB, 1),
             "peak_rss_mib": round(peak / MiB, 1),
             "rss_after_activation_mib": round(after / MiB, 1),
+            # Where the resident set is: heap (anonymous) or mapped files (the libraries,
+            # and the model's weights when onnxruntime maps them). Both count in VmHWM.
+            "idle_rss_anon_file_mib": [round(idle_anon / MiB, 1), round(idle_file / MiB, 1)],
+            "after_rss_anon_file_mib": [round(anon / MiB, 1), round(file / MiB, 1)],
             "model_mib": round(len(data) / MiB, 1),
             "deployment_seconds": round(seconds, 3),
             "includes": "the runtime as 'python -m edge_runtime run' in its own process; "
-            "VmHWM (peak resident set) from /proc before the deployment and after the model "
-            "is active: transfer, verification, onnxruntime load, health inference",
+            "VmHWM (peak resident set, heap and mapped files alike) from /proc before the "
+            "deployment and after the model is active: transfer, verification, the on-device "
+            "rewrite to mapped weights, onnxruntime load, health inference",
         },
     )
 
