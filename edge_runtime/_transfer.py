@@ -235,6 +235,10 @@ class Transfer:
             return ChunkOutcome.REFUSED
         self.outstanding.pop(index, None)
         self.last_activity = time.monotonic()
+        if index == m.chunk_count - 1:
+            # The broadcast (in index order) has passed: what is still missing was missed
+            # (the device subscribed late, or lost messages); pull it now, not after a stall.
+            self.pulling = True
         if self.received[index]:
             self.duplicates += 1
             return ChunkOutcome.DUPLICATE

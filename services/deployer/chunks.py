@@ -136,7 +136,7 @@ class ChunkServer:
         index: int,
         correlation: bytes | None,
         *,
-        device: str | None,
+        device: str,
     ) -> None:
         async with self._slots:
             data = await self.store.read_chunk(info, index)
@@ -146,22 +146,45 @@ class ChunkServer:
                 qos=1,
                 properties=chunk_properties(info.artifact_id, index, correlation),
             )
-        if device is not None:
-            self.chunks_sent += 1
-            self.served[(device, info.artifact_id, index)] += 1
-        else:
-            self.broadcast_chunks += 1
+        self.chunks_sent += 1
+        self.served[(device, info.artifact_id, index)] += 1
 
     async def broadcast(self, artifact_id: str) -> None:
-        """Publish every chunk of ``artifact_id`` once on ``artifacts/{id}/chunks``."""
+        """Publish every chunk of ``artifact_id`` once on ``artifacts/{id}/chunks``.
+
+        In index order, so a device that sees the last chunk knows the broadcast has passed
+        and pulls what it missed at once; the next chunk is read while one is handed over,
+        and at most ``max_in_flight`` wait for their PUBACK.
+        """
         info = self._info(artifact_id)
         topic = self.topics.artifact_chunks(artifact_id)
-        # In batches, so a large artifact does not become thousands of waiting tasks.
-        for start in range(0, info.chunk_count, 64):
-            stop = min(start + 64, info.chunk_count)
-            await asyncio.gather(
-                *(self._send(topic, info, i, None, device=None) for i in range(start, stop))
-            )
+        loop = asyncio.get_running_loop()
+        sending: set[asyncio.Task[None]] = set()
+        reading = loop.create_task(self.store.read_chunk(info, 0))
+        try:
+            for index in range(info.chunk_count):
+                data = await reading
+                if index + 1 < info.chunk_count:
+                    reading = loop.create_task(self.store.read_chunk(info, index + 1))
+                await self._slots.acquire()
+                # Tasks start in the order they are made, and each hands its message to the
+                # client before it first waits: the broker gets them in index order.
+                task = loop.create_task(self._broadcast_one(topic, info, index, data))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+                task.add_done_callback(lambda _t: self._slots.release())
+            await asyncio.gather(*sending)
+        finally:
+            reading.cancel()
+            for task in list(sending):
+                task.cancel()
+            await asyncio.gather(reading, *sending, return_exceptions=True)
+
+    async def _broadcast_one(self, topic: str, info: ArtifactInfo, index: int, data: bytes) -> None:
+        await self.publisher.publish(
+            topic, data, qos=1, properties=chunk_properties(info.artifact_id, index, None)
+        )
+        self.broadcast_chunks += 1
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -94,6 +94,22 @@ log = get_logger(__name__)
 _ACTIVE_STATUSES = (DeploymentStatus.RUNNING.value, DeploymentStatus.PAUSED.value)
 
 
+class _WaveReadiness:
+    """The devices of a broadcast wave that have not reported on the deployment yet."""
+
+    def __init__(self, deployment_id: str, waiting: set[str]) -> None:
+        self.deployment_id = deployment_id
+        self.waiting = waiting
+        self.ready = asyncio.Event()
+        if not waiting:
+            self.ready.set()
+
+    def heard_from(self, device_id: str) -> None:
+        self.waiting.discard(device_id)
+        if not self.waiting:
+            self.ready.set()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -134,6 +150,8 @@ class Deployer:
         self.link: MqttLink | None = None
         self.chunks: ChunkServer | None = None
         self._broadcasts: set[asyncio.Task[None]] = set()
+        #: Broadcasts waiting for their wave: deployment id -> devices not yet heard from.
+        self._awaiting: list[_WaveReadiness] = []
         self._republishing: set[asyncio.Task[None]] = set()
         self._allowed: dict[tuple[str, str], float] = {}
         raw = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -701,9 +719,12 @@ class Deployer:
                 d.previous_artifact = state.previous.artifact_id
             if state.rejection is not None:
                 r = state.rejection
+                if r.deployment_id:
+                    self._heard_from(r.deployment_id, device_id)
                 d.last_rejection = f"{r.code.value}: {r.detail}"
             p = state.deployment
             if p is not None:
+                self._heard_from(p.deployment_id, device_id)
                 t = await s.get(Target, (p.deployment_id, device_id))
                 if t is not None:
                     events += await self._apply_progress(s, t, p.state, p)
@@ -880,20 +901,26 @@ class Deployer:
                     to_notify.append((t, d))
                     events.append(self._target_event(t))
                 if broadcast and due:
-                    self._schedule_broadcast(due[0].artifact_id)
+                    self._schedule_broadcast(
+                        due[0].artifact_id, deployment_id, {t.device_id for t in due}
+                    )
             if dep.status in _ACTIVE_STATUSES and all(
                 TargetState(t.state).terminal for t in targets
             ):
                 ok = all(t.state == TargetState.ACTIVE.value for t in targets)
                 outcome = DeploymentOutcome.SUCCEEDED if ok else DeploymentOutcome.FAILED
                 events += await self._finish(s, dep, outcome, "")
-        for t, d in to_notify:
-            try:
-                await self._publish_manifest(t, d)
-            except (MqttUnavailableError, aiomqtt.MqttError, ArtifactError) as exc:
-                # The supervisor notifies again when the target's timeout passes.
-                log.warning("manifest not published", device=t.device_id, error=str(exc))
+        # All at once: each publish waits for its PUBACK, and a wave's devices should get
+        # their manifests together (a broadcast waits for the last of them).
+        await asyncio.gather(*(self._notify(t, d) for t, d in to_notify))
         await self._emit(events)
+
+    async def _notify(self, t: Target, d: Device) -> None:
+        try:
+            await self._publish_manifest(t, d)
+        except (MqttUnavailableError, aiomqtt.MqttError, ArtifactError) as exc:
+            # The supervisor notifies again when the target's timeout passes.
+            log.warning("manifest not published", device=t.device_id, error=str(exc))
 
     def _target_event(self, t: Target) -> DeploymentTargetUpdated:
         return DeploymentTargetUpdated(
@@ -943,10 +970,29 @@ class Deployer:
         log.info("deployment completed", deployment=dep.deployment_id, outcome=outcome.value)
         return events
 
-    def _schedule_broadcast(self, artifact_id: str) -> None:
+    def _schedule_broadcast(self, artifact_id: str, deployment_id: str, devices: set[str]) -> None:
+        """Broadcast ``artifact_id`` once the wave's devices can hear it.
+
+        A device reports on the deployment only after it has subscribed to the broadcast
+        topic, so the broadcast starts when every device of the wave has reported (or
+        refused the manifest), or after ``stall_timeout`` at the latest; a device that
+        misses chunks of it pulls them.
+        """
+        wave = _WaveReadiness(deployment_id, set(devices))
+        self._awaiting.append(wave)
+
         async def run() -> None:
-            # Give the wave's devices a moment to subscribe to the broadcast topic.
-            await asyncio.sleep(min(1.0, self.settings.deployer.stall_timeout / 2))
+            try:
+                async with asyncio.timeout(self.settings.deployer.stall_timeout):
+                    await wave.ready.wait()
+            except TimeoutError:
+                log.info(
+                    "broadcast starts before every device is ready",
+                    artifact=artifact_id,
+                    waiting=len(wave.waiting),
+                )
+            finally:
+                self._awaiting.remove(wave)
             if self.chunks is not None:
                 try:
                     await self.chunks.broadcast(artifact_id)
@@ -956,6 +1002,11 @@ class Deployer:
         task = asyncio.get_running_loop().create_task(run())
         self._broadcasts.add(task)
         task.add_done_callback(self._broadcasts.discard)
+
+    def _heard_from(self, deployment_id: str, device_id: str) -> None:
+        for wave in self._awaiting:
+            if wave.deployment_id == deployment_id:
+                wave.heard_from(device_id)
 
     async def close(self) -> None:
         if self._republishing:

@@ -1,0 +1,62 @@
+"""The device's transfer bookkeeping in broadcast mode: when it starts pulling."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from edge_runtime._state import StateDir
+from edge_runtime._transfer import ChunkOutcome, Transfer
+from schemas.manifest import Manifest
+
+CHUNK = 4096
+
+
+def broadcast_transfer(tmp_path: Path, data: bytes) -> Transfer:
+    now = int(time.time())
+    count = -(-len(data) // CHUNK)
+    manifest = Manifest.model_validate(
+        {
+            "device_id": "dev-1", "deployment_id": "d1", "model": "m", "version": "1.0.0",
+            "sequence": 1, "issued_at": now, "expires_at": now + 60,
+            "artifact_id": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "chunk_size": CHUNK, "chunk_count": count, "encrypted": False, "broadcast": True,
+        }
+    )  # fmt: skip
+    return Transfer(StateDir(tmp_path), manifest, b"{}", None)
+
+
+def chunk(data: bytes, index: int) -> bytes:
+    return data[index * CHUNK : (index + 1) * CHUNK]
+
+
+def test_a_broadcast_device_waits_until_the_broadcast_has_passed(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 80  # 5 chunks
+    job = broadcast_transfer(tmp_path, data)
+    artifact = job.manifest.artifact_id
+    try:
+        assert job.next_request(16) == []  # the broadcast is coming: nothing pulled
+        # It subscribed late and heard chunks 2, 3 and the last one (4) of the broadcast.
+        for i in (2, 3):
+            assert job.accept(i, artifact, chunk(data, i)) is ChunkOutcome.NEW
+            assert job.next_request(16) == []
+        assert job.accept(4, artifact, chunk(data, 4)) is ChunkOutcome.NEW
+        # The broadcast has passed: the missed chunks are pulled at once, not after a stall.
+        assert job.next_request(16) == [0, 1]
+        for i in (0, 1):
+            job.accept(i, artifact, chunk(data, i))
+        assert job.complete
+    finally:
+        job.close()
+
+
+def test_a_stall_starts_pulling_when_the_broadcast_never_comes(tmp_path: Path) -> None:
+    data = b"x" * (3 * CHUNK)
+    job = broadcast_transfer(tmp_path, data)
+    try:
+        assert job.next_request(16) == []
+        assert job.stalled(0.0)
+        assert job.next_request(16) == [0, 1, 2]
+    finally:
+        job.close()
