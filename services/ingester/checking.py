@@ -93,7 +93,7 @@ class Checker:
                 pool.submit(check_messages, self.prefix, messages[i : i + size])
                 for i in range(0, len(messages), size)
             ]
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: shut down
             return self._in_place(pool, exc, messages)
 
         def results() -> list[Accepted | Refused]:
