@@ -55,8 +55,8 @@ class Checker:
 
     def __init__(self, prefix: str, *, workers: int | None = None) -> None:
         self.prefix = prefix
-        cpus = os.cpu_count() or 1
-        self.workers = min(_MAX_WORKERS, cpus) if workers is None else workers
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.workers = min(_MAX_WORKERS, cpus or 1) if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
