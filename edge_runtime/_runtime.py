@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,6 +55,7 @@ RUNTIME_VERSION = "0.1.0"
 _FINAL = {"active", "failed", "rolled_back"}
 _PROGRESS_INTERVAL = 0.5
 _MAX_QUEUED_REPORTS = 200
+_NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _chain(first: InferenceRecorder | None, second: Callable[..., None]) -> InferenceRecorder:
@@ -274,6 +276,9 @@ class EdgeRuntime:
             keepalive=15,
             timeout=10,
             max_inflight_messages=max(20, self.window_size),
+            # paho leaves Nagle on: a chunk request would wait for the broker's delayed ACK
+            # of the previous small packet (up to 40 ms) behind the PUBACKs of chunks.
+            socket_options=[_NO_DELAY],
         )
         async with client:
             self._client = client

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
@@ -111,6 +112,9 @@ class MqttLink:
                     keepalive=cfg.keepalive,
                     timeout=30,
                     max_inflight_messages=self.max_inflight,
+                    # paho leaves Nagle on: small packets (PUBACKs, manifests) would wait
+                    # for the broker's delayed ACK behind the chunks.
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 ) as client:
                     for topic in self.subscriptions:
                         await client.subscribe(topic, qos=1)

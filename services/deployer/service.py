@@ -152,6 +152,8 @@ class Deployer:
         self._broadcasts: set[asyncio.Task[None]] = set()
         #: Broadcasts waiting for their wave: deployment id -> devices not yet heard from.
         self._awaiting: list[_WaveReadiness] = []
+        self._report_queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
+        self._report_worker: asyncio.Task[None] | None = None
         self._republishing: set[asyncio.Task[None]] = set()
         self._allowed: dict[tuple[str, str], float] = {}
         raw = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -685,10 +687,23 @@ class Deployer:
         kind = parsed.kind.value
         if kind == "artifact_get" and self.chunks is not None:
             self.chunks.handle(topic, bytes(payload), message.properties)
-        elif kind == "state":
-            await self.on_state(parsed.ident, bytes(payload))
-        elif kind == "online":
-            await self.on_online(parsed.ident, bytes(payload) == b"1")
+        elif kind in ("state", "online"):
+            # Reports are applied in order by one worker, so a report's database work never
+            # holds up the chunk requests behind it on the subscription.
+            if self._report_worker is None or self._report_worker.done():
+                self._report_worker = asyncio.get_running_loop().create_task(self._apply_reports())
+            self._report_queue.put_nowait((kind, parsed.ident, bytes(payload)))
+
+    async def _apply_reports(self) -> None:
+        while True:
+            kind, device_id, payload = await self._report_queue.get()
+            try:
+                if kind == "state":
+                    await self.on_state(device_id, payload)
+                else:
+                    await self.on_online(device_id, payload == b"1")
+            except Exception:  # a bad report never stops the others
+                log.exception("device report not applied", device=device_id, kind=kind)
 
     async def on_state(self, device_id: str, payload: bytes) -> None:
         if not payload or len(payload) > MAX_STATE_PAYLOAD_BYTES:
@@ -1011,9 +1026,12 @@ class Deployer:
     async def close(self) -> None:
         if self._republishing:
             log.error("stopping with events not yet published", count=len(self._republishing))
-        for task in [*self._broadcasts, *self._republishing]:
+        worker = [self._report_worker] if self._report_worker is not None else []
+        for task in [*self._broadcasts, *self._republishing, *worker]:
             task.cancel()
-        await asyncio.gather(*self._broadcasts, *self._republishing, return_exceptions=True)
+        await asyncio.gather(
+            *self._broadcasts, *self._republishing, *worker, return_exceptions=True
+        )
 
     # ---- retention -----------------------------------------------------------------------
 
