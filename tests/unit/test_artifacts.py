@@ -1,5 +1,6 @@
 """The artifact store: content addressing, encryption at rest, damage is never served."""
 
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -175,5 +176,25 @@ async def test_a_stream_that_breaks_off_stores_nothing(store: ArtifactStore) -> 
 
     with pytest.raises(ConnectionResetError):
         await store.put(broken())
+    assert not list((store.root / "tmp").iterdir())
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+async def test_a_failing_disk_stores_nothing(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = 0
+    real = artifacts._Output._pwrite
+
+    def full_after_one(self: artifacts._Output, data: memoryview, offset: int) -> None:
+        nonlocal writes
+        writes += 1
+        if writes > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data, offset)
+
+    monkeypatch.setattr(artifacts._Output, "_pwrite", full_after_one)
+    with pytest.raises(OSError, match="No space left"):
+        await store.put(stream(os.urandom(4 * BATCH), piece=65536))
     assert not list((store.root / "tmp").iterdir())
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
