@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -148,6 +149,11 @@ class Transfer:
     _fd: int = field(init=False, default=-1)
     _unsaved: int = field(init=False, default=0)
     _persisting: Future[None] | None = field(init=False, default=None)
+    #: SHA-256 of the plaintext written so far, as a contiguous prefix of chunks (``_hashed``
+    #: of them), updated in a worker thread in index order; ``_hashing`` is its last update.
+    _sha: Any = field(init=False, default_factory=hashlib.sha256)
+    _hashed: int = field(init=False, default=0)
+    _hashing: Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.pulling = not self.manifest.broadcast
@@ -257,12 +263,42 @@ class Transfer:
                 plain = crypto.open_chunk(self.dek, self._prefix, index, last, payload)
             except crypto.ChunkIntegrityError as exc:
                 return self._fail(index, RejectionCode.CHUNK_INTEGRITY, str(exc))
-        os.pwrite(self._fd, plain, index * m.chunk_size)
+        written = os.pwrite(self._fd, plain, index * m.chunk_size)
+        if written != len(plain):
+            raise OSError(f"chunk {index}: wrote {written} of {len(plain)} bytes to staging")
         self.received[index] = 1
+        if index == self._hashed:
+            self._hash_prefix(plain)
         self._unsaved += 1
         if self._unsaved >= _PERSIST_EVERY:
             self._persist_in_background()
         return ChunkOutcome.NEW
+
+    def _hash_prefix(self, plain: bytes) -> None:
+        # ``plain`` is the next chunk of the prefix, just written; chunks after it that were
+        # already there (out of order, or from before a restart) are read back from the file.
+        start = self._hashed + 1
+        stop = start
+        while stop < self.manifest.chunk_count and self.received[stop]:
+            stop += 1
+        self._hashed = stop
+        self._hashing = _hasher().submit(self._hash_run, plain, start, stop)
+
+    def _hash_run(self, plain: bytes | None, start: int, stop: int) -> None:
+        if plain is not None:
+            self._sha.update(plain)
+        m = self.manifest
+        for i in range(start, stop):
+            length = min(m.chunk_size, m.size - i * m.chunk_size)
+            block = os.pread(self._fd, length, i * m.chunk_size)
+            if len(block) != length:
+                raise OSError(f"chunk {i}: read {len(block)} of {length} bytes from staging")
+            self._sha.update(block)
+
+    def _wait_hashed(self) -> None:
+        pending, self._hashing = self._hashing, None
+        if pending is not None:
+            pending.result()
 
     @property
     def _prefix(self) -> bytes:
@@ -316,15 +352,22 @@ class Transfer:
             finally:
                 with contextlib.suppress(Exception):
                     self._wait_persisted()
+                with contextlib.suppress(Exception):
+                    self._wait_hashed()  # it may still read the file
                 os.close(self._fd)
                 self._fd = -1
 
     async def finish(self) -> Path:
-        """Check size and SHA-256, then move the model next to the installed ones."""
+        """Check size and SHA-256, then move the model next to the installed ones.
+
+        The SHA-256 is of the bytes written to the file, every chunk once, in index order:
+        taken as the chunks arrived, and completed from the file for any part not yet
+        hashed (a transfer resumed after a restart).
+        """
+        size, digest = await asyncio.to_thread(self._size_and_digest)
         self.close()
         part = self.directory / "model.part"
         m = self.manifest
-        size, digest = await asyncio.to_thread(_size_and_digest, part)
         if size != m.size:
             raise TransferRefused(
                 RejectionCode.SIZE_MISMATCH,
@@ -342,8 +385,26 @@ class Transfer:
         os.replace(part, target)
         return target
 
+    def _size_and_digest(self) -> tuple[int, str]:
+        self._wait_hashed()
+        stop = self.manifest.chunk_count
+        if self._hashed < stop:
+            self._hash_run(None, self._hashed, stop)
+            self._hashed = stop
+        return os.fstat(self._fd).st_size, self._sha.hexdigest()
+
 
 _PERSISTER: ThreadPoolExecutor | None = None
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    # One thread for every transfer of the process, so each transfer's updates run in the
+    # order they were submitted; SHA-256 releases the GIL, so it runs beside the event loop.
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eaf-hash")
+    return _HASHER
 
 
 def _persister() -> ThreadPoolExecutor:
@@ -357,13 +418,3 @@ def _persister() -> ThreadPoolExecutor:
 def _sync_and_record(fd: int, bitmap: Path, received: bytes) -> None:
     os.fdatasync(fd)
     atomic_write(bitmap, received)
-
-
-def _size_and_digest(path: Path) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-            size += len(block)
-    return size, sha.hexdigest()

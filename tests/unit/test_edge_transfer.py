@@ -1,14 +1,19 @@
-"""The device's transfer bookkeeping in broadcast mode: when it starts pulling."""
+"""The device's transfer bookkeeping: when a broadcast device pulls, and the digest check."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_runtime._state import StateDir
 from edge_runtime._transfer import ChunkOutcome, Transfer
+from edge_runtime.errors import TransferRefused
 from schemas.manifest import Manifest
+from schemas.transfer import RejectionCode
 
 CHUNK = 4096
 
@@ -60,3 +65,40 @@ def test_a_stall_starts_pulling_when_the_broadcast_never_comes(tmp_path: Path) -
         assert job.next_request(16) == [0, 1, 2]
     finally:
         job.close()
+
+
+def test_out_of_order_chunks_hash_to_the_artifact_id(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 70  # 5 chunks, the last one short
+    job = broadcast_transfer(tmp_path, data)
+    artifact = job.manifest.artifact_id
+    for i in (3, 1, 4, 0, 2):
+        assert job.accept(i, artifact, chunk(data, i)) is ChunkOutcome.NEW
+    path = asyncio.run(job.finish())
+    assert path.read_bytes() == data
+
+
+def test_a_resumed_transfer_hashes_what_it_has_on_disk(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 70
+    first = broadcast_transfer(tmp_path, data)
+    artifact = first.manifest.artifact_id
+    for i in (0, 2, 3):
+        first.accept(i, artifact, chunk(data, i))
+    first.close()  # a restart: the bitmap and the part file stay
+    again = Transfer(first.state, first.manifest, b"{}", None)
+    assert again.missing() == [1, 4]
+    for i in (4, 1):
+        again.accept(i, artifact, chunk(data, i))
+    assert asyncio.run(again.finish()).read_bytes() == data
+
+
+def test_bytes_that_do_not_match_the_manifest_fail_the_digest(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 70
+    job = broadcast_transfer(tmp_path, data)
+    artifact = job.manifest.artifact_id
+    wrong = bytearray(data)
+    wrong[5000] ^= 1  # unencrypted here, so nothing but the digest can notice
+    for i in range(5):
+        job.accept(i, artifact, chunk(bytes(wrong), i))
+    with pytest.raises(TransferRefused) as caught:
+        asyncio.run(job.finish())
+    assert caught.value.code is RejectionCode.DIGEST_MISMATCH
