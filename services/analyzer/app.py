@@ -103,14 +103,8 @@ class AnalyzerService:
         async with (
             private_workdir(vcfg.work_dir) as workdir,
             # Started first: they start Python and import their libraries while the
-            # artifact is decrypted; they read nothing before ``begin``.
-            start_worker(
-                "services.analyzer.tasks:profile",
-                steps=1,
-                limits=limits,
-                workdir=workdir,
-                require_isolation=isolation,
-            ) as profiler,
+            # artifact is decrypted; they read nothing before ``begin``. The timer first:
+            # its session, then the measurement, are the longer way.
             start_worker(
                 "services.analyzer.timing:time_model",
                 steps=2,
@@ -118,6 +112,13 @@ class AnalyzerService:
                 workdir=workdir,
                 require_isolation=isolation,
             ) as timer,
+            start_worker(
+                "services.analyzer.tasks:profile",
+                steps=1,
+                limits=limits,
+                workdir=workdir,
+                require_isolation=isolation,
+            ) as profiler,
         ):
             upload = workdir / "upload"
             try:
@@ -127,10 +128,8 @@ class AnalyzerService:
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model = await self._model_file(upload, workdir)
-            await profiler.begin(
-                {"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims}
-            )
-            # The timer creates its session meanwhile; it measures only when asked, below.
+            # The timer creates its session beside the profile; it measures only when
+            # asked, below, once the profile worker is gone.
             await timer.begin(
                 {
                     "model": str(model),
@@ -139,6 +138,9 @@ class AnalyzerService:
                     "runs": acfg.runs,
                     **dims,
                 }
+            )
+            await profiler.begin(
+                {"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims}
             )
             outcome = await profiler.next()
             await profiler.close()  # gone before the measurement starts
