@@ -1,8 +1,9 @@
 """The validation checks, run by the sandboxed worker.
 
-``run_checks`` runs the checks of one upload in order in one worker, which parses the
-model once (one ``onnx.load``, one onnxruntime session) and reports each check as it
-finishes. The ``check_*`` functions run one check on a model file. Every function takes
+``run_checks`` runs the structural checks of one upload (``load`` .. ``shape_inference``)
+in order in one worker, which parses the model once and reports each check as it finishes;
+the runtime checks are ``services.validator.runtime``'s, in a worker of their own. The
+``check_*`` functions run one check on a model file. Every function takes
 JSON-able keyword arguments (paths inside the worker's private directory, the validator's
 settings as a dict); a check's result is ``{"passed": bool, "message": str}``. They are
 imported only inside the worker, after it has confined itself.
@@ -14,7 +15,7 @@ import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -28,6 +29,9 @@ from services.validator.domain import (
 )
 from services.validator.onnx_utils import concrete_input_dims, load_model, stored_bytes
 from services.validator.results import Result
+
+if TYPE_CHECKING:
+    from services.validator import runtime
 
 __all__ = [
     "check_checker",
@@ -233,10 +237,6 @@ def _check_shape_inference(m: _Model) -> Result:
     return results.passed(f"shapes inferred for {known} intermediate values")
 
 
-# The runtime checks live in ``services.validator.runtime`` (onnxruntime is not imported
-# by the structure worker, which has no use for it); these run one of them on a file.
-
-
 def check_trial_inference(model: str, config: dict[str, Any]) -> Result:
     """Run onnxruntime (CPU) on generated inputs; every output must be finite."""
     from services.validator import runtime
@@ -251,22 +251,19 @@ def check_reference(model: str, reference: str, config: dict[str, Any]) -> Resul
     return runtime.check_reference(_runtime(model, config), reference)
 
 
-def _runtime(model: str, config: dict[str, Any]) -> Any:
+def _runtime(model: str, config: dict[str, Any]) -> runtime.Session:
+    # Imported here: the structure worker, which imports this module, has no use for
+    # onnxruntime.
     from services.validator import runtime
 
-    return runtime.Session(model, _runtime_settings(ValidatorConfig.model_validate(config)))
-
-
-def _runtime_settings(cfg: ValidatorConfig) -> Any:
-    """What the runtime checks need of the validator's settings."""
-    from services.validator import runtime
-
-    return runtime.RuntimeSettings(
+    cfg = ValidatorConfig.model_validate(config)
+    settings = runtime.RuntimeSettings(
         dynamic_dim_default=cfg.dynamic_dim_default,
         dynamic_dims=dict(cfg.dynamic_dims),
         reference_atol=cfg.reference_atol,
         reference_rtol=cfg.reference_rtol,
     )
+    return runtime.Session(model, settings)
 
 
 _CHECKS: dict[str, Callable[[_Model], Result]] = {
