@@ -9,6 +9,7 @@ that crashes, runs out of memory or time fails the check it was running with tha
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
@@ -182,7 +183,12 @@ async def start_check_workers(
             require_isolation=isolation,
         ) as runtime,
     ):
-        yield CheckWorkers(structure, runtime, runtime_checks)
+        try:
+            yield CheckWorkers(structure, runtime, runtime_checks)
+        finally:
+            # Both at once: a killed worker's memory (the model, the session) takes the
+            # kernel a while to free.
+            await asyncio.gather(structure.close(), runtime.close())
 
 
 async def validate_upload(
