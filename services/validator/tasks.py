@@ -130,6 +130,20 @@ class _Model:
         proto, self._proto = self.proto, None
         return proto
 
+    def drop_weights(self) -> None:
+        """Keep the parsed model (if parsed) without the bytes of its large initializers
+        (their dims stay): the checks after ``policy`` do not read them, and the checker's
+        own parse of the file then does not add to a second copy of the weights."""
+        if self._proto is None:
+            return
+        for t in self._proto.graph.initializer:
+            if t.HasField("raw_data") and stored_bytes(t) > _DETACH_BYTES:
+                t.ClearField("raw_data")
+        # A cleared field keeps its memory until the message goes: copy what is left.
+        light = onnx.ModelProto()
+        light.CopyFrom(self._proto)
+        self._proto = light
+
 
 def check_load(model: str) -> Result:
     """Parse the protobuf without external data."""
@@ -189,6 +203,7 @@ def check_checker(model: str) -> Result:
 
 
 def _check_checker(m: _Model) -> Result:
+    m.drop_weights()
     # By path: the checker parses the file in C++ (no copy of the model through Python),
     # and a model with external data is checked with its data files.
     try:
@@ -219,7 +234,7 @@ def _check_shape_inference(m: _Model) -> Result:
     # inference that wanted their values fails without them: it is run again on the whole
     # model, whose result decides.
     proto = m.take_proto()
-    for t in proto.graph.initializer:
+    for t in proto.graph.initializer:  # dropped already when the checker ran before
         if t.HasField("raw_data") and stored_bytes(t) > _DETACH_BYTES:
             t.ClearField("raw_data")
     try:
