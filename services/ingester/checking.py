@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -135,6 +136,9 @@ def _ready() -> None:
 
 
 def _watch_parent(parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the ingester stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     # A worker outlives an ingester killed with SIGKILL (its queue never closes): leave
     # when the parent is gone.
     def watch() -> None:
