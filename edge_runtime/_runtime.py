@@ -131,6 +131,8 @@ class EdgeRuntime:
         self._latest: DeviceState | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Condition()
+        #: Callers in ``wait_for``: only then is a change worth a notification task.
+        self._waiters = 0
         #: Counters for operators and tests.
         self.stats: dict[str, int] = {
             "chunks_requested": 0,
@@ -200,8 +202,12 @@ class EdgeRuntime:
 
     async def wait_for(self, predicate: Callable[[EdgeRuntime], bool], timeout: float) -> None:
         """Wait until ``predicate(self)`` holds after some state change."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: predicate(self))
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+        finally:
+            self._waiters -= 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -448,10 +454,13 @@ class EdgeRuntime:
                 self._progress_built = now
                 self._set_progress(job.manifest, TargetState.DOWNLOADING, job=job, throttle=True)
             else:
-                asyncio.get_running_loop().create_task(self._notify_change())
+                self._changed_soon()
             if job.complete:
                 self._start_finish(job)
-        self._wake.set()
+        if job.pulling or self._job is not job:
+            # A window slot is free (or the job ended). A device waiting for the broadcast
+            # has nothing to request: its driver wakes on its own for the stall check.
+            self._wake.set()
 
     async def _drive(self, client: aiomqtt.Client) -> None:
         """Keep a window of chunk requests outstanding for the current transfer."""
@@ -648,7 +657,11 @@ class EdgeRuntime:
             self._transition_wake.set()
         self._latest = snapshot
         self._report_wake.set()
-        asyncio.get_running_loop().create_task(self._notify_change())
+        self._changed_soon()
+
+    def _changed_soon(self) -> None:
+        if self._waiters:
+            asyncio.get_running_loop().create_task(self._notify_change())
 
     async def _notify_change(self) -> None:
         async with self._changed:

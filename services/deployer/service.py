@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,6 +95,31 @@ log = get_logger(__name__)
 _ACTIVE_STATUSES = (DeploymentStatus.RUNNING.value, DeploymentStatus.PAUSED.value)
 
 
+@dataclass(slots=True)
+class _Report:
+    """A device's ``state`` (parsed) or ``online`` report, waiting to be applied."""
+
+    device_id: str
+    state: DeviceState | None = None
+    online: bool = False
+
+
+def _only_progress(old: DeviceState, new: DeviceState) -> bool:
+    """``new`` differs from ``old`` only in how far the same deployment step has come."""
+    a, b = old.deployment, new.deployment
+    return (
+        a is not None
+        and b is not None
+        and a.deployment_id == b.deployment_id
+        and a.state == b.state
+        and a.error_code == b.error_code
+        and a.detail == b.detail
+        and old.active == new.active
+        and old.previous == new.previous
+        and old.rejection == new.rejection
+    )
+
+
 class _WaveReadiness:
     """The devices of a broadcast wave that have not reported on the deployment yet."""
 
@@ -152,7 +178,9 @@ class Deployer:
         self._broadcasts: set[asyncio.Task[None]] = set()
         #: Broadcasts waiting for their wave: deployment id -> devices not yet heard from.
         self._awaiting: list[_WaveReadiness] = []
-        self._report_queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
+        self._report_queue: asyncio.Queue[_Report] = asyncio.Queue()
+        #: Each device's state report still in the queue (a newer progress report replaces it).
+        self._queued_state: dict[str, _Report] = {}
         self._report_worker: asyncio.Task[None] | None = None
         self._republishing: set[asyncio.Task[None]] = set()
         self._allowed: dict[tuple[str, str], float] = {}
@@ -692,30 +720,61 @@ class Deployer:
             # holds up the chunk requests behind it on the subscription.
             if self._report_worker is None or self._report_worker.done():
                 self._report_worker = asyncio.get_running_loop().create_task(self._apply_reports())
-            self._report_queue.put_nowait((kind, parsed.ident, bytes(payload)))
+            device_id = parsed.ident
+            if kind == "online":
+                self._queued_state.pop(device_id, None)  # later reports queue behind it
+                self._report_queue.put_nowait(_Report(device_id, online=bytes(payload) == b"1"))
+                return
+            state = self._parse_state(device_id, bytes(payload))
+            if state is None:
+                return
+            queued = self._queued_state.get(device_id)
+            if (
+                queued is not None
+                and queued.state is not None
+                and _only_progress(queued.state, state)
+            ):
+                # Still waiting: the newer progress of the same step takes its place (at
+                # 100 devices, two progress reports a second each outrun the database).
+                queued.state = state
+                return
+            report = _Report(device_id, state=state)
+            self._queued_state[device_id] = report
+            self._report_queue.put_nowait(report)
 
     async def _apply_reports(self) -> None:
         while True:
-            kind, device_id, payload = await self._report_queue.get()
+            report = await self._report_queue.get()
+            device_id = report.device_id
+            if self._queued_state.get(device_id) is report:
+                del self._queued_state[device_id]
             try:
-                if kind == "state":
-                    await self.on_state(device_id, payload)
+                if report.state is not None:
+                    await self._apply_state(device_id, report.state)
                 else:
-                    await self.on_online(device_id, payload == b"1")
+                    await self.on_online(device_id, report.online)
             except Exception:  # a bad report never stops the others
-                log.exception("device report not applied", device=device_id, kind=kind)
+                log.exception("device report not applied", device=device_id)
 
-    async def on_state(self, device_id: str, payload: bytes) -> None:
+    def _parse_state(self, device_id: str, payload: bytes) -> DeviceState | None:
         if not payload or len(payload) > MAX_STATE_PAYLOAD_BYTES:
-            return
+            return None
         try:
             state = DeviceState.model_validate_json(payload)
         except ValidationError as exc:
             log.warning("device state refused", device=device_id, error=str(exc)[:200])
-            return
+            return None
         if state.device_id != device_id:
             log.warning("device state names another device", device=device_id)
-            return
+            return None
+        return state
+
+    async def on_state(self, device_id: str, payload: bytes) -> None:
+        state = self._parse_state(device_id, payload)
+        if state is not None:
+            await self._apply_state(device_id, state)
+
+    async def _apply_state(self, device_id: str, state: DeviceState) -> None:
         events: list[Event] = []
         async with self.sessions.begin() as s:
             d = await s.get(Device, device_id)
