@@ -728,6 +728,7 @@ class Deployer:
             state = self._parse_state(device_id, bytes(payload))
             if state is None:
                 return
+            self._heard_from(device_id, state)  # a waiting broadcast need not wait for the db
             queued = self._queued_state.get(device_id)
             if (
                 queued is not None
@@ -772,6 +773,7 @@ class Deployer:
     async def on_state(self, device_id: str, payload: bytes) -> None:
         state = self._parse_state(device_id, payload)
         if state is not None:
+            self._heard_from(device_id, state)
             await self._apply_state(device_id, state)
 
     async def _apply_state(self, device_id: str, state: DeviceState) -> None:
@@ -793,12 +795,9 @@ class Deployer:
                 d.previous_artifact = state.previous.artifact_id
             if state.rejection is not None:
                 r = state.rejection
-                if r.deployment_id:
-                    self._heard_from(r.deployment_id, device_id)
                 d.last_rejection = f"{r.code.value}: {r.detail}"
             p = state.deployment
             if p is not None:
-                self._heard_from(p.deployment_id, device_id)
                 t = await s.get(Target, (p.deployment_id, device_id))
                 if t is not None:
                     events += await self._apply_progress(s, t, p.state, p)
@@ -1077,9 +1076,11 @@ class Deployer:
         self._broadcasts.add(task)
         task.add_done_callback(self._broadcasts.discard)
 
-    def _heard_from(self, deployment_id: str, device_id: str) -> None:
+    def _heard_from(self, device_id: str, state: DeviceState) -> None:
+        """A report on a deployment (or a refusal of it): the device is past its manifest."""
+        named = {x.deployment_id for x in (state.deployment, state.rejection) if x is not None}
         for wave in self._awaiting:
-            if wave.deployment_id == deployment_id:
+            if wave.deployment_id in named:
                 wave.heard_from(device_id)
 
     async def close(self) -> None:
