@@ -15,11 +15,13 @@ stream: a stream that captured them would answer every request with its own publ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from faststream import AckPolicy
@@ -189,7 +191,8 @@ class Bus:
                     )
                     return
                 try:
-                    await handler(event)
+                    async with _working(msg, cfg.ack_wait):
+                        await handler(event)
                 except Exception as exc:
                     log.warning(
                         "event handler failed",
@@ -317,6 +320,30 @@ def _validation_detail(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "body"
         parts.append(f"{loc}: {e['msg']}")
     return "; ".join(parts)
+
+
+@contextlib.asynccontextmanager
+async def _working(msg: NatsMessage, ack_wait: float) -> AsyncIterator[None]:
+    """Tell the server every third of ``ack_wait`` that the handler is still at it.
+
+    Without it a handler that takes longer than ``ack_wait`` (a large model's validation)
+    would see its event delivered again, to another instance or to itself, while it still
+    works on it. A process that dies stops telling, and the event is redelivered then.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ack_wait / 3)
+            with contextlib.suppress(Exception):  # best effort: a lost beat risks a redelivery
+                await msg.raw_message.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _num_delivered(msg: NatsMessage) -> int:

@@ -192,3 +192,26 @@ async def test_request_reply_and_errors(nats_server, unique_id) -> None:  # type
             await client.request(subject, Ping(name="nobody"), Pong)
         reply = await client.broker.request(b'{"name": 5}', subject=subject, timeout=5)
         assert b'"invalid"' in reply.body
+
+
+async def test_handler_slower_than_ack_wait_gets_the_event_once(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+    # A validation of a large model can outlast ack_wait: the consumer keeps telling the
+    # server it is working, so the event is not delivered a second time meanwhile.
+    durable = unique_id("slow")
+    e = event(model=unique_id("m"))
+    calls: list[uuid.UUID] = []
+    bus = Bus(config(nats_server.url, ack_wait=1.0), service="slow")
+
+    @bus.consumer(ModelUploaded, durable=durable)
+    async def handle(ev: ModelUploaded) -> None:
+        if ev.model == e.model:
+            calls.append(ev.event_id)
+            await asyncio.sleep(3.5)  # three and a half times ack_wait
+
+    async with bus:
+        await bus.publish(e)
+        await wait_for(lambda: calls)
+        await asyncio.sleep(5.0)  # past the handler's end and a redelivery's time
+        info = await bus.js.consumer_info("EAF", durable)
+    assert calls == [e.event_id]
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
