@@ -81,6 +81,7 @@ class EdgeRuntime:
         window_size: int | None = None,
         stall_timeout: float | None = None,
         threads: int = 1,
+        prepack_weights: bool = False,
         recorder: InferenceRecorder | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
@@ -89,7 +90,8 @@ class EdgeRuntime:
     ) -> None:
         """``metrics_interval`` (seconds) turns on inference metrics: each interval a batch
         goes to the on-disk spool (``metrics.db`` in the state dir) and from there to the
-        device's ``metrics`` topic whenever the broker is reachable."""
+        device's ``metrics`` topic whenever the broker is reachable.
+        ``prepack_weights`` trades memory for speed: see ``ModelHost``."""
         self.state = StateDir(state_dir)
         self.config = self.state.enrollment()
         self.device_id = self.config.device_id
@@ -110,7 +112,7 @@ class EdgeRuntime:
                 interval=metrics_interval,
             )
             recorder = _chain(recorder, collector.record)
-        self.host = ModelHost(threads=threads, recorder=recorder)
+        self.host = ModelHost(threads=threads, recorder=recorder, prepack=prepack_weights)
         self._log = log or (lambda _msg: None)
         self._platform_key = self.state.platform_key()
         self._private_key = self.state.private_key()

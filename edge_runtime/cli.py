@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, help="seconds without a chunk before retrying")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument(
+        "--prepack-weights",
+        action="store_true",
+        help="let onnxruntime repack large weights for speed (holds them twice in memory)",
+    )
+    p.add_argument(
         "--http", default="127.0.0.1:8470", help="local inference endpoint HOST:PORT ('' = off)"
     )
     p.add_argument(
@@ -86,6 +91,7 @@ async def _run(args: argparse.Namespace) -> None:
         window_size=args.window,
         stall_timeout=args.stall_timeout,
         threads=args.threads,
+        prepack_weights=args.prepack_weights,
         metrics_interval=args.metrics_interval or None,
         log=_log,
     )

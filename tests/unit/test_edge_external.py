@@ -19,6 +19,7 @@ from edge_runtime import _package
 from edge_runtime._external import ALIGN, WEIGHTS, externalize
 from edge_runtime._model import ModelHost
 from edge_runtime._package import model_file, unpacked_dir
+from edge_runtime.cli import _parser
 from edge_runtime.errors import InferenceError
 from schemas.transfer import ActiveModel
 
@@ -256,3 +257,34 @@ def test_many_fields_round_trip_and_a_bound_on_the_walk(
 
     monkeypatch.setattr("edge_runtime._external._MAX_FIELDS", 1000)
     assert externalize(original, tmp_path / "capped", **SMALL) is None
+
+
+@pytest.mark.parametrize("prepack", [False, True])
+def test_prepacking_of_mapped_weights_follows_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepack: bool
+) -> None:
+    monkeypatch.setattr(_package, "externalize", lambda s, t: externalize(s, t, **SMALL))
+    info = ActiveModel(model="m", version="1.0.0", sequence=1, artifact_id="ab" * 32)
+    artifact = tmp_path / "m.onnx"
+    artifact.write_bytes(mlp().SerializeToString())
+    # What `edge-runtime run --prepack-weights` hands to the runtime's ModelHost.
+    args = _parser().parse_args(
+        ["run", "--state-dir", str(tmp_path), *(["--prepack-weights"] if prepack else [])]
+    )
+    assert args.prepack_weights is prepack
+
+    async def scenario() -> ort.SessionOptions:
+        host = ModelHost(prepack=args.prepack_weights)
+        try:
+            loaded = await host.prepare(artifact, info)
+            return loaded.session.get_session_options()
+        finally:
+            host.close()
+
+    options = asyncio.run(scenario())
+    assert model_file(artifact) != artifact  # the weights are mapped from the rewrite
+    try:
+        disabled = options.get_session_config_entry("session.disable_prepacking") == "1"
+    except RuntimeError:  # never set
+        disabled = False
+    assert disabled is not prepack
