@@ -45,6 +45,10 @@ class ModelRepositoryConfig(_Section):
     cache_path: Path = Path("./var/cache")
     max_versions_per_model: PositiveInt = 5
     max_upload_bytes: PositiveInt = 4 * 1024**3
+    #: An artifact no version refers to (uploaded with ``POST /api/v1/artifacts`` and never
+    #: registered, or left by a registration that failed) is deleted once it is this old;
+    #: so are temp files of uploads that never finished.
+    orphan_grace_hours: PositiveFloat = 24.0
 
 
 class DeploymentConfig(_Section):

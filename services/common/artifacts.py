@@ -16,6 +16,7 @@ artifact under its final name. CPU work (hashing, AES) runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -473,6 +474,58 @@ class ArtifactStore:
         except FileNotFoundError:
             return False
         return True
+
+    def older_than(self, cutoff: float) -> list[str]:
+        """Ids of the artifacts last written before ``cutoff`` (a ``time.time()``)."""
+        found = []
+        for entry in self.root.glob("??/*"):
+            try:
+                validate_artifact_id(entry.name)
+                stat = entry.stat()
+            except (ValueError, OSError):  # not an artifact, or gone meanwhile
+                continue
+            if entry.parent.name == entry.name[:2] and stat.st_mtime < cutoff:
+                found.append(entry.name)
+        return found
+
+    def set_aside(self, artifact_id: str) -> Path | None:
+        """Move the artifact out of sight (readers see it gone at once); ``None`` if absent.
+
+        Then either ``put_back`` or unlink the returned path: a two-step delete for a
+        caller that must check, after the artifact has become invisible, that nothing
+        started to use it.
+        """
+        aside = self.root / "tmp" / f"aside-{artifact_id}-{os.urandom(4).hex()}"
+        try:
+            os.replace(self.path(artifact_id), aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back(self, artifact_id: str, aside: Path) -> None:
+        os.replace(aside, self.path(artifact_id))
+
+    def put_back_all(self) -> int:
+        """Return every artifact a crashed two-step delete left set aside."""
+        returned = 0
+        for entry in (self.root / "tmp").glob("aside-*"):
+            artifact_id = entry.name.split("-")[1]
+            with contextlib.suppress(ValueError, OSError):
+                self.put_back(artifact_id, entry)
+                returned += 1
+        return returned
+
+    def remove_stale_temp(self, cutoff: float) -> int:
+        """Delete temp files last written before ``cutoff`` (left by a crashed upload)."""
+        removed = 0
+        for entry in (self.root / "tmp").iterdir():
+            if entry.name.startswith("aside-"):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+        return removed
 
 
 def _read_plain(f: BinaryIO, info: ArtifactInfo, dek: bytes, indexes: list[int]) -> list[bytes]:

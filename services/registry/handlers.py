@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,6 +135,12 @@ class Registry:
         if req.reference_artifact_id is not None:
             self._check_artifact(req.reference_artifact_id, None)
         info = await self.store.create_version(req)
+        # The orphan sweep hides an artifact before it checks that no version refers to
+        # it: if it hid this one between the check above and the commit, undo the version.
+        for artifact_id in (req.artifact_id, req.reference_artifact_id):
+            if artifact_id is not None and not self.artifacts.exists(artifact_id):
+                await self.store.delete_version(req.model, req.version)
+                raise ArtifactMissing(artifact_id, "it was deleted as an orphan meanwhile")
         info = await self._announce(req.model, req.version) or info
         self._spawn(self._prune_quietly(req.model))
         return info
@@ -312,6 +319,36 @@ class Registry:
         for model, version in await self.store.unpublished(cutoff):
             await self._announce(model, version)
         await self.prune(PruneRequest())
+        await self.collect_orphans()
+
+    async def collect_orphans(self) -> list[str]:
+        """Delete artifacts older than ``orphan_grace_hours`` that no version refers to.
+
+        Each goes in two steps: moved out of sight, then deleted only if still no version
+        refers to it (``create_version`` checks again after its commit), so an artifact
+        being registered at that moment is put back, never lost.
+        """
+        store = self.artifacts
+        grace = self.settings.model_repository.orphan_grace_hours * 3600
+        cutoff = time.time() - grace
+        await asyncio.to_thread(store.put_back_all)  # left aside by a crash mid-delete
+        deleted: list[str] = []
+        for artifact_id in await asyncio.to_thread(store.older_than, cutoff):
+            if await self.store.referenced(artifact_id):
+                continue
+            aside = store.set_aside(artifact_id)
+            if aside is None:
+                continue
+            if await self.store.referenced(artifact_id):
+                store.put_back(artifact_id, aside)
+                continue
+            aside.unlink()
+            deleted.append(artifact_id)
+            log.info("orphan artifact deleted", artifact_id=artifact_id)
+        temp = await asyncio.to_thread(store.remove_stale_temp, cutoff)
+        if temp:
+            log.info("stale upload temp files deleted", count=temp)
+        return deleted
 
     # ---- events from the validator and analyzer -----------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -314,3 +315,66 @@ async def test_retention_keeps_versions_in_use_and_never_prunes_blind(
         result = await harness.prune(model)
         assert model in result.skipped
         assert await harness.versions(model) == ["1.0.0", "1.2.0", "1.3.0", "1.4.0"]
+
+
+async def test_orphan_artifacts_and_stale_temp_files_are_collected_after_the_grace(
+    tmp_path: Path, nats_server: Any, database_url: str, unique_id: Any
+) -> None:
+    settings = settings_for(tmp_path, nats_server.url, database_url)
+    store = ArtifactStore(
+        root=settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=1024
+    )
+    two_days_ago = time.time() - 2 * 86400
+    async with create_registry(settings) as registry, Bus(settings.nats, service="t") as bus:
+        h = Harness(settings, bus, store)
+        model = unique_id("m")
+        kept = (await h.create(model, "1.0.0")).artifact_id  # a version refers to it
+        old_orphan = await h.put(os.urandom(300))  # uploaded, never registered
+        new_orphan = await h.put(os.urandom(300))  # same, but within the grace period
+        stale_temp = store.root / "tmp" / "123-crashed-upload"
+        fresh_temp = store.root / "tmp" / "456-upload-in-progress"
+        for path in (stale_temp, fresh_temp):
+            path.write_bytes(b"partial")
+        for path in (store.path(kept), store.path(old_orphan), stale_temp):
+            os.utime(path, (two_days_ago, two_days_ago))
+
+        assert await registry.collect_orphans() == [old_orphan]
+        assert not store.exists(old_orphan)
+        assert store.exists(kept) and store.exists(new_orphan)
+        assert not stale_temp.exists() and fresh_temp.exists()
+        # The version still reads its artifact.
+        info = await bus.request(
+            S.GET_VERSION, GetVersionRequest(model=model, ref="1.0.0"), VersionInfo
+        )
+        assert info.artifact_id == kept
+
+        # A crash between hiding an artifact and deleting it: the next round puts it back.
+        aside = store.set_aside(new_orphan)
+        assert aside is not None and not store.exists(new_orphan)
+        assert await registry.collect_orphans() == []
+        assert store.exists(new_orphan)
+
+
+async def test_registration_racing_the_orphan_sweep_never_refers_to_a_deleted_artifact(
+    tmp_path: Path, nats_server: Any, database_url: str, unique_id: Any
+) -> None:
+    settings = settings_for(tmp_path, nats_server.url, database_url)
+    store = ArtifactStore(
+        root=settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=1024
+    )
+    async with create_registry(settings) as registry, Bus(settings.nats, service="t") as bus:
+        h = Harness(settings, bus, store)
+        model = unique_id("m")
+        data = os.urandom(200)
+        aid = await h.put(data)
+        original = registry.store.create_version
+
+        async def swept_meanwhile(req: CreateVersionRequest) -> VersionInfo:
+            # The sweep hides the artifact after the registry checked it, before the commit.
+            assert store.set_aside(aid) is not None
+            return await original(req)
+
+        registry.store.create_version = swept_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(BadRequest, match="orphan"):
+            await h.create(model, "1.0.0", data)
+        assert await h.versions(model) == []
