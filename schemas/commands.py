@@ -19,7 +19,7 @@ from typing import Annotated, NamedTuple
 from pydantic import BaseModel, Field, model_validator
 
 from schemas._base import WireModel
-from schemas.deployer import CreateDeployment, DeploymentInfo
+from schemas.deployer import CreateDeployment, DeploymentInfo, RequestId, RollbackRequest
 from schemas.registry import (
     AliasInfo,
     AliasName,
@@ -39,6 +39,7 @@ __all__ = [
     "CreateDeploymentCommand",
     "DeploymentCommand",
     "RegisterVersionCommand",
+    "RollbackCommand",
     "SetAliasCommand",
 ]
 
@@ -113,7 +114,10 @@ class SetAliasCommand(WireModel):
 class CreateDeploymentCommand(CreateDeployment):
     """Start a deployment: the fields of ``POST /api/v1/deployments`` plus ``actor``.
 
-    ``created_by`` is not accepted: the actor is recorded as the creator.
+    ``created_by`` is not accepted: the actor is recorded as the creator. With
+    ``request_id`` (an idempotency key), sending the same command again answers the
+    deployment the first one started instead of starting another; the same key with other
+    fields (or another actor) is refused with ``conflict``. Keys are kept 24 h.
     """
 
     actor: Actor
@@ -137,6 +141,21 @@ class DeploymentCommand(WireModel):
 
     actor: Actor
     deployment_id: DeploymentId
+
+
+class RollbackCommand(DeploymentCommand):
+    """Roll one deployment's devices back to their previous model.
+
+    With ``request_id`` (an idempotency key), sending the same command again answers the
+    rollback deployment the first one started; the same key used for another request is
+    refused with ``conflict``. Keys are kept 24 h.
+    """
+
+    request_id: RequestId | None = None
+
+    def to_request(self) -> RollbackRequest:
+        """The deployer's request for this command."""
+        return RollbackRequest(deployment_id=self.deployment_id, request_id=self.request_id)
 
 
 class CommandSpec(NamedTuple):
@@ -172,7 +191,7 @@ COMMANDS: dict[str, CommandSpec] = {
         DeploymentCommand, DeploymentInfo, "Cancel a deployment's unfinished targets", "deployer"
     ),
     S.ROLLBACK_DEPLOYMENT: CommandSpec(
-        DeploymentCommand,
+        RollbackCommand,
         DeploymentInfo,
         "Roll a deployment's devices back (answers the rollback deployment)",
         "deployer",

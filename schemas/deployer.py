@@ -32,8 +32,11 @@ __all__ = [
     "EnrollReply",
     "EnrollRequest",
     "EnrollmentToken",
+    "KeyedDeploymentInfo",
     "ListDeployments",
     "ListDevices",
+    "RequestId",
+    "RollbackRequest",
     "SetLabels",
     "TargetInfo",
     "TargetSelector",
@@ -44,6 +47,20 @@ Label = Annotated[str, Field(min_length=1, max_length=128)]
 #: A wave's cumulative size: a count (``"1"``) or a share of all targets (``"10%"``).
 WaveSpec = Annotated[str, Field(pattern=r"^(?:[1-9][0-9]*|(?:100|[1-9]?[0-9](?:\.[0-9]+)?)%)$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+#: An idempotency key: the caller's name for one request, the same on every retry of it.
+RequestId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        examples=["release-2024-06-01:fleet-a"],
+        description=(
+            "Idempotency key (1-128 of A-Z a-z 0-9 . _ : -): a retry with the same key and "
+            "the same request answers the deployment the first attempt made instead of "
+            "starting another; the same key with a different request is refused (conflict). "
+            "Keys are kept 24 h."
+        ),
+    ),
+]
 
 SUBJECTS = {
     "create_enrollment_token": "eaf.rpc.deployer.create_enrollment_token",
@@ -208,10 +225,18 @@ class CreateDeployment(WireModel):
     #: Leave out devices that cannot run the model instead of refusing the deployment.
     skip_incompatible: bool = False
     created_by: str = ""
+    #: Idempotency key (commands and RPC; REST sends it as the ``Idempotency-Key`` header).
+    request_id: RequestId | None = None
 
 
 class DeploymentRef(WireModel):
     deployment_id: str
+
+
+class RollbackRequest(DeploymentRef):
+    """Roll a deployment back; with ``request_id``, a retry answers the same rollback."""
+
+    request_id: RequestId | None = None
 
 
 class ListDeployments(WireModel):
@@ -256,6 +281,20 @@ class DeploymentInfo(WireModel):
     created_by: str = ""
     counts: dict[TargetState, int]
     targets: tuple[TargetInfo, ...] = ()
+
+
+class KeyedDeploymentInfo(DeploymentInfo):
+    """The deployer's reply to a create or rollback that carried a ``request_id``.
+
+    ``replayed`` says the key was seen before: the deployment is the one the first request
+    made (the REST API answers 200 instead of 201). Commands and REST drop the flag.
+    """
+
+    replayed: bool = False
+
+    def plain(self) -> DeploymentInfo:
+        """The same deployment as a ``DeploymentInfo``."""
+        return DeploymentInfo.model_validate(self.model_dump(exclude={"replayed"}))
 
 
 class DeploymentList(WireModel):

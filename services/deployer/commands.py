@@ -7,8 +7,13 @@ Each command calls the same ``Deployer`` method as the REST route (through
 
 from __future__ import annotations
 
-from schemas.commands import CommandSubjects, CreateDeploymentCommand, DeploymentCommand
-from schemas.deployer import DeploymentInfo
+from schemas.commands import (
+    CommandSubjects,
+    CreateDeploymentCommand,
+    DeploymentCommand,
+    RollbackCommand,
+)
+from schemas.deployer import DeploymentInfo, KeyedDeploymentInfo
 from services.common.bus import Bus
 from services.common.logging import get_logger
 from services.deployer.service import Deployer
@@ -18,15 +23,23 @@ __all__ = ["register_commands"]
 log = get_logger(__name__)
 
 
+def _plain(info: DeploymentInfo) -> DeploymentInfo:
+    """A repeated command answers exactly what the first one did: no ``replayed`` flag."""
+    return info.plain() if isinstance(info, KeyedDeploymentInfo) else info
+
+
 def register_commands(bus: Bus, deployer: Deployer) -> None:
     """Serve the deployer's commands on ``bus``; call before ``bus.start()``."""
     s = CommandSubjects
 
     @bus.rpc(s.CREATE_DEPLOYMENT, CreateDeploymentCommand)
     async def create(cmd: CreateDeploymentCommand) -> DeploymentInfo:
-        """Deploy model@version (or an alias) to a device, a group or a label selector."""
-        log.info("command", command="create_deployment", actor=cmd.actor, model=cmd.model)
-        return await deployer.create_deployment(cmd.to_request())
+        """Deploy model@version (or an alias) to a device, a group or a label selector.
+
+        A repeat with the same ``request_id`` answers the deployment the first one started."""
+        log.info("command", command="create_deployment", actor=cmd.actor, model=cmd.model,
+                 request_id=cmd.request_id)  # fmt: skip
+        return _plain(await deployer.create_deployment(cmd.to_request()))
 
     @bus.rpc(s.PAUSE_DEPLOYMENT, DeploymentCommand)
     async def pause(cmd: DeploymentCommand) -> DeploymentInfo:
@@ -46,9 +59,11 @@ def register_commands(bus: Bus, deployer: Deployer) -> None:
         log.info("command", command="cancel", actor=cmd.actor, deployment=cmd.deployment_id)
         return await deployer.cancel(cmd.deployment_id)
 
-    @bus.rpc(s.ROLLBACK_DEPLOYMENT, DeploymentCommand)
-    async def rollback(cmd: DeploymentCommand) -> DeploymentInfo:
+    @bus.rpc(s.ROLLBACK_DEPLOYMENT, RollbackCommand)
+    async def rollback(cmd: RollbackCommand) -> DeploymentInfo:
         """Return the deployment's devices to their previous model; answers the rollback
-        deployment."""
-        log.info("command", command="rollback", actor=cmd.actor, deployment=cmd.deployment_id)
-        return await deployer.rollback(cmd.deployment_id)
+        deployment (a repeat with the same ``request_id``: the same one)."""
+        log.info("command", command="rollback", actor=cmd.actor, deployment=cmd.deployment_id,
+                 request_id=cmd.request_id)  # fmt: skip
+        req = cmd.to_request()
+        return _plain(await deployer.rollback(req.deployment_id, req.request_id))

@@ -13,6 +13,7 @@ from schemas.deployer import (
     EnrollRequest,
     ListDeployments,
     ListDevices,
+    RollbackRequest,
     SetLabels,
 )
 from schemas.registry import VersionsInUseRequest
@@ -52,7 +53,10 @@ def register(bus: Bus, deployer: Deployer) -> None:
 
     @bus.rpc(SUBJECTS["create_deployment"], CreateDeployment)
     async def create_deployment(req: CreateDeployment) -> BaseModel:
-        """Deploy model@version to a device, a group or a label selector."""
+        """Deploy model@version to a device, a group or a label selector.
+
+        With ``request_id`` the reply is a ``KeyedDeploymentInfo`` (``replayed`` tells a
+        repeat of the key)."""
         return await deployer.create_deployment(req)
 
     @bus.rpc(SUBJECTS["list_deployments"], ListDeployments)
@@ -80,10 +84,12 @@ def register(bus: Bus, deployer: Deployer) -> None:
         """Cancel every unfinished target."""
         return await deployer.cancel(req.deployment_id)
 
-    @bus.rpc(SUBJECTS["rollback"], DeploymentRef)
-    async def rollback(req: DeploymentRef) -> BaseModel:
-        """Return the deployment's devices to their previous model (a new deployment)."""
-        return await deployer.rollback(req.deployment_id)
+    @bus.rpc(SUBJECTS["rollback"], RollbackRequest)
+    async def rollback(req: RollbackRequest) -> BaseModel:
+        """Return the deployment's devices to their previous model (a new deployment).
+
+        With ``request_id`` the reply is a ``KeyedDeploymentInfo``, as for a create."""
+        return await deployer.rollback(req.deployment_id, req.request_id)
 
     @bus.rpc(SUBJECTS["versions_in_use"], VersionsInUseRequest)
     async def versions_in_use(req: VersionsInUseRequest) -> BaseModel:

@@ -72,7 +72,7 @@ from services.common.mqtt_admin import (
     device_role_acls,
     device_role_name,
 )
-from services.deployer import domain
+from services.deployer import domain, idempotency
 from services.deployer.catalog import DEPLOYABLE, Catalog
 from services.deployer.chunks import ChunkServer
 from services.deployer.errors import (
@@ -370,6 +370,19 @@ class Deployer:
         return row.last
 
     async def create_deployment(self, req: CreateDeployment) -> DeploymentInfo:
+        """Start a deployment; with ``request_id``, a repeat answers the one it started
+        (a ``KeyedDeploymentInfo``, see ``idempotency.py``)."""
+        fields = req.model_dump(mode="json", exclude={"request_id"})
+        key = idempotency.Key.of("create", req.request_id, fields)
+        if key is None:
+            return await self._create_deployment(req, None)
+        return await idempotency.run_once(
+            self.sessions, key, lambda k: self._create_deployment(req, k), self.get_deployment
+        )
+
+    async def _create_deployment(
+        self, req: CreateDeployment, key: idempotency.Key | None
+    ) -> DeploymentInfo:
         version = await self.catalog.resolve(req.model, req.version)
         if version.status not in DEPLOYABLE:
             raise NotDeployable(version.model, version.version, version.status)
@@ -382,6 +395,8 @@ class Deployer:
         deployment_id = str(uuid.uuid4())
         timeout = req.device_timeout or self.settings.deployment.default_device_timeout
         async with self.sessions.begin() as s:
+            if key is not None:  # first: a concurrent attempt with the key waits here
+                await idempotency.claim(s, key, deployment_id)
             devices = await self._select(s, req.target)
             if not devices:
                 raise NoTargets(_describe(req.target))
@@ -558,7 +573,16 @@ class Deployer:
         await self._emit(events)
         return await self.get_deployment(deployment_id)
 
-    async def rollback(self, deployment_id: str) -> DeploymentInfo:
+    async def rollback(self, deployment_id: str, request_id: str | None = None) -> DeploymentInfo:
+        """Roll back; with ``request_id``, a repeat answers the rollback it started."""
+        key = idempotency.Key.of("rollback", request_id, {"deployment_id": deployment_id})
+        if key is None:
+            return await self._rollback(deployment_id, None)
+        return await idempotency.run_once(
+            self.sessions, key, lambda k: self._rollback(deployment_id, k), self.get_deployment
+        )
+
+    async def _rollback(self, deployment_id: str, key: idempotency.Key | None) -> DeploymentInfo:
         async with self.sessions.begin() as s:
             dep = await s.get(Deployment, deployment_id)
             if dep is None:
@@ -567,6 +591,8 @@ class Deployer:
             if dep.status in _ACTIVE_STATUSES:
                 events += await self._finish(s, dep, DeploymentOutcome.ROLLED_BACK, "rollback")
             rollback_id, more = await self._create_rollback(s, dep)
+            if key is not None and rollback_id is not None:
+                await idempotency.claim(s, key, rollback_id)
         await self._emit([*events, *more])
         if rollback_id is None:
             raise WrongDeploymentState(deployment_id, "without devices to roll back", "roll back")

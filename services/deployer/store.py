@@ -1,4 +1,5 @@
-"""The deployer's tables: enrolment tokens, devices, deployments, targets, sequences.
+"""The deployer's tables: enrolment tokens, devices, deployments, targets, sequences,
+request keys.
 
 The database is the truth about what each device should run; MQTT state is reconciled
 against it. Tables are prefixed ``deployer_`` so they can share a database with others.
@@ -12,7 +13,16 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Deployment", "Device", "EnrollmentToken", "ModelSequence", "Target", "utcnow"]
+__all__ = [
+    "Base",
+    "Deployment",
+    "Device",
+    "EnrollmentToken",
+    "ModelSequence",
+    "RequestKey",
+    "Target",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -117,3 +127,24 @@ class Target(Base):
     notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RequestKey(Base):
+    """An idempotency key: the deployment a create or rollback request made.
+
+    Written in the transaction that creates the deployment; the primary key makes a
+    concurrent retry with the same key fail instead of creating a second one. A table of
+    its own, so a database of an earlier version gains it with ``create_all``.
+    """
+
+    __tablename__ = "deployer_request_keys"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: ``create`` or ``rollback``.
+    operation: Mapped[str] = mapped_column(String(16))
+    #: SHA-256 (hex) of the request's fields: a retry must repeat them exactly.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    deployment_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )

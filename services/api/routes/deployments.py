@@ -1,11 +1,17 @@
 """Deployments: create, list, show with per-target progress, pause, resume, cancel,
-rollback. Each route is one request on ``eaf.rpc.deployer.*``."""
+rollback. Each route is one request on ``eaf.rpc.deployer.*``.
+
+Create and rollback take an ``Idempotency-Key`` header (the deployer's ``request_id``): a
+retry with the same key and the same request answers the deployment the first attempt
+made, with 200 instead of 201 and ``Idempotent-Replayed: true``; the same key with a
+different request is refused with 409. Keys are kept 24 h.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from schemas.deployer import (
     SUBJECTS,
@@ -14,24 +20,66 @@ from schemas.deployer import (
     DeploymentList,
     DeploymentRef,
     DeploymentStatus,
+    KeyedDeploymentInfo,
     ListDeployments,
+    RollbackRequest,
 )
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
+from services.common.errors import BadRequest
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 IdPath = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        description=(
+            "Names this request (1-128 of A-Z a-z 0-9 . _ : -), the same on every retry: a "
+            "repeat with the same request answers the deployment the first attempt made "
+            "(200, `Idempotent-Replayed: true`); a different request with the key is "
+            "refused (409). Kept 24 h."
+        ),
+    ),
+]
 
 
-@router.post("", status_code=201, response_model=DeploymentInfo)
+def _answer(reply: DeploymentInfo, response: Response) -> DeploymentInfo:
+    """A keyed reply as the plain body; a replay is 200 with ``Idempotent-Replayed``."""
+    if not isinstance(reply, KeyedDeploymentInfo):
+        return reply
+    if reply.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return reply.plain()
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DeploymentInfo,
+    responses={200: {"model": DeploymentInfo, "description": "A repeat of an Idempotency-Key"}},
+)
 async def create_deployment(
-    ctx: Ctx, principal: Deployer, body: CreateDeployment
+    ctx: Ctx,
+    principal: Deployer,
+    body: CreateDeployment,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> DeploymentInfo:
-    """Deploy ``model``@``version`` (or an alias) to a device, a group or a label selector."""
-    req = body.model_copy(update={"created_by": principal.name})
-    return await ctx.call(SUBJECTS["create_deployment"], req, DeploymentInfo)
+    """Deploy ``model``@``version`` (or an alias) to a device, a group or a label selector.
+
+    With ``Idempotency-Key``, a retry answers the deployment the first attempt started."""
+    if body.request_id is not None:
+        raise BadRequest("send the idempotency key as the Idempotency-Key header, not in the body")
+    req = body.model_copy(update={"created_by": principal.name, "request_id": idempotency_key})
+    if idempotency_key is None:
+        return await ctx.call(SUBJECTS["create_deployment"], req, DeploymentInfo)
+    reply = await ctx.call(SUBJECTS["create_deployment"], req, KeyedDeploymentInfo)
+    return _answer(reply, response)
 
 
 @router.get("", response_model=DeploymentList)
@@ -76,6 +124,18 @@ async def cancel(ctx: Ctx, _: Deployer, deployment_id: IdPath) -> DeploymentInfo
 
 
 @router.post("/{deployment_id}/rollback", response_model=DeploymentInfo)
-async def rollback(ctx: Ctx, _: Deployer, deployment_id: IdPath) -> DeploymentInfo:
-    """Return the devices to their previous model; answers the rollback deployment."""
-    return await _act(ctx, "rollback", deployment_id)
+async def rollback(
+    ctx: Ctx,
+    _: Deployer,
+    deployment_id: IdPath,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> DeploymentInfo:
+    """Return the devices to their previous model; answers the rollback deployment.
+
+    With ``Idempotency-Key``, a retry answers the rollback the first attempt started."""
+    if idempotency_key is None:
+        return await _act(ctx, "rollback", deployment_id)
+    req = RollbackRequest(deployment_id=deployment_id, request_id=idempotency_key)
+    reply = await ctx.call(SUBJECTS["rollback"], req, KeyedDeploymentInfo)
+    return _answer(reply, response)
