@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
-from edgeaiforge._errors import EdgeAIForgeError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from edgeaiforge._errors import ConnectionFailedError, EdgeAIForgeError, ServerError
 from edgeaiforge._http import HttpClient
 from schemas.deployer import (
     CreateDeployment,
@@ -35,6 +38,22 @@ class DeploymentTimeoutError(EdgeAIForgeError):
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+#: Attempts of a create or rollback whose answer was lost (the same key on each).
+ATTEMPTS = 3
+
+
+def _lost(exc: BaseException) -> bool:
+    """Did the request fail in a way a retry may mend (no answer, or a gateway's 5xx)?"""
+    if isinstance(exc, ConnectionFailedError):
+        return True
+    return isinstance(exc, ServerError) and exc.status in (502, 503, 504)
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key (what the SDK uses when the caller gives none)."""
+    return f"sdk:{uuid.uuid4()}"
 
 
 class DeployMixin:
@@ -115,11 +134,18 @@ class DeployMixin:
         wait: bool = False,
         timeout: float = 600.0,
         on_progress: Callable[[DeploymentInfo], None] | None = None,
+        request_id: str | None = None,
     ) -> DeploymentInfo:
         """Deploy ``model`` to a device (or ``group=``/``labels=``).
 
         ``version`` is a version or an alias (``"production"``); by default the model's
         latest version. With ``wait=True`` returns when every target has finished.
+
+        ``request_id`` is the idempotency key (sent as ``Idempotency-Key``): calling again
+        with the same key and arguments answers the deployment the first call started. By
+        default each call makes one; when an answer is lost (connection error, 502/503/504)
+        the call is sent again with its key, up to ``ATTEMPTS`` times, so it starts one
+        deployment at most.
         """
         if version is None:
             info = self._http.call("GET", f"/api/v1/models/{_seg(model)}", ModelInfo)
@@ -140,9 +166,8 @@ class DeployMixin:
             auto_rollback=auto_rollback,
             skip_incompatible=skip_incompatible,
         )
-        created = self._http.call(
-            "POST", "/api/v1/deployments", DeploymentInfo, json=body.model_dump(mode="json")
-        )
+        json = body.model_dump(mode="json", exclude={"request_id"})
+        created = self._keyed("/api/v1/deployments", request_id, json)
         if wait:
             return self.wait_for_deployment(
                 created.deployment_id, timeout=timeout, on_progress=on_progress
@@ -170,6 +195,19 @@ class DeployMixin:
         )
         return list(found.deployments)
 
+    def _keyed(self, path: str, request_id: str | None, json: object = None) -> DeploymentInfo:
+        """POST with an idempotency key, again with the same key when the answer is lost."""
+        headers = {"Idempotency-Key": request_id or new_request_id()}
+        for attempt in Retrying(
+            retry=retry_if_exception(_lost),
+            stop=stop_after_attempt(ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=4),
+            reraise=True,
+        ):
+            with attempt:
+                return self._http.call("POST", path, DeploymentInfo, json=json, headers=headers)
+        raise AssertionError("unreachable")  # pragma: no cover (reraise=True)
+
     def _act(self, deployment_id: str, verb: str) -> DeploymentInfo:
         info = self._http.call(
             "POST", f"/api/v1/deployments/{_seg(deployment_id)}/{verb}", DeploymentInfo
@@ -185,9 +223,14 @@ class DeployMixin:
     def cancel_deployment(self, deployment_id: str) -> DeploymentInfo:
         return self._act(deployment_id, "cancel")
 
-    def rollback_deployment(self, deployment_id: str) -> DeploymentInfo:
-        """Return the deployment's devices to their previous model; the rollback deployment."""
-        return self._act(deployment_id, "rollback")
+    def rollback_deployment(
+        self, deployment_id: str, *, request_id: str | None = None
+    ) -> DeploymentInfo:
+        """Return the deployment's devices to their previous model; the rollback deployment.
+
+        ``request_id`` is the idempotency key, as for ``deploy_model`` (one per call by
+        default, kept across the call's own retries)."""
+        return self._keyed(f"/api/v1/deployments/{_seg(deployment_id)}/rollback", request_id)
 
     def wait_for_deployment(
         self,

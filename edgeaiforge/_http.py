@@ -90,6 +90,7 @@ class HttpClient:
         *,
         params: Params = None,
         json: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> T: ...
 
     @overload
@@ -101,6 +102,7 @@ class HttpClient:
         *,
         params: Params = None,
         json: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None: ...
 
     def call(
@@ -111,9 +113,12 @@ class HttpClient:
         *,
         params: Params = None,
         json: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> T | None:
         """One JSON request; the reply parsed as ``response_type`` (None: the body is ignored)."""
-        request = self._client.build_request(method, path, params=params, json=json)
+        request = self._client.build_request(
+            method, path, params=params, json=json, headers=headers
+        )
         response = self._send(request)
         _raise_for(response)
         if response_type is None:

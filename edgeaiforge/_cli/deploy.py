@@ -75,6 +75,14 @@ def deploy(
     skip_incompatible: bool = False,
     wait: Annotated[bool, typer.Option(help="Follow the rollout until it ends")] = True,
     timeout: float = 3600.0,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            help="Idempotency key: running the command again with the same key answers "
+            "the deployment the first run started (default: a new key per run)",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Deploy MODEL to a device, a group or a label selector."""
@@ -92,6 +100,7 @@ def deploy(
             error_threshold=error_threshold,
             auto_rollback=auto_rollback,
             skip_incompatible=skip_incompatible,
+            request_id=request_id,
         )
         final = created
         if wait and json_out:
@@ -168,4 +177,26 @@ def _verb(name: str, help_text: str) -> None:
 _verb("pause", "Start no new targets; those in flight finish.")
 _verb("resume", "Continue a paused deployment.")
 _verb("cancel", "Cancel every unfinished target.")
-_verb("rollback", "Return the devices to their previous model.")
+
+
+@deployment_app.command()
+def rollback(
+    ctx: typer.Context,
+    deployment_id: str,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            help="Idempotency key: running the command again with the same key answers "
+            "the rollback the first run started (default: a new key per run)",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Return the devices to their previous model."""
+
+    def action(mm: ModelManager) -> None:
+        info = mm.rollback_deployment(deployment_id, request_id=request_id)
+        print_json(info) if json_out else console.print(progress_table(info))
+
+    run(ctx, action)

@@ -386,3 +386,99 @@ async def forget_device_topics(server: Any, creds: Any, state_dir: Path) -> None
         ) as client:  # fmt: skip
             for kind in kinds:
                 await client.publish(f"{prefix}/{kind}", b"", qos=1, retain=True)
+
+
+async def test_retried_creates_and_rollbacks_start_one_deployment(
+    nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    """The idempotency key: ``request_id`` in a command, ``Idempotency-Key`` in REST and
+    the SDK. A repeat answers the first deployment; the key with another request is 409."""
+    from edgeaiforge import ConflictError, ModelManager
+
+    creds = await mqtt_user(roles=[SERVICE_ROLE])
+    name, device_id = unique_id("m-"), unique_id("dev-")
+    async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
+        await p.stack.enter_async_context(
+            create_validator(p.as_user("validator"), durable=unique_id("validator-"))
+        )
+        integrator = await login(nats_server, "integrator")
+        p.stack.push_async_callback(integrator.close)
+        put = await p.http.put(f"/api/v1/models/{name}/versions/1.0.0", content=bias_model(0.75))
+        assert put.status_code == 201, put.text
+
+        async def validated() -> bool:
+            r = await p.http.get(f"/api/v1/models/{name}/versions/1.0.0")
+            return r.json()["status"] in ("validated", "analyzed")
+
+        await wait_for(validated, "validation")
+        await enroll_via_rpc(p.admin_bus, tmp_path / device_id, device_id)
+        spec = {"model": name, "version": "1.0.0", "target": {"device_id": device_id}}
+
+        # Commands: the same command twice is one deployment, the same answer.
+        cmd = {**spec, "actor": "ci:release", "request_id": "release-1"}
+        first = await command(integrator, S.CREATE_DEPLOYMENT, cmd)
+        again = await command(integrator, S.CREATE_DEPLOYMENT, cmd)
+        assert "error" not in first, first
+        assert again["deployment_id"] == first["deployment_id"]
+        assert set(again) == set(first)  # a plain DeploymentInfo, no extra field
+        other = await command(integrator, S.CREATE_DEPLOYMENT, {**cmd, "auto_rollback": True})
+        assert other["error"]["code"] == "conflict", other
+        assert "release-1" in other["error"]["detail"]
+        bad_key = await command(integrator, S.CREATE_DEPLOYMENT, {**cmd, "request_id": "a b"})
+        assert bad_key["error"]["code"] == "invalid", bad_key
+
+        # REST: 201, then 200 with the same deployment; another body is 409.
+        key = {"Idempotency-Key": "rest-1"}
+        created = await p.http.post("/api/v1/deployments", json=spec, headers=key)
+        repeated = await p.http.post("/api/v1/deployments", json=spec, headers=key)
+        assert created.status_code == 201, created.text
+        assert "idempotent-replayed" not in created.headers
+        assert repeated.status_code == 200, repeated.text
+        assert repeated.headers["idempotent-replayed"] == "true"
+        assert repeated.json()["deployment_id"] == created.json()["deployment_id"]
+        assert set(repeated.json()) == set(created.json())
+        changed = await p.http.post(
+            "/api/v1/deployments", json={**spec, "error_threshold": 0.5}, headers=key
+        )
+        assert changed.status_code == 409, changed.text
+        assert "different fields" in changed.json()["detail"]
+        # A command's key and a REST key are one space: the command's creator differs.
+        crossed = await p.http.post(
+            "/api/v1/deployments", json=spec, headers={"Idempotency-Key": "release-1"}
+        )
+        assert crossed.status_code == 409, crossed.text
+        in_body = await p.http.post("/api/v1/deployments", json={**spec, "request_id": "x"})
+        assert in_body.status_code == 422, in_body.text
+        assert "Idempotency-Key" in in_body.json()["detail"]
+        malformed = await p.http.post(
+            "/api/v1/deployments", json=spec, headers={"Idempotency-Key": "no spaces"}
+        )
+        assert malformed.status_code == 422, malformed.text
+        unkeyed = [(await p.http.post("/api/v1/deployments", json=spec)) for _ in range(2)]
+        assert [r.status_code for r in unkeyed] == [201, 201]
+        assert unkeyed[0].json()["deployment_id"] != unkeyed[1].json()["deployment_id"]
+
+        # The SDK sends a key of its own per call, or the caller's.
+        url = str(p.http.base_url).rstrip("/")
+        api_token = p.http.headers["Authorization"].removeprefix("Bearer ")
+
+        def sdk() -> tuple[str, str, str, str]:
+            with ModelManager(url, api_token) as mm:
+                a = mm.deploy_model(name, device_id, version="1.0.0", request_id="sdk-1")
+                b = mm.deploy_model(name, device_id, version="1.0.0", request_id="sdk-1")
+                c = mm.deploy_model(name, device_id, version="1.0.0")
+                try:
+                    mm.deploy_model(name, device_id, version="1.0.0", request_id="rest-1",
+                                    auto_rollback=True)  # fmt: skip
+                except ConflictError as exc:
+                    refused = exc.detail
+                return a.deployment_id, b.deployment_id, c.deployment_id, refused
+
+        a, b, c, refused = await asyncio.to_thread(sdk)
+        assert a == b != c
+        assert "already used" in refused
+        listed = (await p.http.get("/api/v1/deployments", params={"model": name})).json()
+    ids = {d["deployment_id"] for d in listed["deployments"]}
+    expected = {first["deployment_id"], created.json()["deployment_id"], a, c}
+    assert ids == expected | {r.json()["deployment_id"] for r in unkeyed}
+    assert len(ids) == 6

@@ -135,3 +135,87 @@ def test_a_success_body_the_sdk_cannot_read_is_its_own_error() -> None:
         assert isinstance(err.value, EdgeAIForgeError)
     finally:
         client._client.close()
+
+
+def _deployment_json(deployment_id: str) -> dict[str, object]:
+    return {
+        "deployment_id": deployment_id, "model": "m", "version": "1.0.0", "artifact_id": "a",
+        "strategy": "all_at_once", "waves": [1], "current_wave": 0, "success_threshold": 1.0,
+        "error_threshold": 0.0, "auto_rollback": False, "status": "running",
+        "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",
+        "counts": {"pending": 1},
+    }  # fmt: skip
+
+
+def test_deploy_and_rollback_retry_a_lost_answer_with_the_same_idempotency_key() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("Idempotency-Key")))
+        if len(seen) % 3 == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        if len(seen) % 3 == 2:
+            return httpx.Response(503, json={"title": "Service Unavailable"})
+        return httpx.Response(200, json=_deployment_json("d" * 36))
+
+    with ModelManager("http://api.example", "t") as mm:
+        mm._http._client = httpx.Client(
+            base_url="http://api.example", transport=httpx.MockTransport(handler)
+        )
+        made = mm.deploy_model("m", "dev-1", version="1.0.0")
+        mm.deploy_model("m", "dev-1", version="1.0.0", request_id="mine")
+        mm.rollback_deployment("d" * 36)
+    assert made.deployment_id == "d" * 36
+    keys = [key for _, key in seen]
+    assert len(seen) == 9 and all(keys)
+    # Each call kept one key over its three attempts; calls had different keys.
+    assert [len(set(keys[i : i + 3])) for i in (0, 3, 6)] == [1, 1, 1]
+    assert keys[3] == "mine" and len({keys[0], keys[3], keys[6]}) == 3
+    assert seen[6][0] == f"/api/v1/deployments/{'d' * 36}/rollback"
+
+
+def test_a_refused_deploy_is_not_retried() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(409, json={"title": "Conflict", "detail": "already used"})
+
+    with ModelManager("http://api.example", "t") as mm:
+        mm._http._client = httpx.Client(
+            base_url="http://api.example", transport=httpx.MockTransport(handler)
+        )
+        with pytest.raises(ConflictError, match="already used"):
+            mm.deploy_model("m", "dev-1", version="1.0.0", request_id="k")
+    assert len(calls) == 1
+
+
+def test_cli_passes_request_id_to_deploy_and_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from edgeaiforge.cli import app
+    from schemas.deployer import DeploymentInfo
+
+    got: list[tuple[str, str | None]] = []
+    info = DeploymentInfo.model_validate(_deployment_json("d" * 36))
+
+    def deploy(self: ModelManager, *args: object, request_id: str | None = None, **kw: object):  # type: ignore[no-untyped-def]
+        got.append(("deploy", request_id))
+        return info
+
+    def rollback(self: ModelManager, deployment_id: str, *, request_id: str | None = None):  # type: ignore[no-untyped-def]
+        got.append(("rollback", request_id))
+        return info
+
+    monkeypatch.setattr(ModelManager, "deploy_model", deploy)
+    monkeypatch.setattr(ModelManager, "rollback_deployment", rollback)
+    env = {"EAF_API_URL": "http://api.example", "EAF_API_TOKEN": "t"}
+    runner = CliRunner()
+    for args in (
+        ["deploy", "--no-wait", "--request-id", "rel-7", "m", "dev-1"],
+        ["deploy", "--no-wait", "m", "dev-1"],
+        ["deployment", "rollback", "d" * 36, "--request-id", "rb-7", "--json"],
+    ):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+    assert got == [("deploy", "rel-7"), ("deploy", None), ("rollback", "rb-7")]
