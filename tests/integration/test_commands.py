@@ -482,3 +482,70 @@ async def test_retried_creates_and_rollbacks_start_one_deployment(
     expected = {first["deployment_id"], created.json()["deployment_id"], a, c}
     assert ids == expected | {r.json()["deployment_id"] for r in unkeyed}
     assert len(ids) == 6
+
+
+async def test_a_retried_rollback_by_rest_or_command_makes_one_rollback(
+    nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    creds = await mqtt_user(roles=[SERVICE_ROLE])
+    name, device_id = unique_id("m-"), unique_id("dev-")
+    async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
+        await p.stack.enter_async_context(
+            create_validator(p.as_user("validator"), durable=unique_id("validator-"))
+        )
+        integrator = await login(nats_server, "integrator")
+        p.stack.push_async_callback(integrator.close)
+        for version, bias in (("1.0.0", 0.1), ("2.0.0", 0.2)):
+            put = await p.http.put(
+                f"/api/v1/models/{name}/versions/{version}", content=bias_model(bias)
+            )
+            assert put.status_code == 201, put.text
+        for version in ("1.0.0", "2.0.0"):
+
+            async def validated(version: str = version) -> bool:
+                r = await p.http.get(f"/api/v1/models/{name}/versions/{version}")
+                return r.json()["status"] in ("validated", "analyzed")
+
+            await wait_for(validated, f"validation of {version}")
+        await enroll_via_rpc(p.admin_bus, tmp_path / device_id, device_id)
+        await p.stack.enter_async_context(running(EdgeRuntime(tmp_path / device_id)))
+
+        async def finished(deployment_id: str) -> dict[str, Any] | None:
+            info: dict[str, Any] = (await p.http.get(f"/api/v1/deployments/{deployment_id}")).json()
+            return info if info["status"] == "completed" else None
+
+        for version in ("1.0.0", "2.0.0"):
+            made = await p.http.post(
+                "/api/v1/deployments",
+                json={"model": name, "version": version, "target": {"device_id": device_id}},
+            )
+            assert made.status_code == 201, made.text
+            v2 = made.json()["deployment_id"]
+            done = await wait_for(lambda d=v2: finished(d), version)
+            assert done["outcome"] == "succeeded", done
+
+        key = {"Idempotency-Key": "undo-v2"}
+        first = await p.http.post(f"/api/v1/deployments/{v2}/rollback", headers=key)
+        again = await p.http.post(f"/api/v1/deployments/{v2}/rollback", headers=key)
+        by_cmd = await command(
+            integrator,
+            S.ROLLBACK_DEPLOYMENT,
+            {"actor": "ci:undo", "deployment_id": v2, "request_id": "undo-v2"},
+        )
+        other = await command(
+            integrator,
+            S.ROLLBACK_DEPLOYMENT,
+            {"actor": "ci:undo", "deployment_id": v2, "request_id": "undo-v2-b"},
+        )
+        assert first.status_code == 200, first.text
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true"
+        rollback_id = first.json()["deployment_id"]
+        assert first.json()["kind"] == "rollback"
+        assert again.json()["deployment_id"] == by_cmd["deployment_id"] == rollback_id
+        # A new key is a new request: nothing is left to roll back.
+        assert other["error"]["code"] == "conflict", other
+        await wait_for(lambda: finished(rollback_id), "the rollback")
+        listed = (await p.http.get("/api/v1/deployments", params={"model": name})).json()
+    kinds = sorted(d["kind"] for d in listed["deployments"])
+    assert kinds == ["deploy", "deploy", "rollback"]
