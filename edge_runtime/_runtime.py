@@ -14,8 +14,9 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -56,6 +57,29 @@ _FINAL = {"active", "failed", "rolled_back"}
 _PROGRESS_INTERVAL = 0.5
 _MAX_QUEUED_REPORTS = 200
 _NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Seconds a cancelled task may run on before it is cancelled again (see _cancel_and_wait):
+#: the driver and the reporter have nothing to clean up; a session may spend up to the
+#: client's timeout (10 s) in a graceful disconnect, which a second cancellation would cut.
+_CANCEL_AGAIN = 0.1
+_SESSION_CANCEL_AGAIN = 15.0
+
+
+async def _cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], *, again_after: float = _CANCEL_AGAIN
+) -> None:
+    """Cancel ``tasks`` and return when every one has ended; their outcomes stay in them.
+
+    A task still running after a cancellation is cancelled again: in Python 3.11
+    ``asyncio.wait_for``, which aiomqtt's publish, subscribe and disconnect wait in, returns
+    its result instead of raising when the result arrives together with the cancellation
+    (a PUBACK read in the same pass of the event loop), so a loop around such a call goes on
+    as if it had never been cancelled, and a plain ``await task`` waits for it forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
 
 
 def _chain(first: InferenceRecorder | None, second: Callable[..., None]) -> InferenceRecorder:
@@ -238,7 +262,7 @@ class EdgeRuntime:
                         self._established = False
                     self._log(f"disconnected: {error!r}; reconnecting")
                 else:
-                    session.cancel()
+                    await _cancel_and_wait([session], again_after=_SESSION_CANCEL_AGAIN)
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await session
                     break
@@ -249,11 +273,11 @@ class EdgeRuntime:
             stopper.cancel()
             # Cancelled from outside: the session must end before the model host closes.
             if session is not None and not session.done():
-                session.cancel()
+                await _cancel_and_wait([session], again_after=_SESSION_CANCEL_AGAIN)
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await session
             if reporter is not None:
-                reporter.cancel()
+                await _cancel_and_wait([reporter])  # it waits in publishes too
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
                 assert self.metrics is not None
@@ -261,7 +285,7 @@ class EdgeRuntime:
                 await asyncio.to_thread(self.metrics.tick)
                 self.metrics.spool.close()
             if self._finishing is not None:
-                self._finishing.cancel()
+                await _cancel_and_wait([self._finishing])
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._finishing
             if self._job is not None:
@@ -320,8 +344,8 @@ class EdgeRuntime:
             finally:
                 self._connected.clear()
                 self._client = None
-                for task in tasks:
-                    task.cancel()
+                # The driver and the reporter wait in publishes: see _cancel_and_wait.
+                await _cancel_and_wait(tasks)
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await task
