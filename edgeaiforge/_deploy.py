@@ -12,9 +12,9 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from edgeaiforge._errors import ConnectionFailedError, EdgeAIForgeError, ServerError
 from edgeaiforge._http import HttpClient
 from schemas.deployer import (
-    CreateDeployment,
     DeploymentInfo,
     DeploymentList,
+    DeploymentSpec,
     DeploymentStatus,
     DeploymentStrategy,
     DeviceInfo,
@@ -155,7 +155,7 @@ class DeployMixin:
         target = TargetSelector(
             device_id=device_id, group=group, labels=dict(labels) if labels is not None else None
         )
-        body = CreateDeployment(
+        body = DeploymentSpec(
             model=model,
             version=version,
             target=target,
@@ -166,7 +166,7 @@ class DeployMixin:
             auto_rollback=auto_rollback,
             skip_incompatible=skip_incompatible,
         )
-        json = body.model_dump(mode="json", exclude={"request_id"})
+        json = body.model_dump(mode="json")
         created = self._keyed("/api/v1/deployments", request_id, json)
         if wait:
             return self.wait_for_deployment(

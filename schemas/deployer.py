@@ -23,6 +23,7 @@ __all__ = [
     "DeploymentInfo",
     "DeploymentList",
     "DeploymentRef",
+    "DeploymentSpec",
     "DeploymentStatus",
     "DeploymentStrategy",
     "DeviceInfo",
@@ -206,7 +207,9 @@ class DeploymentStatus(StrEnum):
     COMPLETED = "completed"
 
 
-class CreateDeployment(WireModel):
+class DeploymentSpec(WireModel):
+    """What to deploy where, and how: the body of ``POST /api/v1/deployments``."""
+
     model: Label
     #: A version, or an alias of the registry (``@production`` or ``production``).
     version: Label
@@ -224,8 +227,16 @@ class CreateDeployment(WireModel):
     device_timeout: Annotated[float, Field(gt=0)] | None = None
     #: Leave out devices that cannot run the model instead of refusing the deployment.
     skip_incompatible: bool = False
+
+
+class CreateDeployment(DeploymentSpec):
+    """The deployer's request: the spec, who asks, and an optional idempotency key.
+
+    REST sets ``created_by`` from the API key and ``request_id`` from the
+    ``Idempotency-Key`` header; a command sets them from ``actor`` and ``request_id``.
+    """
+
     created_by: str = ""
-    #: Idempotency key (commands and RPC; REST sends it as the ``Idempotency-Key`` header).
     request_id: RequestId | None = None
 
 

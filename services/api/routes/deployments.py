@@ -19,6 +19,7 @@ from schemas.deployer import (
     DeploymentInfo,
     DeploymentList,
     DeploymentRef,
+    DeploymentSpec,
     DeploymentStatus,
     KeyedDeploymentInfo,
     ListDeployments,
@@ -26,7 +27,6 @@ from schemas.deployer import (
 )
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
-from services.common.errors import BadRequest
 
 __all__ = ["router"]
 
@@ -66,16 +66,14 @@ def _answer(reply: DeploymentInfo, response: Response) -> DeploymentInfo:
 async def create_deployment(
     ctx: Ctx,
     principal: Deployer,
-    body: CreateDeployment,
+    body: DeploymentSpec,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> DeploymentInfo:
     """Deploy ``model``@``version`` (or an alias) to a device, a group or a label selector.
 
     With ``Idempotency-Key``, a retry answers the deployment the first attempt started."""
-    if body.request_id is not None:
-        raise BadRequest("send the idempotency key as the Idempotency-Key header, not in the body")
-    req = body.model_copy(update={"created_by": principal.name, "request_id": idempotency_key})
+    req = CreateDeployment(**dict(body), created_by=principal.name, request_id=idempotency_key)
     if idempotency_key is None:
         return await ctx.call(SUBJECTS["create_deployment"], req, DeploymentInfo)
     reply = await ctx.call(SUBJECTS["create_deployment"], req, KeyedDeploymentInfo)
