@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,14 @@ async def release(args: argparse.Namespace, *, password: str, api_token: str) ->
                  "version": args.version},
             )  # fmt: skip
             # The registry records the verdict from the same event, an instant later:
-            # until it has, the deployer still sees the version as validating.
+            # until it has, the deployer still sees the version as validating. The command
+            # may be sent more than once: its request_id makes every send after a lost
+            # reply answer the deployment the first one started.
             deployment = await command_when_validated(
                 nc,
                 "eaf.cmd.deployment.create",
-                {"actor": args.actor, "model": args.name, "version": args.alias,
+                {"actor": args.actor, "request_id": f"release-{uuid.uuid4()}",
+                 "model": args.name, "version": args.alias,
                  "target": _target(args), "strategy": "waves",
                  "waves": args.waves.split(","), "success_threshold": 1.0,
                  "error_threshold": args.error_threshold, "auto_rollback": True},
