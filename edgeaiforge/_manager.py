@@ -9,6 +9,7 @@ from types import TracebackType
 from edgeaiforge._deploy import DeployMixin
 from edgeaiforge._errors import ConfigurationError
 from edgeaiforge._http import DEFAULT_TIMEOUT, HttpClient
+from edgeaiforge._keys import KeysMixin
 from edgeaiforge._registry import RegistryMixin
 from edgeaiforge._stats import StatsMixin
 
@@ -18,7 +19,7 @@ ENV_URL = "EAF_API_URL"
 ENV_TOKEN = "EAF_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 
-class ModelManager(RegistryMixin, StatsMixin, DeployMixin):
+class ModelManager(RegistryMixin, StatsMixin, DeployMixin, KeysMixin):
     """A connection to the EdgeAIForge API.
 
     ``ModelManager()`` reads ``EAF_API_URL`` and ``EAF_API_TOKEN``; arguments win over them.

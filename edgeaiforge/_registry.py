@@ -12,7 +12,6 @@ from schemas.registry import (
     Deleted,
     ModelInfo,
     ModelPage,
-    Principal,
     VersionInfo,
     VersionPage,
     VersionReports,
@@ -163,8 +162,4 @@ class RegistryMixin:
         out = self._http.call(
             "GET", f"/api/v1/models/{_seg(name)}/versions/{_seg(ref)}/reports", VersionReports
         )
-        return out
-
-    def whoami(self) -> Principal:
-        out = self._http.call("GET", "/api/v1/whoami", Principal)
         return out

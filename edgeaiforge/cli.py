@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeaiforge._cli import deploy, device, fleet, model, stack, stats
+from edgeaiforge._cli import deploy, device, fleet, key, model, stack, stats
 from edgeaiforge._manager import ENV_TOKEN, ENV_URL
 
 __all__ = ["SUBCOMMANDS", "app", "main"]
@@ -26,6 +26,7 @@ SUBCOMMANDS: list[tuple[str, typer.Typer]] = [
     ("deployment", deploy.deployment_app),
     ("device", device.app),
     ("stats", stats.app),
+    ("key", key.app),
     ("up", stack.up_app),
     ("down", stack.down_app),
     ("status", stack.status_app),

@@ -74,3 +74,38 @@ def test_model_commands_end_to_end(tmp_path: Path, nats_server: Any, unique_id: 
 
     no_url = runner.invoke(app, ["model", "list"], env={"EAF_API_URL": "", "EAF_API_TOKEN": ""})
     assert no_url.exit_code == 1 and "EAF_API_URL" in no_url.output
+
+
+def test_key_commands_create_list_revoke(tmp_path: Path, nats_server: Any, unique_id: Any) -> None:
+    settings = platform_settings(tmp_path, nats_url=nats_server.url)
+    runner = CliRunner()
+    with serve_in_thread(settings) as url:
+        admin = {"EAF_API_URL": url, "EAF_API_TOKEN": create_api_key(settings, role="admin")}
+
+        def run(env: dict[str, str], *args: str) -> Any:
+            return runner.invoke(app, list(args), env=env)
+
+        name = unique_id("ci-")
+        created = run(admin, "key", "create", name, "--role", "viewer", "--json")
+        assert created.exit_code == 0, created.output
+        body = json.loads(created.stdout)
+        key_id, viewer = body["key"]["key_id"], {"EAF_API_URL": url, "EAF_API_TOKEN": body["token"]}
+
+        me = json.loads(run(viewer, "key", "whoami", "--json").stdout)
+        assert (me["key_id"], me["name"], me["role"]) == (key_id, name, "viewer")
+        # A viewer may not manage keys.
+        refused = run(viewer, "key", "create", "sneaky", "--role", "admin")
+        assert refused.exit_code == 1 and "403" in refused.output
+        listed = json.loads(run(admin, "key", "list", "--json").stdout)["items"]
+        assert key_id in {k["key_id"] for k in listed}
+
+        assert run(admin, "key", "revoke", key_id).exit_code == 0
+        gone = run(viewer, "key", "whoami")
+        assert gone.exit_code == 1 and "401" in gone.output
+        assert key_id not in {
+            k["key_id"] for k in json.loads(run(admin, "key", "list", "--json").stdout)["items"]
+        }
+        revoked = json.loads(run(admin, "key", "list", "--all", "--json").stdout)["items"]
+        assert [k["revoked_at"] is not None for k in revoked if k["key_id"] == key_id] == [True]
+        bad_role = run(admin, "key", "create", "x", "--role", "root")
+        assert bad_role.exit_code != 0
