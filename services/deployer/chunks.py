@@ -22,6 +22,7 @@ from schemas.topics import Topics
 from schemas.transfer import CHUNK_ARTIFACT_PROPERTY, CHUNK_INDEX_PROPERTY, ChunkRequest
 from services.common.artifacts import ArtifactError, ArtifactInfo, ArtifactStore
 from services.common.logging import get_logger
+from services.deployer.mqtt import cancel_and_wait
 
 __all__ = ["ChunkServer", "Publisher"]
 
@@ -187,6 +188,6 @@ class ChunkServer:
         self.broadcast_chunks += 1
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        # Each waits in publishes: cancelled again until it ends (see cancel_and_wait).
+        await cancel_and_wait(list(self._tasks))
         await asyncio.gather(*self._tasks, return_exceptions=True)

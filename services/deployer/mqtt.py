@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.properties import Properties
@@ -18,7 +19,7 @@ from paho.mqtt.properties import Properties
 from schemas.config import MqttConfig
 from services.common.logging import get_logger
 
-__all__ = ["MqttLink", "MqttUnavailableError"]
+__all__ = ["MqttLink", "MqttUnavailableError", "cancel_and_wait"]
 
 log = get_logger(__name__)
 
@@ -31,6 +32,22 @@ class MqttUnavailableError(Exception):
             f"MQTT broker {host}:{port} not reachable within {timeout:g} s: check [mqtt] "
             "host, port and credentials, and that the broker runs"
         )
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, again_after: float = 0.1) -> None:
+    """Cancel ``tasks`` and return when every one has ended; their outcomes stay in them.
+
+    A task still running ``again_after`` seconds after a cancellation is cancelled again: in
+    Python 3.11 ``asyncio.wait_for``, which aiomqtt's publish, subscribe and disconnect wait
+    in, returns its result instead of raising when the result arrives together with the
+    cancellation, so a loop around such a call goes on as if it had never been cancelled
+    (and a plain ``await task`` waits for it forever).
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
 
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
@@ -66,11 +83,13 @@ class MqttLink:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # A cancellation absorbed by a subscribe or by the disconnect's wait would leave
+            # the loop connected (or reconnecting): see cancel_and_wait. A graceful
+            # disconnect takes milliseconds; one that takes a second is cut.
+            await cancel_and_wait([self._task], again_after=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._handlers):
-            task.cancel()
+        await cancel_and_wait(list(self._handlers))
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def wait_connected(self, timeout: float) -> None:

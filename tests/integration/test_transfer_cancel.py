@@ -1,7 +1,8 @@
-"""The device runtime ends (on stop) and reconnects (on a lost connection) even when a
-publish of its reporter absorbs the cancellation, as aiomqtt's publish does under Python
-3.11 when the PUBACK arrives in the same pass of the event loop as the cancellation
-(``asyncio.wait_for`` then returns the result instead of raising)."""
+"""The device runtime ends (on stop) and reconnects (on a lost connection), and the
+deployer's MQTT link stops, even when a wait inside them absorbs the cancellation, as
+aiomqtt's publish does under Python 3.11 when the PUBACK arrives in the same pass of the
+event loop as the cancellation (``asyncio.wait_for`` then returns the result instead of
+raising)."""
 
 from __future__ import annotations
 
@@ -143,3 +144,36 @@ async def test_runtime_reconnects_although_a_report_absorbed_the_cancellation(
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, 20)
         await forget_device(state_dir)
+
+
+async def test_deployer_link_stops_although_a_handler_absorbed_the_cancellation(
+    mosquitto_server, mqtt_user, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    from services.deployer.mqtt import MqttLink
+
+    user = await mqtt_user(roles=[SERVICE_ROLE])
+    topic = f"{TOPICS.prefix}/devices/{unique_id('dev-')}/state"
+    handling = asyncio.Event()
+
+    async def on_message(message: aiomqtt.Message) -> None:
+        handling.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as a wait_for in 3.11 may
+            await asyncio.Event().wait()
+
+    link = MqttLink(
+        service_mqtt(mosquitto_server, *user),
+        client_id=unique_id("link-"),
+        subscriptions=[topic],
+        on_message=on_message,
+    )
+    await link.start()
+    try:
+        await link.publish(topic, b"{}", qos=1)
+        await asyncio.wait_for(handling.wait(), 10)
+        stopping = asyncio.create_task(link.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=15)
+        assert done, "the link did not stop"
+        stopping.result()
+    finally:
+        if link._task is not None and not link._task.done():
+            link._task.cancel()  # the link did not stop: do not leave it running
