@@ -35,6 +35,7 @@ from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp, create_app
 from services.deployer.catalog import VersionToDeploy
+from services.deployer.mqtt import cancel_and_wait
 
 PREFIX = "eaf/v1"
 
@@ -190,12 +191,25 @@ class StateWatcher:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
+            await cancel_and_wait([self._task], again_after=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def wait(self, timeout: float) -> None:
-        await asyncio.wait_for(self._done.wait(), timeout)
+        """Until every expected device is active; ``TimeoutError`` after ``timeout``, and
+        ``RuntimeError`` at once if the watcher's connection ends (it would miss reports)."""
+        assert self._task is not None
+        done = asyncio.ensure_future(self._done.wait())
+        try:
+            await asyncio.wait({done, self._task}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            done.cancel()
+        if self._done.is_set():
+            return
+        if self._task.done():
+            error = None if self._task.cancelled() else self._task.exception()
+            raise RuntimeError(f"the state watcher stopped: {error!r}")
+        raise TimeoutError
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
