@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ALIGN", "MIN_TENSOR", "MIN_TOTAL", "WEIGHTS", "externalize"]
+__all__ = ["ALIGN", "MIN_TENSOR", "MIN_TOTAL", "WEIGHTS", "externalize", "maps_weights"]
 
 ALIGN = max(mmap.ALLOCATIONGRANULARITY, 4096)
 """Offset alignment of each tensor in ``weights.bin`` (what mmap needs)."""
@@ -261,6 +261,21 @@ def _copy(src: int, dst: int, offset: int, length: int, dst_offset: int) -> None
             raise OSError(errno.EIO, "model file shrank while it was rewritten")
         os.pwrite(dst, block, dst_offset + done)
         done += len(block)
+
+
+def maps_weights(source: Path) -> bool:
+    """Whether a device maps this model's weights (``externalize`` would rewrite it).
+
+    Such models run without weight prepacking on devices by default, which the analyzer's
+    latency measurement follows. Reads field headers only, never the weights.
+    """
+    with source.open("rb") as f:
+        fd = f.fileno()
+        try:
+            result = _plan(fd, os.fstat(fd).st_size)
+        except _NotUnderstood:
+            return False
+    return sum(t.length for t in result.tensors) >= MIN_TOTAL
 
 
 def externalize(

@@ -144,6 +144,9 @@ class LatencyStats(WireModel):
     runs: int
     warmup_runs: int
     threads: int
+    #: Whether onnxruntime prepacked the weights: not for a model whose large weights
+    #: devices memory-map, which they run without prepacking by default.
+    prepacked: bool | None = None
 
 
 class DeviceRequirements(WireModel):

@@ -127,7 +127,7 @@ class AnalyzerService:
                 )
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
-            model = await self._model_file(upload, workdir)
+            model, package = await self._model_file(upload, workdir)
             # The timer creates its session beside the profile; it measures only when
             # asked, below, once the profile worker is gone.
             await timer.begin(
@@ -136,6 +136,7 @@ class AnalyzerService:
                     "threads": acfg.threads,
                     "warmup_runs": acfg.warmup_runs,
                     "runs": acfg.runs,
+                    "package": package,
                     **dims,
                 }
             )
@@ -156,7 +157,8 @@ class AnalyzerService:
         warning = f"latency not measured: the model {timing.describe(acfg.sandbox, 'analyzer')}"
         return report.model_copy(update={"warnings": (*report.warnings, warning)})
 
-    async def _model_file(self, upload: Path, workdir: Path) -> Path:
+    async def _model_file(self, upload: Path, workdir: Path) -> tuple[Path, bool]:
+        """The model file to analyse, and whether the upload was a package (ZIP)."""
         with open(upload, "rb") as f:  # noqa: ASYNC230 - four bytes
             magic = f.read(4)
         model_dir = workdir / "model"
@@ -165,7 +167,7 @@ class AnalyzerService:
         if magic != ZIP_MAGIC:
             target = model_dir / "model.onnx"
             upload.rename(target)  # noqa: ASYNC240 - a rename within one directory
-            return target
+            return target, False
         outcome = await run_task(
             "services.validator.tasks:unpack_archive",
             {
@@ -179,7 +181,7 @@ class AnalyzerService:
         )
         if not outcome.ok or not outcome.value.get("passed"):
             raise AnalysisFailedError(str(upload), "the archive cannot be unpacked")
-        return model_dir / str(outcome.value["model"])
+        return model_dir / str(outcome.value["model"]), True
 
 
 @asynccontextmanager

@@ -11,23 +11,27 @@ from __future__ import annotations
 import time
 import zlib  # noqa: F401 - numpy.random's compressed data; imported before the privilege drop
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.random  # the generated inputs' generator, imported lazily by numpy otherwise
 import onnxruntime as ort
 
+from edge_runtime._external import maps_weights
 from services.validator.inputs import generate_feeds
 
 __all__ = ["measure", "time_model"]
 
 
-def _session(model: str, threads: int) -> Any:
+def _session(model: str, threads: int, *, prepack: bool) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -52,11 +56,21 @@ def measure(session: Any, feeds: dict[str, Any], warmup_runs: int, runs: int) ->
 
 
 def time_model(
-    model: str, threads: int, warmup_runs: int, runs: int, dim_default: int, dims: dict[str, int]
+    model: str,
+    threads: int,
+    warmup_runs: int,
+    runs: int,
+    dim_default: int,
+    dims: dict[str, int],
+    package: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Two steps: create the session and the inputs (``{"ready": True}``), then measure
     (the latency as ``LatencyStats`` fields)."""
-    session = _session(model, threads)
+    # As devices run it: they map the weights of a package (ZIP) and of a plain model with
+    # large embedded weights, and run those without weight prepacking by default
+    # (docs/device-protocol.md); the rest with it.
+    prepack = not (package or maps_weights(Path(model)))
+    session = _session(model, threads, prepack=prepack)
     feeds = generate_feeds(session, default=dim_default, named=dims)
     yield {"ready": True}
-    yield {**measure(session, feeds, warmup_runs, runs), "threads": threads}
+    yield {**measure(session, feeds, warmup_runs, runs), "threads": threads, "prepacked": prepack}

@@ -162,6 +162,7 @@ async def test_real_models_are_validated_and_analyzed(pipeline: Pipeline, unique
         "transformer": lambda: to_bytes(transformer_block_model()),
         "sklearn": lambda: to_bytes(sklearn_pipeline_model()),
         "external": lambda: _with_external_data(large_model(1)),
+        "large": lambda: to_bytes(large_model(2)),
     }
     names = {kind: unique_id(f"{kind}-") for kind in models}
     for kind, build in models.items():
@@ -188,6 +189,12 @@ async def test_real_models_are_validated_and_analyzed(pipeline: Pipeline, unique
     assert cnn.operators["ai.onnx::Conv"].count == 2
     assert cnn.inputs[0].dynamic_axes == (0,)
     assert cnn.latency is not None and 0 < cnn.latency.p50_ms <= cnn.latency.p95_ms
+    # Timed as devices run each: prepacked, unless a device maps the weights (a package,
+    # or a plain model with large embedded weights).
+    assert cnn.latency.prepacked is True
+    for mapped in ("external", "large"):
+        latency = reports[mapped].latency
+        assert latency is not None and latency.prepacked is False, mapped
     assert cnn.requirements.opsets == {"ai.onnx": 17}
     assert cnn.macs > 0 and cnn.peak_activation_bytes > 0
 
