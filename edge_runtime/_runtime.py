@@ -328,27 +328,37 @@ class EdgeRuntime:
                 self._log("connected")
                 self._report(transition=True)
                 tasks = [
+                    asyncio.create_task(self._receive(client)),
                     asyncio.create_task(self._drive(client)),
                     asyncio.create_task(self._reporter(client)),
                 ]
-                async for message in client.messages:
-                    try:
-                        await self._on_message(message)
-                    except aiomqtt.MqttError:
-                        raise
-                    except Exception as exc:  # a bad message must not end the runtime
-                        self._log(f"message on {message.topic} not handled: {exc!r}")
-                    for task in tasks:
-                        if task.done() and task.exception() is not None:
-                            raise task.exception()  # type: ignore[misc]
+                # The first to end ends the session: the connection is lost, or a publish of
+                # the driver or the reporter failed (no PUBACK in time). Noticed at once,
+                # not with the next message, which may never come (after the last chunk):
+                # the next session reports again and resumes the transfer.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is not None:
+                        raise error
+                raise aiomqtt.MqttError("the session ended")
             finally:
                 self._connected.clear()
                 self._client = None
-                # The driver and the reporter wait in publishes: see _cancel_and_wait.
+                # They wait in publishes and subscribes: see _cancel_and_wait.
                 await _cancel_and_wait(tasks)
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await task
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                await self._on_message(message)
+            except aiomqtt.MqttError:
+                raise
+            except Exception as exc:  # a bad message must not end the runtime
+                self._log(f"message on {message.topic} not handled: {exc!r}")
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)

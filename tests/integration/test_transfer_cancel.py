@@ -177,3 +177,38 @@ async def test_deployer_link_stops_although_a_handler_absorbed_the_cancellation(
     finally:
         if link._task is not None and not link._task.done():
             link._task.cancel()  # the link did not stop: do not leave it running
+
+
+async def test_runtime_reconnects_at_once_when_a_report_is_not_acknowledged(
+    platform, mosquitto_server, mqtt_admin, tmp_path, unique_id, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A report whose PUBACK does not come in time (aiomqtt raises after its timeout) ends
+    the session at once; before, only the next incoming message did, and after the last
+    chunk none may come: the device went silent until the deployer notified it again."""
+    device_id = unique_id("dev-")
+    state_dir: Path = tmp_path / device_id
+    await enroll_device(
+        mqtt_admin, mosquitto_server, state_dir, device_id, Ed25519PrivateKey.generate()
+    )
+    rt = EdgeRuntime(state_dir, reconnect_min=0.1)
+    task = asyncio.create_task(rt.run())
+    try:
+        await asyncio.wait_for(rt.wait_connected(), 15)
+        real = aiomqtt.Client.publish
+        failed = asyncio.Event()
+
+        async def publish(self: aiomqtt.Client, topic: str, *args: Any, **kwargs: Any) -> None:
+            if str(topic) == TOPICS.state(device_id) and not failed.is_set():
+                failed.set()
+                raise aiomqtt.MqttError("Operation timed out")
+            await real(self, topic, *args, **kwargs)
+
+        monkeypatch.setattr(aiomqtt.Client, "publish", publish)
+        await platform.publish_raw(device_id, b"not a manifest")
+        await asyncio.wait_for(failed.wait(), 10)
+        await rt.wait_for(lambda r: r.stats["connections"] >= 2 and r.connected, 20)
+    finally:
+        rt.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 20)
+        await forget_device(state_dir)
