@@ -36,6 +36,7 @@ __all__ = [
     "KeyedDeploymentInfo",
     "ListDeployments",
     "ListDevices",
+    "RemoveDevice",
     "RequestId",
     "RollbackRequest",
     "SetLabels",
@@ -69,6 +70,7 @@ SUBJECTS = {
     "list_devices": "eaf.rpc.deployer.list_devices",
     "get_device": "eaf.rpc.deployer.get_device",
     "set_labels": "eaf.rpc.deployer.set_labels",
+    "remove_device": "eaf.rpc.deployer.remove_device",
     "create_deployment": "eaf.rpc.deployer.create_deployment",
     "list_deployments": "eaf.rpc.deployer.list_deployments",
     "get_deployment": "eaf.rpc.deployer.get_deployment",
@@ -165,6 +167,17 @@ class ListDevices(WireModel):
     group: str | None = None
     labels: dict[str, str] | None = None
     online: bool | None = None
+    #: Also list devices removed from the fleet (their ``removed_at`` is set).
+    include_removed: bool = False
+
+
+class RemoveDevice(WireModel):
+    """Take a device out of the fleet (idempotent: a repeat answers the same device)."""
+
+    device_id: DeviceId
+    removed_by: str = ""
+    #: Why, for the record (stolen, broken, replaced, ...).
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class SetLabels(WireModel):
@@ -187,6 +200,10 @@ class DeviceInfo(WireModel):
     previous_model: str | None = None
     previous_version: str | None = None
     last_rejection: str | None = None
+    #: When the device was removed from the fleet; ``None`` while it is part of it.
+    removed_at: datetime | None = None
+    removed_by: str | None = None
+    removal_reason: str | None = None
 
 
 class DeviceList(WireModel):

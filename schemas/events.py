@@ -24,6 +24,7 @@ __all__ = [
     "DeploymentTargetUpdated",
     "DeviceEnrolled",
     "DeviceOnline",
+    "DeviceRemoved",
     "Event",
     "ModelAnalyzed",
     "ModelPerformanceRegressed",
@@ -179,6 +180,22 @@ class DeviceOnline(Event):
     online: bool
 
 
+class DeviceRemoved(Event):
+    """A device was taken out of the fleet: its broker account is gone, its unfinished
+    deployment targets are cancelled, and its metrics are refused from ``occurred_at`` on.
+
+    A removal repeated (or retried) publishes the same event id. The device may come back
+    only by enrolling again with a token made for it after the removal (a new
+    ``eaf.device.enrolled`` with a later ``occurred_at``).
+    """
+
+    SUBJECT: ClassVar[str] = "eaf.device.removed"
+
+    device_id: str
+    removed_by: str = ""
+    reason: str = ""
+
+
 class ModelPerformanceRegressed(_VersionEvent):
     """A version performs worse than the one before it on the same devices."""
 
@@ -203,6 +220,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeploymentCompleted,
     DeviceEnrolled,
     DeviceOnline,
+    DeviceRemoved,
     ModelPerformanceRegressed,
 )
 

@@ -54,6 +54,7 @@ _PRODUCERS = {
     "eaf.deployment.completed": "deployer",
     "eaf.device.enrolled": "deployer",
     "eaf.device.online": "deployer",
+    "eaf.device.removed": "deployer",
     "eaf.model.performance.regressed": "tracker",
 }
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from schemas.deployer import Capabilities
-from schemas.events import TargetState
+from schemas.events import DeploymentOutcome, TargetState
 from schemas.reports import DeviceRequirements
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "assign_waves",
     "count_states",
     "evaluate_wave",
+    "final_outcome",
     "plan_waves",
     "preflight",
 ]
@@ -77,7 +78,11 @@ def evaluate_wave(
     states: Sequence[TargetState], *, success_threshold: float, error_threshold: float
 ) -> WaveVerdict:
     """hawkBit's rule: stop when the failed share passes the error threshold; advance when
-    the active share reaches the success threshold; otherwise wait."""
+    the active share reaches the success threshold; otherwise wait.
+
+    Cancelled targets (their device was removed from the fleet) count neither way: the
+    wave is judged on the devices still in it."""
+    states = [s for s in states if s is not TargetState.CANCELLED]
     if not states:
         return WaveVerdict.ADVANCE
     n = len(states)
@@ -92,6 +97,20 @@ def evaluate_wave(
         # success condition can no longer be met.
         return WaveVerdict.STOP
     return WaveVerdict.WAIT
+
+
+def final_outcome(states: Iterable[TargetState]) -> DeploymentOutcome:
+    """The outcome of a deployment whose targets are all terminal.
+
+    Succeeded when every target that was not cancelled is active; cancelled when none is
+    left (every device was removed from the fleet); failed otherwise.
+    """
+    remaining = [s for s in states if s is not TargetState.CANCELLED]
+    if not remaining:
+        return DeploymentOutcome.CANCELLED
+    if all(s is TargetState.ACTIVE for s in remaining):
+        return DeploymentOutcome.SUCCEEDED
+    return DeploymentOutcome.FAILED
 
 
 def advances(old: TargetState, new: TargetState) -> bool:

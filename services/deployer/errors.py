@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from services.common.errors import BadRequest, Conflict, Forbidden, NotFound
+from services.common.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
 __all__ = [
     "DeploymentNotFound",
     "DeviceNotFound",
+    "DeviceRemovalIncomplete",
+    "DeviceWasRemoved",
     "EnrollmentRefused",
     "IncompatibleDevices",
     "NoTargets",
@@ -18,6 +20,22 @@ __all__ = [
 class DeviceNotFound(NotFound):
     def __init__(self, device_id: str) -> None:
         super().__init__(f"device {device_id!r} is not enrolled: list devices to see which are")
+
+
+class DeviceWasRemoved(Conflict):
+    def __init__(self, device_id: str, action: str) -> None:
+        super().__init__(
+            f"device {device_id!r} was removed from the fleet: cannot {action}; enrol it again "
+            "with a new token made for it"
+        )
+
+
+class DeviceRemovalIncomplete(ServiceUnavailable):
+    def __init__(self, device_id: str, step: str, error: str) -> None:
+        super().__init__(
+            f"device {device_id!r} is marked removed, but {step} failed ({error}): remove it "
+            "again to finish (a repeat is safe)"
+        )
 
 
 class DeploymentNotFound(NotFound):

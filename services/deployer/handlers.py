@@ -13,6 +13,7 @@ from schemas.deployer import (
     EnrollRequest,
     ListDeployments,
     ListDevices,
+    RemoveDevice,
     RollbackRequest,
     SetLabels,
 )
@@ -50,6 +51,12 @@ def register(bus: Bus, deployer: Deployer) -> None:
     async def set_labels(req: SetLabels) -> BaseModel:
         """Replace a device's labels (and optionally its group)."""
         return await deployer.set_labels(req)
+
+    @bus.rpc(SUBJECTS["remove_device"], RemoveDevice)
+    async def remove_device(req: RemoveDevice) -> BaseModel:
+        """Take a device out of the fleet: broker account deleted (it is disconnected),
+        unfinished targets cancelled, ``eaf.device.removed`` published. Idempotent."""
+        return await deployer.remove_device(req)
 
     @bus.rpc(SUBJECTS["create_deployment"], CreateDeployment)
     async def create_deployment(req: CreateDeployment) -> BaseModel:

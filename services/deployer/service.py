@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import secrets
 import time
@@ -45,6 +46,7 @@ from schemas.deployer import (
     EnrollRequest,
     ListDeployments,
     ListDevices,
+    RemoveDevice,
     SetLabels,
     TargetInfo,
     TargetSelector,
@@ -56,6 +58,7 @@ from schemas.events import (
     DeploymentTargetUpdated,
     DeviceEnrolled,
     DeviceOnline,
+    DeviceRemoved,
     Event,
     TargetState,
 )
@@ -68,7 +71,9 @@ from services.common.bus import Bus
 from services.common.logging import get_logger
 from services.common.mqtt_admin import (
     DynsecAlreadyExistsError,
+    DynsecNotFoundError,
     MqttAdmin,
+    MqttAdminError,
     device_role_acls,
     device_role_name,
 )
@@ -78,6 +83,8 @@ from services.deployer.chunks import ChunkServer
 from services.deployer.errors import (
     DeploymentNotFound,
     DeviceNotFound,
+    DeviceRemovalIncomplete,
+    DeviceWasRemoved,
     EnrollmentRefused,
     IncompatibleDevices,
     NoTargets,
@@ -85,7 +92,7 @@ from services.deployer.errors import (
     WrongDeploymentState,
 )
 from services.deployer.mqtt import MqttLink, MqttUnavailableError
-from services.deployer.store import Deployment, Device, ModelSequence, Target
+from services.deployer.store import Deployment, Device, DeviceRemoval, ModelSequence, Target
 from services.deployer.store import EnrollmentToken as TokenRow
 
 __all__ = ["Deployer"]
@@ -93,6 +100,8 @@ __all__ = ["Deployer"]
 log = get_logger(__name__)
 
 _ACTIVE_STATUSES = (DeploymentStatus.RUNNING.value, DeploymentStatus.PAUSED.value)
+#: ``used_by`` of an enrolment token revoked because its device was removed.
+_REVOKED = "revoked: device removed"
 
 
 @dataclass(slots=True)
@@ -247,12 +256,24 @@ class Deployer:
             if row is None:
                 raise EnrollmentRefused("unknown token")
             if row.used_at is not None:
+                if row.used_by == _REVOKED:
+                    raise EnrollmentRefused("the token was revoked when its device was removed")
                 raise EnrollmentRefused("the token was used already")
             expires_at = _aware(row.expires_at)
             if expires_at is not None and expires_at <= _now():
                 raise EnrollmentRefused("the token expired")
             if row.device_id is not None and row.device_id != req.device_id:
                 raise EnrollmentRefused(f"the token is for device {row.device_id!r}")
+            removal = await s.get(DeviceRemoval, req.device_id)
+            if removal is not None:
+                # Tokens made for it before the removal were revoked then: this one is newer.
+                if row.device_id != req.device_id:
+                    raise EnrollmentRefused(
+                        f"device {req.device_id!r} was removed from the fleet; only a token "
+                        "made for this device id may enrol it again"
+                    )
+                await s.delete(removal)
+                await s.flush()
             row.used_at = _now()
             row.used_by = req.device_id
             await self._provision_broker_client(req.device_id, password)
@@ -303,13 +324,13 @@ class Deployer:
 
     # ---- devices -------------------------------------------------------------------------
 
-    def _device_info(self, d: Device) -> DeviceInfo:
+    def _device_info(self, d: Device, removal: DeviceRemoval | None = None) -> DeviceInfo:
         return DeviceInfo(
             device_id=d.device_id,
             group=d.group,
             labels=dict(d.labels or {}),
             capabilities=Capabilities.model_validate(d.capabilities or {"onnxruntime_version": ""}),
-            online=bool(d.online),
+            online=bool(d.online) and removal is None,
             last_seen=_aware(d.last_seen),
             enrolled_at=_aware(d.enrolled_at) or _now(),
             active_model=d.active_model,
@@ -317,43 +338,165 @@ class Deployer:
             previous_model=d.previous_model,
             previous_version=d.previous_version,
             last_rejection=d.last_rejection,
+            removed_at=_aware(removal.removed_at) if removal is not None else None,
+            removed_by=removal.removed_by if removal is not None else None,
+            removal_reason=removal.reason if removal is not None else None,
         )
 
     async def list_devices(self, req: ListDevices) -> DeviceList:
         async with self.sessions() as s:
             rows = (await s.scalars(select(Device).order_by(Device.device_id))).all()
+            removed = {r.device_id: r for r in (await s.scalars(select(DeviceRemoval))).all()}
         out = []
         for d in rows:
+            if d.device_id in removed and not req.include_removed:
+                continue
             if req.group is not None and d.group != req.group:
                 continue
             if req.online is not None and bool(d.online) != req.online:
                 continue
             if req.labels and any((d.labels or {}).get(k) != v for k, v in req.labels.items()):
                 continue
-            out.append(self._device_info(d))
+            out.append(self._device_info(d, removed.get(d.device_id)))
         return DeviceList(devices=tuple(out))
 
     async def get_device(self, device_id: str) -> DeviceInfo:
+        """One device; a removed one too (with ``removed_at``), as history."""
         async with self.sessions() as s:
             d = await s.get(Device, device_id)
             if d is None:
                 raise DeviceNotFound(device_id)
-            return self._device_info(d)
+            return self._device_info(d, await s.get(DeviceRemoval, device_id))
 
     async def set_labels(self, req: SetLabels) -> DeviceInfo:
         async with self.sessions.begin() as s:
             d = await s.get(Device, req.device_id)
             if d is None:
                 raise DeviceNotFound(req.device_id)
+            if await s.get(DeviceRemoval, req.device_id) is not None:
+                raise DeviceWasRemoved(req.device_id, "change its labels")
             d.labels = dict(req.labels)
             if req.group is not None:
                 d.group = req.group or None
             return self._device_info(d)
 
+    async def remove_device(self, req: RemoveDevice) -> DeviceInfo:
+        """Take a device out of the fleet (see docs/deployment.md); a repeat is safe.
+
+        The database first: the device is marked removed, its unused enrolment tokens are
+        revoked and its unfinished targets cancelled, in one transaction. Then its broker
+        account and role go (the broker disconnects it at once), its retained topics are
+        cleared and ``eaf.device.removed`` is published. Should a broker step fail, the
+        error says so and a repeat finishes the job, publishing the same event.
+        """
+        device_id = req.device_id
+        events: list[Event] = []
+        async with self.sessions.begin() as s:
+            d = await s.get(Device, device_id, with_for_update=True)
+            if d is None:
+                raise DeviceNotFound(device_id)
+            removal = await s.get(DeviceRemoval, device_id)
+            if removal is None:
+                now = _now()
+                removal = DeviceRemoval(
+                    device_id=device_id,
+                    removed_at=now,
+                    removed_by=req.removed_by,
+                    reason=req.reason,
+                    event_id=str(uuid.uuid4()),
+                )
+                s.add(removal)
+                d.online = False
+                await s.execute(
+                    update(TokenRow)
+                    .where(TokenRow.device_id == device_id, TokenRow.used_at.is_(None))
+                    .values(used_at=now, used_by=_REVOKED)
+                )
+                unfinished = (
+                    await s.scalars(
+                        select(Target).where(
+                            Target.device_id == device_id,
+                            Target.state.not_in([st.value for st in TargetState if st.terminal]),
+                        )
+                    )
+                ).all()
+                for t in unfinished:
+                    t.state = TargetState.CANCELLED.value
+                    t.detail = "device removed from the fleet"
+                    t.updated_at = now
+                    events.append(self._target_event(t))
+                log.info("device removed", device=device_id, by=req.removed_by,
+                         cancelled_targets=len(unfinished))  # fmt: skip
+            info = self._device_info(d, removal)
+            removed = DeviceRemoved(
+                event_id=uuid.UUID(removal.event_id),
+                occurred_at=_aware(removal.removed_at) or _now(),
+                device_id=device_id,
+                removed_by=removal.removed_by,
+                reason=removal.reason,
+            )
+        for key in [k for k in self._allowed if k[0] == device_id]:
+            self._allowed.pop(key, None)
+        for wave in self._awaiting:
+            wave.heard_from(device_id)  # a broadcast does not wait for it
+        await self._emit(events)
+        await self._revoke_broker_access(device_id)
+        await self._clear_retained(device_id)
+        await self._emit([removed])
+        await self.tick()  # a deployment that waited only for this device completes
+        return info
+
+    async def _revoke_broker_access(self, device_id: str) -> None:
+        # Deleting the client disconnects a connected device; its role goes with it.
+        try:
+            with contextlib.suppress(DynsecNotFoundError):
+                await self.admin.delete_client(device_id)
+            with contextlib.suppress(DynsecNotFoundError):
+                await self.admin.delete_role(device_role_name(device_id))
+        except MqttAdminError as exc:
+            raise DeviceRemovalIncomplete(
+                device_id, "deleting its broker account", str(exc)
+            ) from None
+
+    async def _clear_retained(self, device_id: str) -> None:
+        # Its last manifest (sealed to its key), its state and online flag: a device that
+        # enrols again under this id starts from nothing, and listeners forget this one.
+        topics = (
+            self.topics.desired(device_id),
+            self.topics.state(device_id),
+            self.topics.online(device_id),
+        )
+        if self.link is None:
+            raise DeviceRemovalIncomplete(device_id, "clearing its retained topics", "no link")
+        try:
+            for topic in topics:
+                await self.link.publish(topic, b"", qos=1, retain=True)
+        except (MqttUnavailableError, aiomqtt.MqttError) as exc:
+            raise DeviceRemovalIncomplete(
+                device_id, "clearing its retained topics", str(exc)
+            ) from None
+
+    async def _live_device(self, s: AsyncSession, device_id: str) -> Device | None:
+        """The device, unless it is unknown or was removed (its reports are ignored)."""
+        found = await s.scalar(
+            select(Device)
+            .outerjoin(DeviceRemoval, DeviceRemoval.device_id == Device.device_id)
+            .where(Device.device_id == device_id, DeviceRemoval.device_id.is_(None))
+        )
+        return found
+
     # ---- deployments ---------------------------------------------------------------------
 
     async def _select(self, s: AsyncSession, target: TargetSelector) -> list[Device]:
-        rows = list((await s.scalars(select(Device).order_by(Device.device_id))).all())
+        rows = list(
+            (
+                await s.scalars(
+                    select(Device)
+                    .where(Device.device_id.not_in(select(DeviceRemoval.device_id)))
+                    .order_by(Device.device_id)
+                )
+            ).all()
+        )
         if target.device_id is not None:
             return [d for d in rows if d.device_id == target.device_id]
         if target.group is not None:
@@ -805,7 +948,7 @@ class Deployer:
     async def _apply_state(self, device_id: str, state: DeviceState) -> None:
         events: list[Event] = []
         async with self.sessions.begin() as s:
-            d = await s.get(Device, device_id)
+            d = await self._live_device(s, device_id)
             if d is None:
                 return
             d.last_seen = _now()
@@ -869,7 +1012,7 @@ class Deployer:
         due: list[tuple[Target, Device]] = []
         changed = False
         async with self.sessions.begin() as s:
-            d = await s.get(Device, device_id)
+            d = await self._live_device(s, device_id)
             if d is None:
                 return
             changed = bool(d.online) != online
@@ -1006,8 +1149,7 @@ class Deployer:
             if dep.status in _ACTIVE_STATUSES and all(
                 TargetState(t.state).terminal for t in targets
             ):
-                ok = all(t.state == TargetState.ACTIVE.value for t in targets)
-                outcome = DeploymentOutcome.SUCCEEDED if ok else DeploymentOutcome.FAILED
+                outcome = domain.final_outcome(TargetState(t.state) for t in targets)
                 events += await self._finish(s, dep, outcome, "")
         # All at once: each publish waits for its PUBACK, and a wave's devices should get
         # their manifests together (a broadcast waits for the last of them).
@@ -1124,7 +1266,8 @@ class Deployer:
     async def versions_in_use(self, req: VersionsInUseRequest) -> VersionsInUseReply:
         found: dict[tuple[str, str], str] = {}
         async with self.sessions() as s:
-            for d in (await s.scalars(select(Device))).all():
+            live = select(Device).where(Device.device_id.not_in(select(DeviceRemoval.device_id)))
+            for d in (await s.scalars(live)).all():
                 if d.active_model and d.active_version:
                     found.setdefault((d.active_model, d.active_version), "active")
                 if d.previous_model and d.previous_version:

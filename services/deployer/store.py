@@ -1,5 +1,5 @@
-"""The deployer's tables: enrolment tokens, devices, deployments, targets, sequences,
-request keys.
+"""The deployer's tables: enrolment tokens, devices, device removals, deployments,
+targets, sequences, request keys.
 
 The database is the truth about what each device should run; MQTT state is reconciled
 against it. Tables are prefixed ``deployer_`` so they can share a database with others.
@@ -17,6 +17,7 @@ __all__ = [
     "Base",
     "Deployment",
     "Device",
+    "DeviceRemoval",
     "EnrollmentToken",
     "ModelSequence",
     "RequestKey",
@@ -67,6 +68,25 @@ class Device(Base):
     previous_version: Mapped[str | None] = mapped_column(String(128))
     previous_artifact: Mapped[str | None] = mapped_column(String(64))
     last_rejection: Mapped[str | None] = mapped_column(Text)
+
+
+class DeviceRemoval(Base):
+    """A device taken out of the fleet: its ``Device`` row and its targets stay as history.
+
+    A table of its own (not a column of ``deployer_devices``), so a database of an earlier
+    version gains it with ``create_all``. The row goes when the device enrols again.
+    """
+
+    __tablename__ = "deployer_device_removals"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("deployer_devices.device_id"), primary_key=True
+    )
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    removed_by: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    #: The ``eaf.device.removed`` event's id: a repeated removal publishes the same one.
+    event_id: Mapped[str] = mapped_column(String(36))
 
 
 class ModelSequence(Base):

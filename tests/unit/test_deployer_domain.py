@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas.deployer import Capabilities
+from schemas.events import DeploymentOutcome
 from schemas.events import TargetState as S
 from schemas.reports import DeviceRequirements
 from services.deployer.domain import (
@@ -10,6 +11,7 @@ from services.deployer.domain import (
     advances,
     assign_waves,
     evaluate_wave,
+    final_outcome,
     plan_waves,
     preflight,
 )
@@ -60,3 +62,14 @@ def test_preflight_names_what_is_missing() -> None:
     )
     assert "com.microsoft" in (preflight(caps, custom) or "")
     assert "older" in (preflight(caps, ok, min_onnxruntime="1.17") or "")
+
+
+def test_cancelled_targets_of_removed_devices_count_neither_way() -> None:
+    strict = {"success_threshold": 1.0, "error_threshold": 0.0}
+    assert evaluate_wave([S.ACTIVE, S.CANCELLED], **strict) is WaveVerdict.ADVANCE
+    assert evaluate_wave([S.CANCELLED, S.CANCELLED], **strict) is WaveVerdict.ADVANCE
+    assert evaluate_wave([S.DOWNLOADING, S.CANCELLED], **strict) is WaveVerdict.WAIT
+    assert evaluate_wave([S.FAILED, S.CANCELLED], **strict) is WaveVerdict.STOP
+    assert final_outcome([S.ACTIVE, S.CANCELLED]) is DeploymentOutcome.SUCCEEDED
+    assert final_outcome([S.ACTIVE, S.FAILED, S.CANCELLED]) is DeploymentOutcome.FAILED
+    assert final_outcome([S.CANCELLED]) is DeploymentOutcome.CANCELLED

@@ -1,5 +1,5 @@
 """Devices: enrolment tokens, enrolment (authenticated by the one-time token), list, show,
-labels. Each route is one request on ``eaf.rpc.deployer.*``."""
+labels, removal. Each route is one request on ``eaf.rpc.deployer.*``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from schemas.deployer import (
     EnrollReply,
     EnrollRequest,
     ListDevices,
+    RemoveDevice,
     SetLabels,
 )
 from services.api.auth import Admin, Deployer, Viewer
@@ -65,11 +66,13 @@ async def list_devices(
     group: Annotated[str | None, Query()] = None,
     online: Annotated[bool | None, Query()] = None,
     label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
+    include_removed: Annotated[
+        bool, Query(description="also devices removed from the fleet (removed_at set)")
+    ] = False,
 ) -> DeviceList:
     labels = dict(item.split("=", 1) for item in label or [] if "=" in item) or None
-    return await ctx.call(
-        SUBJECTS["list_devices"], ListDevices(group=group, online=online, labels=labels), DeviceList
-    )
+    req = ListDevices(group=group, online=online, labels=labels, include_removed=include_removed)
+    return await ctx.call(SUBJECTS["list_devices"], req, DeviceList)
 
 
 @router.get("/{device_id}", response_model=DeviceInfo)
@@ -84,3 +87,18 @@ async def set_labels(
     """Replace the device's labels (and its group, if given)."""
     req = SetLabels(device_id=device_id, labels=body.labels, group=body.group)
     return await ctx.call(SUBJECTS["set_labels"], req, DeviceInfo)
+
+
+@router.delete("/{device_id}", response_model=DeviceInfo)
+async def remove_device(
+    ctx: Ctx,
+    principal: Admin,
+    device_id: DeviceIdPath,
+    reason: Annotated[str, Query(max_length=500, description="why, for the record")] = "",
+) -> DeviceInfo:
+    """Remove the device from the fleet: its broker account is deleted (it is disconnected
+    at once), its unfinished deployment targets are cancelled and it leaves the listings;
+    its history stays. A repeat answers the same. Only a new enrolment token made for this
+    device id enrols it again. Admin, like the enrolment tokens that let devices in."""
+    req = RemoveDevice(device_id=device_id, removed_by=principal.name, reason=reason)
+    return await ctx.call(SUBJECTS["remove_device"], req, DeviceInfo)
