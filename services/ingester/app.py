@@ -109,16 +109,15 @@ class Ingester:
         for m, result in zip(messages, results, strict=True):
             self.figures.received.inc()
             if isinstance(result, Accepted):
-                # The known-device check and the set-aside are one step with ``enrol``.
-                if self.spool.check_or_set_aside(
-                    result.device_id,
-                    topic=m.topic,
-                    reason=Reason.UNKNOWN_DEVICE.value,
-                    detail=f"device {result.device_id!r} is not enrolled "
-                    "(no eaf.device.enrolled seen); kept until it is",
-                    payload=m.payload,
-                ):
+                # The known-device check and the set-aside are one step with ``enrol``
+                # and ``remove_device``.
+                refused = self.spool.check_or_set_aside(
+                    result.device_id, topic=m.topic, payload=m.payload
+                )
+                if refused is None:
                     accepted.append(result.lines)
+                elif refused == Reason.DEVICE_REMOVED:
+                    self._count_rejected(Reason.DEVICE_REMOVED, m.topic, "device removed")
                 else:
                     self._count_rejected(Reason.UNKNOWN_DEVICE, m.topic, "not enrolled")
                 continue
@@ -158,8 +157,10 @@ class Ingester:
 
     # ---- enrolment ----------------------------------------------------------------------
 
-    def enrol(self, device_id: str) -> int:
-        """Accept ``device_id`` from now on; re-admit its messages set aside as unknown."""
+    def enrol(self, device_id: str, *, enrolled_at: float | None = None) -> int:
+        """Accept ``device_id`` from now on; re-admit its messages set aside as unknown.
+
+        ``enrolled_at`` (the event's time, default now) orders it against a removal."""
 
         def readmit(row: RejectedMessage) -> list[str] | None:
             result = validate_message(
@@ -167,7 +168,7 @@ class Ingester:
             )
             return list(result.lines) if isinstance(result, Accepted) else None
 
-        readmitted = self.spool.enrol(device_id, readmit)
+        readmitted = self.spool.enrol(device_id, readmit, enrolled_at=enrolled_at)
         self.figures.known_devices.set(self.spool.known_count)
         if readmitted:
             self.figures.readmitted.inc(readmitted)
@@ -179,6 +180,14 @@ class Ingester:
             )
             self.notify_writer()
         return readmitted
+
+    def remove_device(self, device_id: str, *, removed_at: float) -> bool:
+        """Refuse ``device_id``'s metrics from now on; those accepted before are kept."""
+        refused = self.spool.remove_device(device_id, removed_at=removed_at)
+        self.figures.known_devices.set(self.spool.known_count)
+        if refused:
+            log.info("device removed; its metrics are refused from now on", device_id=device_id)
+        return refused
 
     # ---- writing (event loop) -----------------------------------------------------------
 

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     INVALID = "invalid"
     DEVICE_MISMATCH = "device_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
+    #: The device was removed from the fleet (``eaf.device.removed``).
+    DEVICE_REMOVED = "device_removed"
     #: InfluxDB refused the point itself (4xx): kept in the influx-rejects table.
     INFLUX_REJECTED = "influx_rejected"
 

@@ -1,4 +1,4 @@
-"""Bus subscribers of the ingester: enrolled devices and deployment progress."""
+"""Bus subscribers of the ingester: enrolled and removed devices, deployment progress."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
-from schemas.events import DeploymentTargetUpdated, DeviceEnrolled
+from schemas.events import DeploymentTargetUpdated, DeviceEnrolled, DeviceRemoved
 from services.common.bus import Bus
 from services.ingester.domain import deployment_line
 
 if TYPE_CHECKING:
     from services.ingester.app import Ingester
 
-__all__ = ["enrolled_durable", "register"]
+__all__ = ["enrolled_durable", "register", "removed_durable"]
 
 DEPLOYMENT_DURABLE = "ingester-deployment-target"
 
@@ -23,13 +23,25 @@ def enrolled_durable(client_id: str) -> str:
     return "ingester-enrolled-" + re.sub(r"[^A-Za-z0-9_-]", "_", client_id)
 
 
+def removed_durable(client_id: str) -> str:
+    """Each instance reads every removal too: each refuses the removed devices itself."""
+    return "ingester-removed-" + re.sub(r"[^A-Za-z0-9_-]", "_", client_id)
+
+
 def register(bus: Bus, ingester: Ingester) -> None:
     """Subscribe ``ingester`` to the events it keeps (call before ``bus.start``)."""
 
     @bus.consumer(DeviceEnrolled, durable=enrolled_durable(ingester.config.client_id))
     async def device_enrolled(event: DeviceEnrolled) -> None:
         """Accept the device's metrics from now on, and those set aside while unknown."""
-        await asyncio.to_thread(ingester.enrol, event.device_id)
+        at = event.occurred_at.timestamp()
+        await asyncio.to_thread(ingester.enrol, event.device_id, enrolled_at=at)
+
+    @bus.consumer(DeviceRemoved, durable=removed_durable(ingester.config.client_id))
+    async def device_removed(event: DeviceRemoved) -> None:
+        """Refuse the device's metrics from now on (set aside as ``device_removed``)."""
+        at = event.occurred_at.timestamp()
+        await asyncio.to_thread(ingester.remove_device, event.device_id, removed_at=at)
 
     # One shared durable: any instance may record a state change (rewrites are harmless).
     @bus.consumer(DeploymentTargetUpdated, durable=DEPLOYMENT_DURABLE)

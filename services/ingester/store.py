@@ -6,7 +6,8 @@ Tables:
   line-protocol lines together, as a JSON array, and how many), in arrival order;
 - ``rejected``: messages set aside with their reason (bounded, oldest dropped first);
 - ``influx_rejected``: single points InfluxDB itself refused (4xx);
-- ``known_devices``: devices seen in ``eaf.device.enrolled``.
+- ``known_devices``: devices seen in ``eaf.device.enrolled`` (with the event's time);
+- ``removed_devices``: devices seen in ``eaf.device.removed`` since their last enrolment.
 
 One connection guarded by a lock serves the MQTT worker thread and the asyncio writer
 (through ``asyncio.to_thread``); every method is one short transaction. ``synchronous=FULL``
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from services.ingester.errors import SpoolError
 
-__all__ = ["RejectedMessage", "Spool"]
+__all__ = ["DEVICE_REMOVED", "UNKNOWN_DEVICE", "RejectedMessage", "Spool"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -55,6 +56,10 @@ CREATE TABLE IF NOT EXISTS known_devices (
     device_id TEXT PRIMARY KEY,
     enrolled_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS removed_devices (
+    device_id TEXT PRIMARY KEY,
+    removed_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -62,8 +67,12 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 #: Bytes of a refused payload kept for inspection. Messages of unknown devices are kept
-#: whole (they are at most MAX_METRICS_PAYLOAD_BYTES), since enrolment re-admits them.
+#: whole (they are at most MAX_METRICS_PAYLOAD_BYTES), since enrolment re-admits them;
+#: those of removed devices too, so an operator can still recover what was in flight.
 KEPT_PAYLOAD_BYTES = 4 * 1024
+UNKNOWN_DEVICE = "unknown_device"
+DEVICE_REMOVED = "device_removed"
+_KEPT_WHOLE = (UNKNOWN_DEVICE, DEVICE_REMOVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,9 @@ class Spool:
                 self._db.execute("SELECT coalesce(sum(points), 0) FROM messages").fetchone()[0]
             )
             self._known = {r[0] for r in self._db.execute("SELECT device_id FROM known_devices")}
+            self._removed: dict[str, float] = dict(
+                self._db.execute("SELECT device_id, removed_at FROM removed_devices")
+            )
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
             self._dropped = int(row[0]) if row else 0
         except (OSError, sqlite3.Error) as exc:
@@ -254,7 +266,7 @@ class Spool:
                     reason,
                     detail[:2000],
                     len(payload),
-                    payload if reason == "unknown_device" else payload[:KEPT_PAYLOAD_BYTES],
+                    payload if reason in _KEPT_WHOLE else payload[:KEPT_PAYLOAD_BYTES],
                 ),
             )
             self._db.execute(
@@ -303,40 +315,91 @@ class Spool:
     def known_count(self) -> int:
         return len(self._known)
 
-    def check_or_set_aside(
-        self,
-        device_id: str,
-        *,
-        topic: str,
-        reason: str,
-        detail: str,
-        payload: bytes,
-    ) -> bool:
-        """True if the device is known; else set the message aside, atomically.
+    def is_removed(self, device_id: str) -> bool:
+        return device_id in self._removed
 
-        Atomic with ``enrol``: a message is either seen as known or is among those that
-        ``enrol`` takes back, never neither.
+    def check_or_set_aside(self, device_id: str, *, topic: str, payload: bytes) -> str | None:
+        """None if the device is known; else set the message aside, atomically, and return
+        why: ``UNKNOWN_DEVICE`` (kept until it enrols) or ``DEVICE_REMOVED``.
+
+        Atomic with ``enrol`` and ``remove_device``: a message is either accepted or set aside
+        with the reason that held when it was checked, never neither.
         """
         with self._lock:
             if device_id in self._known:
-                return True
+                return None
+            if device_id in self._removed:
+                reason = DEVICE_REMOVED
+                detail = f"device {device_id!r} was removed from the fleet (eaf.device.removed)"
+            else:
+                reason = UNKNOWN_DEVICE
+                detail = (
+                    f"device {device_id!r} is not enrolled (no eaf.device.enrolled seen); "
+                    "kept until it is"
+                )
             self._set_aside_locked(topic, device_id, reason, detail, payload)
-            return False
+            return reason
 
-    def enrol(self, device_id: str, readmit: Callable[[RejectedMessage], list[str] | None]) -> int:
+    def remove_device(self, device_id: str, *, removed_at: float) -> bool:
+        """Refuse ``device_id``'s messages from now on (set aside as ``DEVICE_REMOVED``).
+
+        Its points already accepted stay in the spool and reach InfluxDB. Enrolments and
+        removals come from two consumers, so out of order: a removal older than the
+        device's latest enrolment is ignored. Returns whether the device is now refused.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT enrolled_at FROM known_devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if row is not None and row[0] > removed_at:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM known_devices WHERE device_id = ?", (device_id,))
+                self._db.execute(
+                    "INSERT INTO removed_devices (device_id, removed_at) VALUES (?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET "
+                    "removed_at = max(removed_at, excluded.removed_at)",
+                    (device_id, removed_at),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._known.discard(device_id)
+            self._removed[device_id] = max(self._removed.get(device_id, removed_at), removed_at)
+            return True
+
+    def enrol(
+        self,
+        device_id: str,
+        readmit: Callable[[RejectedMessage], list[str] | None],
+        *,
+        enrolled_at: float | None = None,
+    ) -> int:
         """Remember ``device_id`` and re-admit its messages set aside as unknown.
 
         ``readmit`` turns a set-aside message into its points (None: leave it aside).
-        Returns the number of messages re-admitted.
+        ``enrolled_at`` is the enrolment's time (default: now); an enrolment older than the
+        device's removal changes nothing, a newer one takes it back into the fleet (what
+        was set aside because it was removed stays aside). Returns the number of messages
+        re-admitted.
         """
+        at = time.time() if enrolled_at is None else enrolled_at
         with self._lock:
+            removed_at = self._removed.get(device_id)
+            if removed_at is not None and at <= removed_at:
+                return 0
             was_known = device_id in self._known
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO known_devices (device_id, enrolled_at) VALUES (?, ?)",
-                    (device_id, time.time()),
+                    "INSERT INTO known_devices (device_id, enrolled_at) VALUES (?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET "
+                    "enrolled_at = max(enrolled_at, excluded.enrolled_at)",
+                    (device_id, at),
                 )
+                self._db.execute("DELETE FROM removed_devices WHERE device_id = ?", (device_id,))
                 rows = [
                     RejectedMessage(*r)
                     for r in self._db.execute(
@@ -365,5 +428,6 @@ class Spool:
                     self._known.discard(device_id)
                 self._db.execute("ROLLBACK")
                 raise
+            self._removed.pop(device_id, None)
             self._count += sum(n for n, _, _ in messages)
             return len(taken)

@@ -71,3 +71,29 @@ def test_points_of_an_earlier_spool_file_are_carried_over_in_order(tmp_path: Pat
         assert [line for _, batch in spool.peek(100) for line in batch] == lines("o", 3)
     finally:
         spool.close()
+
+
+def test_a_removal_older_than_the_enrolment_is_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.ingester.store import DEVICE_REMOVED, UNKNOWN_DEVICE
+
+    spool = Spool(tmp_path / "spool.db", max_points=100, max_rejected=100)
+    try:
+        spool.enrol("a", lambda _: None, enrolled_at=100.0)
+        assert not spool.remove_device("a", removed_at=99.0)
+        assert spool.is_known("a")
+        assert spool.remove_device("a", removed_at=101.0)
+        assert spool.check_or_set_aside("a", topic="t", payload=b"x") == DEVICE_REMOVED
+        assert spool.check_or_set_aside("b", topic="t", payload=b"x") == UNKNOWN_DEVICE
+        assert spool.enrol("a", lambda _: [], enrolled_at=100.5) == 0
+        assert spool.is_removed("a")
+    finally:
+        spool.close()
+    # The state survives a restart.
+    again = Spool(tmp_path / "spool.db", max_points=100, max_rejected=100)
+    try:
+        assert again.is_removed("a") and not again.is_known("a")
+        again.enrol("a", lambda _: [], enrolled_at=102.0)
+        assert again.is_known("a") and not again.is_removed("a")
+        assert again.check_or_set_aside("a", topic="t", payload=b"x") is None
+    finally:
+        again.close()
