@@ -89,8 +89,12 @@ class DeployMixin:
         group: str | None = None,
         online: bool | None = None,
         labels: Mapping[str, str] | None = None,
+        include_removed: bool = False,
     ) -> list[DeviceInfo]:
+        """Enrolled devices; with ``include_removed``, those removed too (``removed_at``)."""
         params: dict[str, object] = {"group": group, "online": online}
+        if include_removed:
+            params["include_removed"] = True
         params["label"] = [f"{k}={v}" for k, v in (labels or {}).items()]
         found = self._http.call(
             "GET",
@@ -112,6 +116,19 @@ class DeployMixin:
             f"/api/v1/devices/{_seg(device_id)}/labels",
             DeviceInfo,
             json={"labels": dict(labels), "group": group},
+        )
+        return device
+
+    def remove_device(self, device_id: str, *, reason: str = "") -> DeviceInfo:
+        """Remove a device from the fleet (admin role): it is disconnected and refused by
+        the broker, its unfinished deployment targets are cancelled, its metrics refused.
+
+        Safe to repeat; the answer is the removed device (``removed_at`` set). Enrol it
+        again only with a new token made for its id.
+        """
+        params = {"reason": reason} if reason else None
+        device = self._http.call(
+            "DELETE", f"/api/v1/devices/{_seg(device_id)}", DeviceInfo, params=params
         )
         return device
 

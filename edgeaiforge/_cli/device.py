@@ -1,4 +1,4 @@
-"""``edgeaiforge device list|show|token|labels``."""
+"""``edgeaiforge device list|show|token|labels|remove``."""
 
 from __future__ import annotations
 
@@ -22,12 +22,20 @@ def list_(
     group: str | None = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value; repeatable")] = None,
     online: Annotated[bool | None, typer.Option("--online/--offline")] = None,
+    include_removed: Annotated[
+        bool, typer.Option("--include-removed", help="Also devices removed from the fleet")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Enrolled devices."""
 
     def action(mm: ModelManager) -> None:
-        devices = mm.list_devices(group=group, online=online, labels=label_pairs(label) or None)
+        devices = mm.list_devices(
+            group=group,
+            online=online,
+            labels=label_pairs(label) or None,
+            include_removed=include_removed,
+        )
         if json_out:
             print_json(DeviceList(devices=tuple(devices)))
             return
@@ -35,8 +43,9 @@ def list_(
         for column in ("device", "group", "online", "model", "version", "last seen"):
             table.add_column(column)
         for d in devices:
+            online_cell = "removed" if d.removed_at else "yes" if d.online else "no"
             table.add_row(
-                d.device_id, d.group or "", "yes" if d.online else "no", d.active_model or "",
+                d.device_id, d.group or "", online_cell, d.active_model or "",
                 d.active_version or "",
                 d.last_seen.strftime("%Y-%m-%d %H:%M:%S") if d.last_seen else "",
             )  # fmt: skip
@@ -55,6 +64,11 @@ def show(ctx: typer.Context, device_id: str, json_out: JsonOption = False) -> No
             print_json(d)
             return
         console.print(f"[bold]{d.device_id}[/bold]  online: {'yes' if d.online else 'no'}")
+        if d.removed_at:
+            console.print(
+                f"[red]removed[/red] {d.removed_at:%Y-%m-%d %H:%M:%S} by {d.removed_by or '-'}"
+                + (f": {d.removal_reason}" if d.removal_reason else "")
+            )
         console.print(f"group: {d.group or '-'}  labels: {d.labels or '-'}")
         console.print(f"active: {d.active_model or '-'}@{d.active_version or '-'}")
         console.print(f"previous: {d.previous_model or '-'}@{d.previous_version or '-'}")
@@ -102,5 +116,30 @@ def labels(
     def action(mm: ModelManager) -> None:
         d = mm.set_device_labels(device_id, label_pairs(label), group=group)
         print_json(d) if json_out else console.print(f"{d.device_id}: {d.labels}")
+
+    run(ctx, action)
+
+
+@app.command()
+def remove(
+    ctx: typer.Context,
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="Why (stolen, broken, replaced...)")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a device from the fleet (admin): the broker disconnects and refuses it, its
+    unfinished deployments skip it, its metrics are refused. Safe to repeat; only a new
+    token made for DEVICE_ID enrols it again."""
+    if not yes and not typer.confirm(f"remove device {device_id} from the fleet?"):
+        raise typer.Exit(1)
+
+    def action(mm: ModelManager) -> None:
+        d = mm.remove_device(device_id, reason=reason)
+        if json_out:
+            print_json(d)
+            return
+        when = f"{d.removed_at:%Y-%m-%d %H:%M:%S}" if d.removed_at else "-"
+        console.print(f"{d.device_id}: removed {when}")
 
     run(ctx, action)
