@@ -42,6 +42,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/devices"): VIEWER,
     ("GET", "/api/v1/devices/{device_id}"): VIEWER,
     ("PUT", "/api/v1/devices/{device_id}/labels"): DEPLOYER,
+    ("DELETE", "/api/v1/devices/{device_id}"): ADMIN,  # revokes what an admin token let in
     ("POST", "/api/v1/deployments"): DEPLOYER,
     ("GET", "/api/v1/deployments"): VIEWER,
     ("GET", "/api/v1/deployments/{deployment_id}"): VIEWER,
