@@ -1132,8 +1132,12 @@ class Deployer:
                 ]
                 broadcast = len(due) >= cfg.broadcast_min_targets
                 for t in due:
-                    d = await s.get(Device, t.device_id)
-                    if d is None:
+                    d = await self._live_device(s, t.device_id)
+                    if d is None:  # removed while its deployment was being created
+                        t.state = TargetState.CANCELLED.value
+                        t.detail = "device removed from the fleet"
+                        t.updated_at = now
+                        events.append(self._target_event(t))
                         continue
                     t.state = TargetState.NOTIFIED.value
                     t.notified_at = now

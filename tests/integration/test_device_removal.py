@@ -161,7 +161,7 @@ async def test_a_running_device_is_dropped_refused_and_unlisted(
         username=mosquitto_server.admin_username,
         password=mosquitto_server.admin_password,
     ) as admin:
-        assert device_role_name(device_id) not in str(await admin.list_clients())
+        assert device_id not in await admin.list_clients()
         with pytest.raises(Exception, match="not found"):
             await admin.get_role(device_role_name(device_id))
 
@@ -256,3 +256,48 @@ async def test_removal_cancels_its_target_and_the_deployment_completes(
         DeploymentInfo,
     )
     assert [t.device_id for t in again.targets] == [live]
+
+
+async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+    from services.deployer.store import Target
+
+    group = unique_id("fleet-")
+    live, gone = f"{group}-live", f"{group}-gone"
+    for device_id in (live, gone):
+        await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group=group)
+    info = await put(env.store, bias_model(0.5))
+    model = unique_id("m-")
+    env.catalog.add(model, "1.0.0", info)
+    await env.remove(gone)
+    # The live device is offline for now: the deployment cannot complete before the race.
+    created = await env.bus.request(
+        SUBJECTS["create_deployment"],
+        CreateDeployment(model=model, version="1.0.0", target=TargetSelector(group=group),
+                         device_timeout=300),
+        DeploymentInfo,
+    )  # fmt: skip
+    assert [t.device_id for t in created.targets] == [live]
+    # As if the deployment had selected the device just before its removal committed.
+    async with env.app.deployer.sessions.begin() as s:
+        s.add(
+            Target(
+                deployment_id=created.deployment_id, device_id=gone, wave=0, model=model,
+                version="1.0.0", artifact_id=info.artifact_id, sequence=1,
+                state=TargetState.PENDING.value,
+            )
+        )  # fmt: skip
+    await env.app.deployer.tick()
+    states = {t.device_id: t.state for t in (await env.deployment(created.deployment_id)).targets}
+    assert states == {live: TargetState.NOTIFIED, gone: TargetState.CANCELLED}
+    async with running(EdgeRuntime(env.tmp / live)):
+        async with asyncio.timeout(60):
+            while (done := await env.deployment(created.deployment_id)).status is not (
+                DeploymentStatus.COMPLETED
+            ):
+                await asyncio.sleep(0.1)
+    await forget_device(env.tmp / live)
+    assert {t.device_id: t.state for t in done.targets} == {
+        live: TargetState.ACTIVE,
+        gone: TargetState.CANCELLED,
+    }
+    assert done.outcome is DeploymentOutcome.SUCCEEDED
