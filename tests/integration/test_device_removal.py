@@ -301,3 +301,38 @@ async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, u
         gone: TargetState.CANCELLED,
     }
     assert done.outcome is DeploymentOutcome.SUCCEEDED
+
+
+async def test_a_removal_cut_short_at_the_broker_is_finished_by_a_repeat(
+    env: Env,
+    unique_id,  # type: ignore[no-untyped-def]
+) -> None:
+    from services.common.errors import ServiceUnavailable
+    from services.common.mqtt_admin import DynsecTimeoutError
+
+    device_id = unique_id("dev-")
+    reply = await enroll_via_rpc(env.bus, env.tmp / device_id, device_id)
+    deployer = env.app.deployer
+    real = deployer.admin
+
+    class BrokerAway:
+        """The admin link lost once: the command gets no answer."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        async def delete_client(self, username: str) -> None:
+            raise DynsecTimeoutError("deleteClient", 0.0)
+
+    deployer.admin = BrokerAway()  # type: ignore[assignment]
+    try:
+        with pytest.raises(ServiceUnavailable, match="remove it again"):
+            await env.remove(device_id)
+    finally:
+        deployer.admin = real
+    assert (await env.device(device_id)).removed_at is not None
+    await connect_as(reply)  # not yet revoked at the broker
+    await env.remove(device_id)
+    with pytest.raises(aiomqtt.MqttError):
+        await connect_as(reply)
+    assert (await env.last_removed_event()).device_id == device_id
