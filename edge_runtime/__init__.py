@@ -11,10 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edge_runtime._enroll import capabilities, complete, enroll, prepare
     from edge_runtime._model import InferenceRecorder, ModelHost, sample_inputs
     from edge_runtime._runtime import RUNTIME_VERSION, EdgeRuntime
     from edge_runtime._state import StateDir
-    from edge_runtime.enroll import capabilities, complete, enroll, prepare
     from edge_runtime.errors import (
         EdgeRuntimeError,
         EnrollmentError,
@@ -34,10 +34,10 @@ _HOMES = {
     "RUNTIME_VERSION": "_runtime",
     "EdgeRuntime": "_runtime",
     "StateDir": "_state",
-    "capabilities": "enroll",
-    "complete": "enroll",
-    "enroll": "enroll",
-    "prepare": "enroll",
+    "capabilities": "_enroll",
+    "complete": "_enroll",
+    "enroll": "_enroll",
+    "prepare": "_enroll",
     "EdgeRuntimeError": "errors",
     "EnrollmentError": "errors",
     "InferenceError": "errors",

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from edge_runtime import _faults
+from edge_runtime._enroll import enroll
 from edge_runtime._runtime import EdgeRuntime
 from edge_runtime._state import StateDir
-from edge_runtime.enroll import enroll
 from edge_runtime.errors import EdgeRuntimeError, NoModelError
 
 __all__ = ["main"]

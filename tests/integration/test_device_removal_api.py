@@ -12,7 +12,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from edge_runtime.enroll import enroll
+from edge_runtime._enroll import enroll
 from edgeaiforge import ModelManager
 from edgeaiforge._errors import NotFoundError, PermissionDeniedError
 from edgeaiforge.cli import app

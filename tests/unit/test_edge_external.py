@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +290,18 @@ def test_prepacking_of_mapped_weights_follows_the_setting(
     except RuntimeError:  # never set
         disabled = False
     assert disabled is not prepack
+
+
+def test_the_walker_imports_without_the_runtime_and_public_names_stay_functions() -> None:
+    # The analyzer's latency worker imports edge_runtime._external: it must not pull in
+    # onnxruntime, MQTT and crypto with it; and the package's names resolve as before.
+    code = (
+        "import sys, edge_runtime._external\n"
+        "heavy = {'onnxruntime', 'aiomqtt', 'cryptography', 'pydantic'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "import edge_runtime._enroll\n"
+        "from edge_runtime import EdgeRuntime, StateDir, enroll, TransferRefused\n"
+        "assert callable(enroll) and enroll.__module__ == 'edge_runtime._enroll', enroll\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
