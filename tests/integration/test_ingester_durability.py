@@ -241,7 +241,13 @@ async def test_ingester_killed_mid_stream_and_restarted_loses_nothing(
             n = await influx_count(influxdb_server.url, settings.influxdb.database)
             return n >= len(devices) * batches * per_batch
 
-        await wait_until(everything, timeout=120, what="all points after the restart")
+        try:
+            await wait_until(everything, timeout=120, what="all points after the restart")
+        except AssertionError as exc:
+            n = await influx_count(influxdb_server.url, settings.influxdb.database)
+            tail = log.read_text(errors="replace")[-6000:]
+            detail = f"{exc}: {n} of 12000 in InfluxDB; ingester log:\n{tail}"
+            raise AssertionError(detail) from None
         assert await influx_count(influxdb_server.url, settings.influxdb.database) == 12_000
         stored = await stored_points(influxdb_server.url, settings.influxdb.database, prefix)
         expected = expected_points(devices, batches, per_batch, start)
