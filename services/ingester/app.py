@@ -33,6 +33,8 @@ log = get_logger(__name__)
 
 #: Batches written to InfluxDB at once (see ``Ingester._drain``).
 _WRITES_IN_FLIGHT = 2
+#: Seconds the ingester waits at start for its subscription before it carries on trying.
+_READY_WAIT = 10.0
 
 
 class Ingester:
@@ -69,15 +71,26 @@ class Ingester:
     async def __aenter__(self) -> Ingester:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._writer_task = asyncio.create_task(self._drain(), name="ingester-writer")
+        await asyncio.to_thread(self.checker.start)
+        self.receiver.start()
+        # Started means subscribed, in the usual case: a broker that is not there yet is
+        # waited for a little, then the client keeps trying in the background. The
+        # Prometheus endpoint comes up after that, so it answering means the ingester takes
+        # metrics (at the very first start, metrics published before the subscription
+        # reach no one: the broker has no session for the ingester yet).
+        if not await asyncio.to_thread(self.receiver.wait_connected, _READY_WAIT):
+            log.warning(
+                "not subscribed to the broker yet; still trying",
+                broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
+                waited_s=_READY_WAIT,
+            )
         if self.config.metrics_port:
             self._http, _ = start_http_server(
                 self.config.metrics_port,
                 addr=self.config.metrics_host,
                 registry=self.figures.registry,
             )
-        self._writer_task = asyncio.create_task(self._drain(), name="ingester-writer")
-        await asyncio.to_thread(self.checker.start)
-        self.receiver.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -89,6 +89,7 @@ class MqttReceiver:
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -96,6 +97,7 @@ class MqttReceiver:
 
     @property
     def connected(self) -> bool:
+        """Connected with the subscription in place (the broker acknowledged it)."""
         return self._connected.is_set()
 
     def start(self) -> None:
@@ -131,13 +133,20 @@ class MqttReceiver:
             return
         self._generation += 1
         # Subscribing again on a resumed session is harmless and covers a lost session.
+        # Until the broker acknowledges it, metrics published meanwhile reach no one.
         client.subscribe(self.filter, qos=1)
-        self._connected.set()
         log.info(
             "connected to the broker",
             session_present=bool(getattr(flags, "session_present", False)),
             filter=self.filter,
         )
+
+    def _on_subscribe(self, _: paho.Client, __: Any, ___: int, reasons: Any, ____: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("broker refused the subscription", filter=self.filter, reasons=failed)
+            return
+        self._connected.set()
 
     def _on_disconnect(self, _: paho.Client, __: Any, ___: Any, reason: Any, ____: Any) -> None:
         self._connected.clear()
