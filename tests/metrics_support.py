@@ -26,19 +26,26 @@ PREFIX = "eaf/v1"
 def make_settings(
     *,
     tmp_path: Path,
-    nats_url: str,
-    mqtt_host: str,
-    mqtt_port: int,
-    mqtt_username: str,
-    mqtt_password: str,
+    mosquitto: Any,
+    user: Any,
+    unique_id: Callable[[str], str],
     influx_url: str,
-    database: str,
-    client_id: str,
-    group: str,
+    nats_url: str = "nats://127.0.0.1:1",
+    database: str | None = None,
     metrics_port: int | None = None,
     **ingester: Any,
 ) -> Settings:
-    """Settings of one ingester (and tracker) on the test servers."""
+    """Settings of one ingester (and tracker) on the test servers.
+
+    ``mosquitto`` is the broker fixture and ``user`` the ingester's MQTT account (anything
+    with ``username`` and ``password``); the database, client id and shared group get
+    fresh names from ``unique_id``. The default ``nats_url`` is for tests without a bus.
+    """
+    client_id = unique_id("ingester-")
+    group = unique_id("g")
+    database = database or unique_id("db")
+    mqtt_host, mqtt_port = mosquitto.host, mosquitto.port
+    mqtt_username, mqtt_password = user.username, user.password
     return Settings.model_validate(
         {
             "nats": {"url": nats_url, "ack_wait": 5.0},

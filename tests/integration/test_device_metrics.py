@@ -25,18 +25,9 @@ async def test_offline_device_sends_spooled_batches_with_original_timestamps(
     # The device logs in with its own ACLs: it may publish only its own metrics.
     device = await mqtt_user(acls=device_role_acls(device_id))
     settings = make_settings(
-        tmp_path=tmp_path,
-        nats_url="nats://127.0.0.1:1",
-        mqtt_host=mosquitto_server.host,
-        mqtt_port=mosquitto_server.port,
-        mqtt_username=service.username,
-        mqtt_password=service.password,
-        influx_url=influxdb_server.url,
-        database=unique_id("db"),
-        client_id=unique_id("ingester-"),
-        group=unique_id("g"),
-        metrics_port=0,
-    )
+        tmp_path=tmp_path, mosquitto=mosquitto_server, user=service, unique_id=unique_id,
+        influx_url=influxdb_server.url, metrics_port=0,
+    )  # fmt: skip
     spool = MetricsSpool(tmp_path / "device-spool.db")
     collector = MetricsCollector(device_id)
     reporter = MetricsReporter(collector, spool, interval=0.2)

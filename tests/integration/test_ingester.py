@@ -29,19 +29,10 @@ from services.ingester.domain import Reason
 
 @pytest.fixture
 async def settings(tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id):  # type: ignore[no-untyped-def]
-    user = await mqtt_user(roles=[SERVICE_ROLE])
     return make_settings(
-        tmp_path=tmp_path,
-        nats_url=nats_server.url,
-        mqtt_host=mosquitto_server.host,
-        mqtt_port=mosquitto_server.port,
-        mqtt_username=user.username,
-        mqtt_password=user.password,
-        influx_url=influxdb_server.url,
-        database=unique_id("db"),
-        client_id=unique_id("ingester-"),
-        group=unique_id("g"),
-    )
+        tmp_path=tmp_path, mosquitto=mosquitto_server, user=await mqtt_user(roles=[SERVICE_ROLE]),
+        unique_id=unique_id, nats_url=nats_server.url, influx_url=influxdb_server.url,
+    )  # fmt: skip
 
 
 async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(

@@ -90,18 +90,11 @@ async def test_100k_points_from_50_devices_survive_an_influxdb_outage(
     publisher = await mqtt_user(roles=[SERVICE_ROLE])
     influx = InfluxServer(data_dir=tmp_path / "influx").start()
     try:
+        # No bus (the default nats_url): the devices are enrolled directly.
         settings = make_settings(
-            tmp_path=tmp_path,
-            nats_url="nats://127.0.0.1:1",  # unused: no bus, devices enrolled directly
-            mqtt_host=mosquitto_server.host,
-            mqtt_port=mosquitto_server.port,
-            mqtt_username=user.username,
-            mqtt_password=user.password,
-            influx_url=influx.url,
-            database="metrics",
-            client_id=unique_id("ingester-"),
-            group=unique_id("g"),
-        )
+            tmp_path=tmp_path, mosquitto=mosquitto_server, user=user, unique_id=unique_id,
+            influx_url=influx.url, database="metrics",
+        )  # fmt: skip
         rounds = plan(devices, batches, per_batch, start)
         async with Ingester(settings) as ingester:
             for d in devices:
@@ -186,17 +179,9 @@ async def test_ingester_killed_mid_stream_and_restarted_loses_nothing(
     user = await mqtt_user(roles=[SERVICE_ROLE])
     publisher = await mqtt_user(roles=[SERVICE_ROLE])
     settings = make_settings(
-        tmp_path=tmp_path,
-        nats_url=nats_server.url,
-        mqtt_host=mosquitto_server.host,
-        mqtt_port=mosquitto_server.port,
-        mqtt_username=user.username,
-        mqtt_password=user.password,
-        influx_url=influxdb_server.url,
-        database=unique_id("db"),
-        client_id=unique_id("ingester-"),
-        group=unique_id("g"),
-    )
+        tmp_path=tmp_path, mosquitto=mosquitto_server, user=user, unique_id=unique_id,
+        nats_url=nats_server.url, influx_url=influxdb_server.url,
+    )  # fmt: skip
     config = tmp_path / "ingester.toml"
     config.write_text(settings_toml(settings))
     log = tmp_path / "ingester.log"

@@ -21,18 +21,11 @@ async def test_full_spool_drops_the_oldest_and_counts_them(
 ) -> None:  # type: ignore[no-untyped-def]
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = make_settings(
-        tmp_path=tmp_path,
+        tmp_path=tmp_path, mosquitto=mosquitto_server, user=user, unique_id=unique_id,
         nats_url=nats_server.url,
-        mqtt_host=mosquitto_server.host,
-        mqtt_port=mosquitto_server.port,
-        mqtt_username=user.username,
-        mqtt_password=user.password,
         influx_url=f"http://127.0.0.1:{free_port()}",  # nobody listens: InfluxDB is down
-        database=unique_id("db"),
-        client_id=unique_id("ingester-"),
-        group=unique_id("g"),
         max_spool_points=50,
-    )
+    )  # fmt: skip
     device = unique_id("dev-")
     start = recent()
     batches = [batch(device, start + timedelta(minutes=i), 5, seed=i) for i in range(20)]

@@ -7,6 +7,7 @@ import asyncio
 import random
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import httpx
 import nats
@@ -85,18 +86,11 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
 ) -> None:  # type: ignore[no-untyped-def]
     model = unique_id("model-")
     db = unique_id("db")
+    unused = SimpleNamespace(host="127.0.0.1", port=1, username="unused", password="unused")
     settings = make_settings(
-        tmp_path=tmp_path,
-        nats_url=nats_server.url,
-        mqtt_host="127.0.0.1",
-        mqtt_port=1,
-        mqtt_username="unused",
-        mqtt_password="unused",
-        influx_url=influxdb_server.url,
-        database=db,
-        client_id="unused",
-        group="unused",
-    )
+        tmp_path=tmp_path, mosquitto=unused, user=unused, unique_id=unique_id,
+        nats_url=nats_server.url, influx_url=influxdb_server.url, database=db,
+    )  # fmt: skip
     start = recent(minutes=60)
     # 1.0.0 on three devices; 1.1.0 on two of them, about twice as slow and with errors.
     plan = {
