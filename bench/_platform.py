@@ -114,16 +114,10 @@ class Platform:
         return self.workdir / "devices" / device_id
 
     async def deploy(self, model: str, version: str, target: TargetSelector) -> DeploymentInfo:
-        # The reply can come after the default 10 s: create_deployment runs a supervisor
-        # pass before it answers, and that pass publishes the 100 targets' events one by
-        # one while the fan-out it started fills the event loop (6-13 s at 100 devices on
-        # 2 cores); the deployment goes on, and the benchmark failed. The figure's clock
-        # runs from before the request either way.
         info: DeploymentInfo = await self.bus.request(
             SUBJECTS["create_deployment"],
             CreateDeployment(model=model, version=version, target=target),
             DeploymentInfo,
-            timeout=120,
         )
         return info
 

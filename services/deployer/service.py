@@ -91,7 +91,7 @@ from services.deployer.errors import (
     NotDeployable,
     WrongDeploymentState,
 )
-from services.deployer.mqtt import MqttLink, MqttUnavailableError
+from services.deployer.mqtt import MqttLink, MqttUnavailableError, cancel_and_wait
 from services.deployer.store import Deployment, Device, DeviceRemoval, ModelSequence, Target
 from services.deployer.store import EnrollmentToken as TokenRow
 
@@ -185,6 +185,8 @@ class Deployer:
         self.link: MqttLink | None = None
         self.chunks: ChunkServer | None = None
         self._broadcasts: set[asyncio.Task[None]] = set()
+        #: First supervisor passes of new deployments, run after their creation answers.
+        self._first_passes: set[asyncio.Task[None]] = set()
         #: Broadcasts waiting for their wave: deployment id -> devices not yet heard from.
         self._awaiting: list[_WaveReadiness] = []
         self._report_queue: asyncio.Queue[_Report] = asyncio.Queue()
@@ -605,8 +607,22 @@ class Deployer:
                 )
             ]
         )
-        await self.tick()
+        # The first pass (manifests to the first wave, events, a broadcast) runs after the
+        # answer: for a fleet it takes seconds, longer than a caller's request timeout.
+        self._supervise_soon(deployment_id)
         return await self.get_deployment(deployment_id)
+
+    def _supervise_soon(self, deployment_id: str) -> None:
+        async def run() -> None:
+            try:
+                await self._supervise(deployment_id)
+            except Exception:
+                # The supervisor's next tick tries again.
+                log.exception("supervising a deployment failed", deployment=deployment_id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._first_passes.add(task)
+        task.add_done_callback(self._first_passes.discard)
 
     async def _deployment_info(
         self, s: AsyncSession, dep: Deployment, *, with_targets: bool = True
@@ -1259,10 +1275,9 @@ class Deployer:
         if self._republishing:
             log.error("stopping with events not yet published", count=len(self._republishing))
         worker = [self._report_worker] if self._report_worker is not None else []
-        for task in [*self._broadcasts, *self._republishing, *worker]:
-            task.cancel()
-        await asyncio.gather(
-            *self._broadcasts, *self._republishing, *worker, return_exceptions=True
+        # They wait in publishes, which may absorb a cancellation: see cancel_and_wait.
+        await cancel_and_wait(
+            [*self._first_passes, *self._broadcasts, *self._republishing, *worker]
         )
 
     # ---- retention -----------------------------------------------------------------------
