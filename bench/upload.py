@@ -13,71 +13,15 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from bench import baselines
-from bench._common import ROOT, Result, Servers
-from schemas.config import Settings
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from bench._common import Result, Servers
+from services.api.testing import api_process, create_api_key, platform_settings, serve_in_thread
 
 MB = 1_000_000
 MiB = 1 << 20
-
-
-@contextmanager
-def _api_process(settings: Settings, config: Path) -> Iterator[str]:
-    """``python -m services.api --config FILE`` until the context exits; yields its URL."""
-    config.write_text(
-        f"""
-[model_repository]
-storage_path = "{settings.model_repository.storage_path}"
-cache_path = "{settings.model_repository.cache_path}"
-[security]
-encryption_key_path = "{settings.security.encryption_key_path}"
-signing_key_path = "{settings.security.signing_key_path}"
-dev_mode = true
-[nats]
-url = "{settings.nats.url}"
-[database]
-url = "{settings.database.url}"
-[api]
-host = "{settings.api.host}"
-port = {settings.api.port}
-"""
-    )
-    url = f"http://{settings.api.host}:{settings.api.port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.api", "--config", str(config), "--log-level", "WARNING"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"the API process did not start:\n{err[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _upload(url: str, token: str, path: Path, version: str) -> tuple[float, float]:
@@ -132,7 +76,8 @@ def _run(servers: Servers, workdir: Path, size_mb: int, runs: int) -> Result:
     seconds: list[float] = []
     walls: list[float] = []
     hashes = []
-    with serve_in_thread(settings, api=False), _api_process(settings, workdir / "api.toml") as url:
+    api = api_process(settings, workdir / "api.toml")
+    with serve_in_thread(settings, api=False), api as (url, _):
         for i, path in enumerate(files):
             # The limit is measured right before and after each upload, not once at the
             # end: on a shared machine the load moves, and one slow baseline alone would

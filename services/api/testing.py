@@ -12,11 +12,16 @@ so synchronous code (the SDK, the CLI) can talk to them from the calling thread:
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from schemas.config import Settings
 from schemas.registry import ApiRole
@@ -141,3 +146,57 @@ def serve_in_thread(
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         loop.close()
+
+
+@contextmanager
+def api_process(
+    settings: Settings, config: Path, *, timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m services.api --config CONFIG`` (written from ``settings``) in its own
+    process, as deployments run it; yields its URL and the process once ``/healthz``
+    answers, and stops it when the context exits."""
+    config.write_text(
+        f"""
+[model_repository]
+storage_path = "{settings.model_repository.storage_path}"
+cache_path = "{settings.model_repository.cache_path}"
+[security]
+encryption_key_path = "{settings.security.encryption_key_path}"
+signing_key_path = "{settings.security.signing_key_path}"
+dev_mode = true
+[nats]
+url = "{settings.nats.url}"
+[database]
+url = "{settings.database.url}"
+[api]
+host = "{settings.api.host}"
+port = {settings.api.port}
+"""
+    )
+    url = f"http://{settings.api.host}:{settings.api.port}"
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "services.api", "--config", str(config), "--log-level", "WARNING"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"the API process did not start:\n{err[-3000:]}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
 from edgeaiforge import Model, ModelManager, ModelMetadata
+from services.api.testing import api_process as own_process
 from services.api.testing import create_api_key, platform_settings, serve_in_thread
 
 SIZE = 50 * 1024 * 1024
@@ -50,53 +48,12 @@ class PeakRss:
 @pytest.fixture
 def api_process(tmp_path: Path, nats_server: Any) -> Iterator[tuple[str, str, int]]:
     settings = platform_settings(tmp_path, nats_url=nats_server.url)
-    config = tmp_path / "eaf.toml"
-    config.write_text(
-        f"""
-[model_repository]
-storage_path = "{settings.model_repository.storage_path}"
-[security]
-encryption_key_path = "{settings.security.encryption_key_path}"
-signing_key_path = "{settings.security.signing_key_path}"
-dev_mode = true
-[nats]
-url = "{nats_server.url}"
-[database]
-url = "{settings.database.url}"
-[api]
-host = "127.0.0.1"
-port = {settings.api.port}
-"""
-    )
     token = create_api_key(settings, role="deployer")
-    url = f"http://127.0.0.1:{settings.api.port}"
-    with serve_in_thread(settings, api=False):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.api", "--config", str(config)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    raise AssertionError(f"the API process did not start:\n{err[-3000:]}")
-                time.sleep(0.1)
-            yield url, token, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with (
+        serve_in_thread(settings, api=False),
+        own_process(settings, tmp_path / "eaf.toml") as (url, proc),
+    ):
+        yield url, token, proc.pid
 
 
 def write_random(path: Path, size: int) -> str:
