@@ -404,3 +404,23 @@ async def enroll_via_rpc(
     reply: EnrollReply = await bus.request(SUBJECTS["enroll"], request, EnrollReply)
     complete(state_dir, reply)
     return reply
+
+
+def platform_on_broker(
+    tmp_path: Path, *, nats_url: str, mosquitto: Any, user: Any, **sections: Any
+) -> Any:
+    """``platform_settings`` with the test broker: the services' MQTT account ``user``
+    (username, password), the deployer as the broker's admin, fast ticks; more sections
+    (or deployer keys) as keyword arguments."""
+    from services.api.testing import platform_settings
+
+    deployer = {
+        "admin_username": mosquitto.admin_username,
+        "admin_password": mosquitto.admin_password,
+        "tick_interval": 0.2,
+        "stall_timeout": 1.0,
+        **sections.pop("deployer", {}),
+    }
+    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
+            "username": user[0], "password": user[1]}  # fmt: skip
+    return platform_settings(tmp_path, nats_url=nats_url, mqtt=mqtt, deployer=deployer, **sections)

@@ -10,13 +10,13 @@ import hashlib
 import time
 from contextlib import AsyncExitStack
 
-from deploy_support import forget_device, padded_model
+from deploy_support import forget_device, padded_model, platform_on_broker
 
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
 from schemas.events import DeploymentOutcome, TargetState
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 from services.validator.app import create_service as create_validator
@@ -26,14 +26,8 @@ async def test_deploy_model_through_the_api(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
 ) -> None:  # type: ignore[no-untyped-def]
     user = await mqtt_user(roles=[SERVICE_ROLE])
-    settings = platform_settings(
-        tmp_path,
-        nats_url=nats_server.url,
-        mqtt={"host": mosquitto_server.host, "port": mosquitto_server.port,
-              "username": user[0], "password": user[1]},
-        deployer={"admin_username": mosquitto_server.admin_username,
-                  "admin_password": mosquitto_server.admin_password,
-                  "tick_interval": 0.2, "stall_timeout": 1.0},
+    settings = platform_on_broker(
+        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,
     )  # fmt: skip
     path = tmp_path / "model.onnx"
     path.write_bytes(padded_model(64 * 1024 * 1024, seed=7))

@@ -21,12 +21,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from deploy_support import bias_model, forget_device
+from deploy_support import bias_model, forget_device, platform_on_broker
 
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import Model, ModelManager, ModelMetadata
 from schemas.events import DeploymentOutcome
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 from services.ingester import create_service as create_ingester
@@ -45,14 +45,8 @@ async def test_seed_usage_add_deploy_stats(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
-    settings = platform_settings(
-        tmp_path,
-        nats_url=nats_server.url,
-        mqtt={"host": mosquitto_server.host, "port": mosquitto_server.port,
-              "username": user[0], "password": user[1]},
-        deployer={"admin_username": mosquitto_server.admin_username,
-                  "admin_password": mosquitto_server.admin_password,
-                  "tick_interval": 0.2, "stall_timeout": 1.0},
+    settings = platform_on_broker(
+        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,
         influxdb={"url": influxdb_server.url, "database": unique_id("seed"),
                   "flush_interval": 0.2},
         ingester={"spool_path": tmp_path / "ingester.db", "metrics_port": 0,

@@ -10,13 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from deploy_support import platform_on_broker
 from typer.testing import CliRunner
 
-from edge_runtime._enroll import enroll
+from edge_runtime import enroll
 from edgeaiforge import ModelManager
 from edgeaiforge._errors import NotFoundError, PermissionDeniedError
 from edgeaiforge.cli import app
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 
@@ -25,14 +26,8 @@ async def test_remove_through_rest_sdk_and_cli(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
 ) -> None:  # type: ignore[no-untyped-def]
     user = await mqtt_user(roles=[SERVICE_ROLE])
-    settings = platform_settings(
-        tmp_path,
-        nats_url=nats_server.url,
-        mqtt={"host": mosquitto_server.host, "port": mosquitto_server.port,
-              "username": user[0], "password": user[1]},
-        deployer={"admin_username": mosquitto_server.admin_username,
-                  "admin_password": mosquitto_server.admin_password,
-                  "tick_interval": 0.2, "stall_timeout": 1.0},
+    settings = platform_on_broker(
+        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,
     )  # fmt: skip
     group = unique_id("g-")
     first, second = f"{group}-a", f"{group}-b"
