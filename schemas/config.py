@@ -208,6 +208,9 @@ class ValidatorConfig(_Section):
     require_network_isolation: bool = True
     #: Where decrypted models are placed for the workers (private temp dirs); "" = $TMPDIR.
     work_dir: str = ""
+    #: Keep one set of workers started (confined, libraries imported, idle) for the next
+    #: upload; each set still serves one upload only. Off: workers start per upload.
+    prestart_workers: bool = True
     sandbox: SandboxLimits = SandboxLimits()
 
 
@@ -220,6 +223,8 @@ class AnalyzerConfig(_Section):
     runs: PositiveInt = 50
     #: Per-node costs kept in a report (the costliest); totals always cover every node.
     max_nodes_in_report: PositiveInt = 500
+    #: Keep one pair of workers started for the next model (as ``validator.prestart_workers``).
+    prestart_workers: bool = True
     sandbox: SandboxLimits = SandboxLimits(cpu_seconds=300, wall_seconds=300.0)
 
 

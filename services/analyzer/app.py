@@ -9,9 +9,12 @@ derived from the incoming one, so handling an event twice publishes one report.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,13 +32,36 @@ from services.validator.app import derived_event_id, ensure_sandbox
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import ZIP_MAGIC, write_stream
-from services.validator.sandbox import hand_over, private_workdir, run_task, start_worker
+from services.validator.sandbox import (
+    StartedAhead,
+    Worker,
+    hand_over,
+    private_workdir,
+    run_task,
+    start_worker,
+)
 
 __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
 
 log = get_logger(__name__)
 
 CONSUMER = "analyzer"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisWorkers:
+    """The analyzer's two sandboxed workers for one model, in their private directory."""
+
+    workdir: Path
+    timer: Worker
+    profiler: Worker
+
+    @property
+    def alive(self) -> bool:
+        return self.timer.alive and self.profiler.alive
+
+    async def started(self) -> bool:
+        return all(await asyncio.gather(self.timer.started(), self.profiler.started()))
 
 
 class AnalyzerService:
@@ -56,6 +82,28 @@ class AnalyzerService:
         self.bus = bus
         self.sessions = sessions
         self.artifacts = artifacts
+        #: The profile and latency workers, one pair started ahead of each model
+        #: (``analyzer.prestart_workers``); ``workers.start()`` starts the first.
+        self.workers: StartedAhead[AnalysisWorkers] = StartedAhead(
+            self._start_workers, enabled=self.config.prestart_workers
+        )
+
+    async def _start_workers(self, stack: AsyncExitStack) -> AnalysisWorkers:
+        """The timer first: its session, then the measurement, are the longer way."""
+        vcfg = self.settings.validator
+        workdir = await stack.enter_async_context(private_workdir(vcfg.work_dir))
+        common: dict[str, Any] = {
+            "limits": self.config.sandbox,
+            "workdir": workdir,
+            "require_isolation": vcfg.require_network_isolation,
+        }
+        timer = await stack.enter_async_context(
+            start_worker("services.analyzer.timing:time_model", steps=2, **common)
+        )
+        profiler = await stack.enter_async_context(
+            start_worker("services.analyzer.tasks:profile", steps=1, **common)
+        )
+        return AnalysisWorkers(workdir, timer, profiler)
 
     async def handle_validated(self, event: ModelValidated) -> None:
         """Analyse one validated version and publish the report, once per event."""
@@ -99,27 +147,10 @@ class AnalyzerService:
         vcfg, acfg = self.settings.validator, self.config
         dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
         limits = acfg.sandbox
-        isolation = vcfg.require_network_isolation
-        async with (
-            private_workdir(vcfg.work_dir) as workdir,
-            # Started first: they start Python and import their libraries while the
-            # artifact is decrypted; they read nothing before ``begin``. The timer first:
-            # its session, then the measurement, are the longer way.
-            start_worker(
-                "services.analyzer.timing:time_model",
-                steps=2,
-                limits=limits,
-                workdir=workdir,
-                require_isolation=isolation,
-            ) as timer,
-            start_worker(
-                "services.analyzer.tasks:profile",
-                steps=1,
-                limits=limits,
-                workdir=workdir,
-                require_isolation=isolation,
-            ) as profiler,
-        ):
+        # Started ahead (or now, if none are ready): confined, libraries imported; they
+        # read nothing before ``begin``.
+        async with self.workers.take() as workers:
+            workdir, timer, profiler = workers.workdir, workers.timer, workers.profiler
             upload = workdir / "upload"
             try:
                 await write_stream(
@@ -206,7 +237,11 @@ async def create_service(
             consumer=durable,
         )
         register(bus, service, durable=durable)
-        async with bus:
-            yield service
+        service.workers.start()
+        try:
+            async with bus:
+                yield service
+        finally:
+            await service.workers.aclose()
     finally:
         await engine.dispose()

@@ -45,8 +45,8 @@ def abort() -> None:
 
 
 def identity() -> dict[str, int]:
-    """The user the worker runs as."""
-    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid()}
+    """The user the worker runs as, and its process id."""
+    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "pid": os.getpid()}
 
 
 def read_file(path: str) -> int:

@@ -100,9 +100,10 @@ def _error(exc: BaseException, isolation: str) -> dict[str, Any]:
 def main() -> None:
     """Run one task; each answer is a single JSON line on the original stdout.
 
-    On stdin: one line with the task and its limits, read before anything else; then one
-    line per step, read after the worker has confined itself, each the signal to run the
-    step (the first holds the task's keyword arguments). The parent can so start a worker
+    On stdin: one line with the task and its limits, read before anything else; then,
+    once the worker has confined itself and imported the task, it says so (a ``ready``
+    line before any answer) and reads one line per step, each the signal to run the step
+    (the first holds the task's keyword arguments). The parent can so start a worker
     before the files it will read exist, and hold a step back. A task of one step returns
     its answer. A task of several steps (``steps``) is a generator: each value it yields
     is one answer, and each step gets the CPU seconds of a whole task (the soft
@@ -135,6 +136,7 @@ def main() -> None:
             importlib.import_module(f"encodings.{codec}")
         func = getattr(importlib.import_module(module_name), func_name)
         _drop_privileges()
+        say({"status": "ready", "isolation": isolation})
         first = sys.stdin.readline()
         if not first:
             return  # the parent gave up before the first step

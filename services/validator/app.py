@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,12 +26,13 @@ from services.common.logging import get_logger
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
 from services.validator.pipeline import (
+    CheckWorkers,
     rejected_at,
     start_check_workers,
     validate_upload,
     write_stream,
 )
-from services.validator.sandbox import private_workdir, run_task
+from services.validator.sandbox import StartedAhead, private_workdir, run_task
 
 __all__ = ["CONSUMER", "ValidatorService", "create_service", "derived_event_id", "ensure_sandbox"]
 
@@ -85,6 +87,11 @@ class ValidatorService:
         self.bus = bus
         self.sessions = sessions
         self.artifacts = artifacts
+        #: The checks' workers, one set started ahead of each upload
+        #: (``validator.prestart_workers``); ``workers.start()`` starts the first.
+        self.workers: StartedAhead[CheckWorkers] = StartedAhead(
+            partial(start_check_workers, self.config), enabled=self.config.prestart_workers
+        )
 
     async def handle_uploaded(self, event: ModelUploaded) -> None:
         """Validate one upload and publish the verdict, once per event."""
@@ -117,17 +124,12 @@ class ValidatorService:
         )
 
     async def validate(self, event: ModelUploaded) -> ValidationReport:
-        """Decrypt the upload into a private directory and run the checks on it."""
+        """Decrypt the upload into its workers' private directory and run the checks."""
         cfg = self.config
-        async with (
-            private_workdir(cfg.work_dir) as workdir,
-            # Started first: the workers start Python and import onnx/onnxruntime while
-            # the upload is decrypted; they read nothing before validate_upload says so.
-            start_check_workers(
-                cfg, workdir, reference=event.reference_artifact_id is not None
-            ) as workers,
-        ):
-            upload = workdir / "upload"
+        # Workers started ahead (or now, if none are ready): they have confined themselves
+        # and imported onnx/onnxruntime; they read nothing before validate_upload says so.
+        async with self.workers.take() as workers:
+            upload = workers.workdir / "upload"
             try:
                 size = await write_stream(
                     self.artifacts.iter_plaintext(event.artifact_id),
@@ -143,7 +145,7 @@ class ValidatorService:
                 return rejected_at([failure], "file")
             reference = None
             if event.reference_artifact_id is not None:
-                reference = workdir / "reference.npz"
+                reference = workers.workdir / "reference.npz"
                 try:
                     await write_stream(
                         self.artifacts.iter_plaintext(event.reference_artifact_id),
@@ -153,12 +155,7 @@ class ValidatorService:
                 except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                     raise ArtifactUnavailableError(event.reference_artifact_id, str(exc)) from exc
             return await validate_upload(
-                upload,
-                size=size,
-                reference=reference,
-                config=cfg,
-                workdir=workdir,
-                workers=workers,
+                upload, size=size, reference=reference, config=cfg, workers=workers
             )
 
 
@@ -183,7 +180,11 @@ async def create_service(
             consumer=durable,
         )
         register(bus, service, durable=durable)
-        async with bus:
-            yield service
+        service.workers.start()
+        try:
+            async with bus:
+                yield service
+        finally:
+            await service.workers.aclose()
     finally:
         await engine.dispose()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from services.validator.sandbox import (
     TaskOutcome,
     Worker,
     hand_over,
+    private_workdir,
     start_worker,
 )
 
@@ -149,46 +150,57 @@ async def _sandboxed(
 
 @dataclass(frozen=True, slots=True)
 class CheckWorkers:
-    """The two sandboxed workers that run an upload's checks (``start_check_workers``)."""
+    """The two sandboxed workers that run an upload's checks, in their private work
+    directory (``start_check_workers``)."""
 
+    workdir: Path
     #: ``load`` to ``shape_inference``: the onnx side, on one parse of the model.
     structure: Worker
     #: The onnxruntime session, then ``trial_inference`` (and ``reference``) on it.
     runtime: Worker
-    runtime_checks: tuple[str, ...]
+
+    @property
+    def alive(self) -> bool:
+        return self.structure.alive and self.runtime.alive
+
+    async def started(self) -> bool:
+        return all(await asyncio.gather(self.structure.started(), self.runtime.started()))
 
 
-@asynccontextmanager
-async def start_check_workers(
-    config: ValidatorConfig, workdir: Path, *, reference: bool
-) -> AsyncIterator[CheckWorkers]:
-    """Start the checks' workers before the upload is in ``workdir``: they confine
-    themselves and import onnx and onnxruntime while the upload is decrypted, and read it
-    only once ``validate_upload`` gives them its path. Both are killed on exit."""
-    runtime_checks = RUNTIME_CHECKS if reference else RUNTIME_CHECKS[:-1]
+async def start_check_workers(config: ValidatorConfig, stack: AsyncExitStack) -> CheckWorkers:
+    """Start the checks' workers, in a fresh private work directory, before there is an
+    upload: they confine themselves and import onnx and onnxruntime, and read an upload
+    only once ``validate_upload`` gives them its path. ``stack`` kills them and removes
+    the directory when it closes (``StartedAhead`` keeps one such set ready)."""
     isolation = config.require_network_isolation
-    async with (
+    workdir = await stack.enter_async_context(private_workdir(config.work_dir))
+    structure = await stack.enter_async_context(
         start_worker(
             _RUN_CHECKS,
             steps=len(STRUCTURE_CHECKS),
             limits=config.sandbox,
             workdir=workdir,
             require_isolation=isolation,
-        ) as structure,
+        )
+    )
+    # Room for every runtime check: whether there is reference data is known only later.
+    runtime = await stack.enter_async_context(
         start_worker(
             _RUN_RUNTIME_CHECKS,
-            steps=1 + len(runtime_checks),
+            steps=1 + len(RUNTIME_CHECKS),
             limits=config.sandbox,
             workdir=workdir,
             require_isolation=isolation,
-        ) as runtime,
-    ):
-        try:
-            yield CheckWorkers(structure, runtime, runtime_checks)
-        finally:
-            # Both at once: a killed worker's memory (the model, the session) takes the
-            # kernel a while to free.
-            await asyncio.gather(structure.close(), runtime.close())
+        )
+    )
+
+    # Closed together, before the directory: a killed worker's memory (the model, the
+    # session) takes the kernel a while to free.
+    async def close_both() -> None:
+        await asyncio.gather(structure.close(), runtime.close())
+
+    stack.push_async_callback(close_both)
+    return CheckWorkers(workdir, structure, runtime)
 
 
 async def validate_upload(
@@ -197,22 +209,12 @@ async def validate_upload(
     size: int,
     reference: Path | None,
     config: ValidatorConfig,
-    workdir: Path,
-    workers: CheckWorkers | None = None,
+    workers: CheckWorkers,
 ) -> ValidationReport:
-    """Run every check on ``upload`` (a file of ``size`` bytes inside ``workdir``), in
-    ``workers`` if they were started beforehand (``start_check_workers``)."""
-    if workers is None:
-        has_reference = reference is not None
-        async with start_check_workers(config, workdir, reference=has_reference) as prepared:
-            return await validate_upload(
-                upload,
-                size=size,
-                reference=reference,
-                config=config,
-                workdir=workdir,
-                workers=prepared,
-            )
+    """Run every check on ``upload`` (a file of ``size`` bytes in ``workers.workdir``)
+    in ``workers``, started beforehand (``start_check_workers``)."""
+    workdir = workers.workdir
+    runtime_checks = RUNTIME_CHECKS if reference is not None else RUNTIME_CHECKS[:-1]
     results: list[CheckResult] = []
     started = time.perf_counter()
 
@@ -268,7 +270,7 @@ async def validate_upload(
     await workers.runtime.begin(
         {
             "model": str(model),
-            "checks": ["session", *workers.runtime_checks],
+            "checks": ["session", *runtime_checks],
             "reference": str(reference) if reference is not None else None,
             "dynamic_dim_default": config.dynamic_dim_default,
             "dynamic_dims": dict(config.dynamic_dims),
@@ -284,7 +286,7 @@ async def validate_upload(
     # The session is part of trial_inference: its failure and its time are that check's.
     session, value = _answer("session", await workers.runtime.next(), config)
     session_ms = session.duration_ms or 0.0
-    for name in workers.runtime_checks:
+    for name in runtime_checks:
         if value is not None:
             check, value = _answer(name, await workers.runtime.next(), config)
         else:

@@ -21,12 +21,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from schemas.config import SandboxLimits
 from services.common.logging import get_logger
@@ -34,6 +34,7 @@ from services.common.logging import get_logger
 __all__ = [
     "NOBODY",
     "SandboxStatus",
+    "StartedAhead",
     "TaskOutcome",
     "Worker",
     "private_workdir",
@@ -253,6 +254,31 @@ class Worker:
         self._stderr = _StderrTail(proc)
         self._mark = time.perf_counter()
         self._ended = False
+        #: Reads the worker's first line: ``ready``, or why it could not start.
+        self._first: asyncio.Future[bytes] | None = None
+        self._past_first = False
+
+    def _first_line(self) -> asyncio.Future[bytes]:
+        if self._first is None:
+            assert self._proc.stdout is not None
+            self._first = asyncio.ensure_future(self._proc.stdout.readline())
+        return self._first
+
+    async def started(self) -> bool:
+        """Wait until the worker has confined itself and imported its task; False when
+        it said something else first (it could not) or ended."""
+        with suppress(ValueError):
+            return _is_ready(await asyncio.shield(self._first_line()))
+        return False
+
+    async def _read_answer(self) -> bytes:
+        assert self._proc.stdout is not None
+        if not self._past_first:
+            first = await asyncio.shield(self._first_line())
+            self._past_first = True
+            if not _is_ready(first):
+                return first  # an answer instead: it could not confine itself or start
+        return await self._proc.stdout.readline()
 
     async def _send(self, line: bytes) -> None:
         assert self._proc.stdin is not None
@@ -279,7 +305,7 @@ class Worker:
         # The step's wall clock runs from when it was asked for, which may be a while ago.
         left = self._limits.wall_seconds - (time.perf_counter() - self._mark)
         try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), timeout=max(left, 0.05))
+            line = await asyncio.wait_for(self._read_answer(), timeout=max(left, 0.05))
         except TimeoutError:
             lap = self._lap()
             await self.close()
@@ -311,6 +337,15 @@ class Worker:
 
     def _lap(self) -> float:
         return (time.perf_counter() - self._mark) * 1000
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Still running and not closed (a worker started ahead may have died idle)."""
+        return not self._ended and self._proc.returncode is None
 
     async def close(self) -> None:
         """Stop the worker if it still runs (nothing it could still say is wanted)."""
@@ -365,11 +400,152 @@ async def start_worker(
         await worker.close()
 
 
+#: Seconds a service stays idle after a job before it starts the next job's workers.
+IDLE_BEFORE_START = 1.0
+
+
+class Prepared(Protocol):
+    """What ``StartedAhead`` keeps ready: workers (and their work directory)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def started(self) -> bool: ...
+
+
+P = TypeVar("P", bound=Prepared)
+
+
+class StartedAhead(Generic[P]):
+    """One set of sandboxed workers started before the job that will use it.
+
+    A worker spends most of a small job starting Python and importing onnx or
+    onnxruntime (0.2-0.3 s). ``start`` prepares one set (``prepare`` enters its work
+    directory and workers into the stack it is given); ``take`` hands it to a job, or
+    prepares one on the spot when none is ready, and closes it after the job: **each set
+    serves exactly one job**, so a model never shares a process with another, and every
+    worker is confined exactly as one started for the job (it waits, confined and
+    imported, for its first step). The next set starts ``IDLE_BEFORE_START`` seconds
+    after a job, unless a job wants one sooner (it then starts its own): starting a set
+    takes 0.3-0.6 s of CPU, which should not run beside the next stage of the same upload
+    (the analyzer's latency measurement follows validation at once). A set whose worker
+    died while it waited is replaced, not used.
+    """
+
+    def __init__(
+        self, prepare: Callable[[AsyncExitStack], Awaitable[P]], *, enabled: bool = True
+    ) -> None:
+        self._prepare = prepare
+        self._enabled = enabled
+        self._next: asyncio.Task[tuple[AsyncExitStack, P]] | None = None
+        #: The next set's start, due once the service has been idle for a while.
+        self._due: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def start(self) -> None:
+        """Start preparing the next set (nothing if one is on its way or disabled)."""
+        self._cancel_due()
+        if self._enabled and not self._closed and self._next is None:
+            self._next = asyncio.create_task(self._make())
+
+    def _cancel_due(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+
+    async def ready(self) -> bool:
+        """Start the next set now if it is only due later, and wait until it has confined
+        itself and imported its code; False when disabled or it could not start."""
+        self.start()
+        task = self._next
+        if task is None:
+            return False
+        await asyncio.wait([task])
+        if task.cancelled() or task.exception() is not None:
+            return False
+        _, prepared = task.result()
+        return await prepared.started()
+
+    async def _make(self) -> tuple[AsyncExitStack, P]:
+        stack = AsyncExitStack()
+        try:
+            return stack, await self._prepare(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    async def _claim(self) -> tuple[AsyncExitStack, P] | None:
+        self._cancel_due()  # a set not started yet is of no use to this job
+        task, self._next = self._next, None
+        if task is None:
+            return None
+        try:
+            stack, prepared = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                self._drop(task)  # the job was cancelled: close its set once it is ready
+                raise
+            return None  # the set was cancelled (``aclose``)
+        except Exception as exc:  # the job starts its own set instead
+            log.warning("workers started ahead failed to start", error=str(exc))
+            return None
+        if prepared.alive:
+            return stack, prepared
+        log.warning("a worker started ahead exited while it waited; starting another")
+        await stack.aclose()
+        return None
+
+    def _drop(self, task: asyncio.Task[tuple[AsyncExitStack, P]]) -> None:
+        async def close() -> None:
+            with suppress(BaseException):
+                stack, _ = await task
+                await stack.aclose()
+
+        closing = asyncio.create_task(close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[P]:
+        """The set for one job, closed (its workers killed) when the job ends."""
+        made = await self._claim()
+        stack, prepared = made if made is not None else await self._make()
+        try:
+            yield prepared
+        finally:
+            await stack.aclose()
+            if self._enabled and not self._closed:
+                self._due = asyncio.get_running_loop().call_later(IDLE_BEFORE_START, self.start)
+
+    async def aclose(self) -> None:
+        """Stop the set waiting for a job; ``take`` still works, without sets ahead."""
+        self._closed = True
+        self._cancel_due()
+        task, self._next = self._next, None
+        if task is not None:
+            task.cancel()
+            self._drop(task)
+        if self._closing:
+            await asyncio.wait(set(self._closing))
+
+
+def _is_ready(line: bytes) -> bool:
+    """Whether ``line`` is the worker's ``ready`` line (not an answer)."""
+    if not line.startswith(b'{"status": "ready"'):
+        return False
+    with suppress(ValueError):
+        return bool(json.loads(line).get("status") == "ready")
+    return False
+
+
 def _outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOutcome:
     reply: dict[str, Any] | None = None
-    if out:
+    lines = [line for line in out.strip().splitlines() if not _is_ready(line)]
+    if lines:
         with suppress(ValueError):
-            reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+            reply = json.loads(lines[-1].decode(errors="replace"))
     if code < 0:
         sig = -code
         if sig == signal.SIGXCPU:

@@ -1,0 +1,145 @@
+"""Workers started ahead of a job (``StartedAhead``): a job gets the set that waited for
+it, confined and imported; each set serves one job; a set that died while it waited is
+replaced; stopping the service kills the set that waits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from schemas.config import SandboxLimits
+from services.validator import sandbox
+from services.validator.sandbox import (
+    SandboxStatus,
+    StartedAhead,
+    Worker,
+    private_workdir,
+    start_worker,
+)
+
+LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
+
+
+@dataclass
+class OneWorker:
+    workdir: Path
+    worker: Worker
+
+    @property
+    def alive(self) -> bool:
+        return self.worker.alive
+
+    async def started(self) -> bool:
+        return await self.worker.started()
+
+
+class Sets:
+    """A ``StartedAhead`` of one ``identity`` worker each, counting the sets it started."""
+
+    def __init__(self, task: str = "services.validator._selftest:identity") -> None:
+        self.task = task
+        self.made: list[OneWorker] = []
+        self.pool = StartedAhead(self.prepare)
+
+    async def prepare(self, stack: AsyncExitStack) -> OneWorker:
+        workdir = await stack.enter_async_context(private_workdir())
+        worker = await stack.enter_async_context(
+            start_worker(self.task, steps=1, limits=LIMITS, workdir=workdir)
+        )
+        self.made.append(OneWorker(workdir, worker))
+        return self.made[-1]
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def run(one: OneWorker) -> dict[str, int]:
+    await one.worker.begin({})
+    outcome = await one.worker.next()
+    assert outcome.ok, outcome
+    return dict(outcome.value)
+
+
+async def test_a_job_gets_the_set_that_waited_and_every_job_its_own() -> None:
+    sets = Sets()
+    sets.pool.start()
+    assert await sets.pool.ready()  # confined and imported before there is a job
+    waiting = sets.made[0]
+    async with sets.pool.take() as first:
+        assert first is waiting and len(sets.made) == 1
+        one = await run(first)
+    # The job's worker and work directory are gone with the job.
+    assert not running(one["pid"]) and not first.workdir.exists()
+    assert await sets.pool.ready()
+    async with sets.pool.take() as second:
+        two = await run(second)
+    assert len(sets.made) == 2 and two["pid"] != one["pid"]
+    await sets.pool.aclose()
+
+
+async def test_the_next_set_starts_once_the_service_has_been_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox, "IDLE_BEFORE_START", 0.3)
+    sets = Sets()
+    async with sets.pool.take() as first:  # none ready: the job starts its own
+        await run(first)
+    assert len(sets.made) == 1  # not beside whatever follows the job at once
+    for _ in range(100):
+        if len(sets.made) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert len(sets.made) == 2
+    assert await sets.pool.ready()
+    await sets.pool.aclose()
+
+
+async def test_a_set_that_died_while_it_waited_is_replaced() -> None:
+    sets = Sets()
+    sets.pool.start()
+    assert await sets.pool.ready()
+    dead = sets.made[0]
+    os.kill(dead.worker.pid, 9)
+    for _ in range(100):
+        if not dead.alive:
+            break
+        await asyncio.sleep(0.05)
+    async with sets.pool.take() as fresh:
+        assert fresh is not dead and len(sets.made) == 2
+        assert (await run(fresh))["pid"] != dead.worker.pid
+    await sets.pool.aclose()
+
+
+async def test_stopping_kills_the_waiting_set_and_removes_its_directory() -> None:
+    sets = Sets()
+    sets.pool.start()
+    assert await sets.pool.ready()
+    waiting = sets.made[0]
+    assert running(waiting.worker.pid) and waiting.workdir.exists()
+    await sets.pool.aclose()
+    assert not running(waiting.worker.pid) and not waiting.workdir.exists()
+    # A job after that still runs, in workers of its own, and none are started after it.
+    async with sets.pool.take() as late:
+        await run(late)
+    assert len(sets.made) == 2 and sets.pool._next is None and sets.pool._due is None
+
+
+async def test_a_worker_that_cannot_start_says_so_instead_of_ready() -> None:
+    sets = Sets(task="services.validator._selftest:no_such_task")
+    sets.pool.start()
+    assert not await sets.pool.ready()
+    async with sets.pool.take() as broken:
+        await broken.worker.begin({})
+        outcome = await broken.worker.next()
+    assert outcome.status is SandboxStatus.ERROR and "no_such_task" in outcome.detail
+    await sets.pool.aclose()
