@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,8 @@ from schemas.deployer import (
     CreateDeployment,
     CreateEnrollmentToken,
     DeploymentInfo,
+    DeviceInfo,
+    DeviceRef,
     EnrollmentToken,
     EnrollReply,
     TargetSelector,
@@ -104,7 +110,7 @@ class Platform:
             CreateEnrollmentToken(device_id=device_id, group=group),
             EnrollmentToken,
         )
-        state_dir = self.workdir / "devices" / device_id
+        state_dir = self.state_dir(device_id)
         request = prepare(state_dir, device_id=device_id, token=token.token)
         reply: EnrollReply = await self.bus.request(SUBJECTS["enroll"], request, EnrollReply)
         complete(state_dir, reply)
@@ -239,3 +245,30 @@ class StateWatcher:
                     self.active_at[device] = loop.time()
                     if len(self.active_at) == len(self._wanted):
                         self._done.set()
+
+
+@contextlib.asynccontextmanager
+async def device_process(
+    p: Platform, device: str, workdir: Path
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """``python -m edge_runtime run`` for an enrolled ``device`` in its own process, as a
+    device runs it; yields once the deployer sees it online, and stops it on exit."""
+    cmd = [sys.executable, "-m", "edge_runtime", "run", "--state-dir", str(p.state_dir(device))]
+    with (workdir / f"{device}.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            await _wait_online(p, device)
+            yield proc
+        finally:
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 30)
+
+
+async def _wait_online(p: Platform, device: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = await p.bus.request(SUBJECTS["get_device"], DeviceRef(device_id=device), DeviceInfo)
+        if info.online:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"device {device} did not come online within 60 s")

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from bench._common import Result, Servers
-from bench._platform import Platform, StateWatcher, matmul_model, platform
+from bench._platform import StateWatcher, device_process, matmul_model, platform
 from bench.deploy import MB, MiB, deploy_and_wait
 from schemas.deployer import TargetSelector
 
@@ -28,30 +24,22 @@ async def edge_memory(servers: Servers, workdir: Path, *, size_mb: int = 100) ->
     async with platform(servers, workdir) as p:
         device = "bench-memory-1"
         await p.enroll(device)
-        cmd = [
-            sys.executable, "-m", "edge_runtime", "run", "--state-dir", str(p.state_dir(device)),
-        ]  # fmt: skip
-        log = (workdir / "edge-runtime.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            async with StateWatcher(servers, servers.service_user) as watcher:
-                # Idle: connected, no model; let it settle so imports and buffers are done.
-                await _wait_online(p, device)
-                await asyncio.sleep(2.0)
-                idle_hwm = _vm(proc.pid, "VmHWM")
-                idle_rss = _vm(proc.pid, "VmRSS")
-                idle_anon, idle_file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
-                seconds, _ = await deploy_and_wait(
-                    p, watcher, [device], "bench-memory", data,
-                    target=TargetSelector(device_id=device), timeout=300,
-                )  # fmt: skip
-                peak = _vm(proc.pid, "VmHWM")
-                after = _vm(proc.pid, "VmRSS")
-                anon, file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
-        finally:
-            proc.terminate()
-            await asyncio.to_thread(proc.wait, 30)
-            log.close()
+        async with (
+            device_process(p, device, workdir) as proc,
+            StateWatcher(servers, servers.service_user) as watcher,
+        ):
+            # Idle: connected, no model; let it settle so imports and buffers are done.
+            await asyncio.sleep(2.0)
+            idle_hwm = _vm(proc.pid, "VmHWM")
+            idle_rss = _vm(proc.pid, "VmRSS")
+            idle_anon, idle_file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
+            seconds, _ = await deploy_and_wait(
+                p, watcher, [device], "bench-memory", data,
+                target=TargetSelector(device_id=device), timeout=300,
+            )  # fmt: skip
+            peak = _vm(proc.pid, "VmHWM")
+            after = _vm(proc.pid, "VmRSS")
+            anon, file = _vm(proc.pid, "RssAnon"), _vm(proc.pid, "RssFile")
     return Result(
         key="edge_memory_ratio",
         what=f"edge runtime peak RSS taking a {len(data) / MB:.0f} MB model, less idle, ÷ size",
@@ -74,15 +62,3 @@ async def edge_memory(servers: Servers, workdir: Path, *, size_mb: int = 100) ->
             "rewrite to mapped weights, onnxruntime load, health inference",
         },
     )
-
-
-async def _wait_online(p: Platform, device: str) -> None:
-    from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        info = await p.bus.request(SUBJECTS["get_device"], DeviceRef(device_id=device), DeviceInfo)
-        if info.online:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"device {device} did not come online within 60 s")

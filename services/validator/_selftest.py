@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["abort", "allocate", "connect", "identity", "read_file", "sleep", "spin", "steps"]
+__all__ = ["abort", "allocate", "connect", "identity", "pid", "read_file", "sleep", "spin", "steps"]
 
 
 def connect(host: str, port: int) -> dict[str, Any]:
@@ -45,8 +45,13 @@ def abort() -> None:
 
 
 def identity() -> dict[str, int]:
-    """The user the worker runs as, and its process id."""
-    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "pid": os.getpid()}
+    """The user the worker runs as."""
+    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid()}
+
+
+def pid() -> int:
+    """The worker's process id."""
+    return os.getpid()
 
 
 def read_file(path: str) -> int:

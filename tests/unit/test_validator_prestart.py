@@ -39,9 +39,9 @@ class OneWorker:
 
 
 class Sets:
-    """A ``StartedAhead`` of one ``identity`` worker each, counting the sets it started."""
+    """A ``StartedAhead`` of one ``pid`` worker each, counting the sets it started."""
 
-    def __init__(self, task: str = "services.validator._selftest:identity") -> None:
+    def __init__(self, task: str = "services.validator._selftest:pid") -> None:
         self.task = task
         self.made: list[OneWorker] = []
         self.pool = StartedAhead(self.prepare)
@@ -63,11 +63,12 @@ def running(pid: int) -> bool:
     return True
 
 
-async def run(one: OneWorker) -> dict[str, int]:
+async def run(one: OneWorker) -> int:
+    """Run the set's worker; the process id it ran in."""
     await one.worker.begin({})
     outcome = await one.worker.next()
     assert outcome.ok, outcome
-    return dict(outcome.value)
+    return int(outcome.value)
 
 
 async def test_a_job_gets_the_set_that_waited_and_every_job_its_own() -> None:
@@ -79,11 +80,11 @@ async def test_a_job_gets_the_set_that_waited_and_every_job_its_own() -> None:
         assert first is waiting and len(sets.made) == 1
         one = await run(first)
     # The job's worker and work directory are gone with the job.
-    assert not running(one["pid"]) and not first.workdir.exists()
+    assert not running(one) and not first.workdir.exists()
     assert await sets.pool.ready()
     async with sets.pool.take() as second:
         two = await run(second)
-    assert len(sets.made) == 2 and two["pid"] != one["pid"]
+    assert len(sets.made) == 2 and two != one
     await sets.pool.aclose()
 
 
@@ -116,7 +117,7 @@ async def test_a_set_that_died_while_it_waited_is_replaced() -> None:
         await asyncio.sleep(0.05)
     async with sets.pool.take() as fresh:
         assert fresh is not dead and len(sets.made) == 2
-        assert (await run(fresh))["pid"] != dead.worker.pid
+        assert await run(fresh) != dead.worker.pid
     await sets.pool.aclose()
 
 
