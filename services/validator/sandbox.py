@@ -441,12 +441,18 @@ class StartedAhead(Generic[P]):
         #: The next set's start, due once the service has been idle for a while.
         self._due: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Started by its owner, who closes it (``aclose``); until then, nothing ahead.
+        self._running = False
         self._closed = False
 
     def start(self) -> None:
-        """Start preparing the next set (nothing if one is on its way or disabled)."""
+        """Start preparing the next set (nothing if one is on its way or disabled); from
+        now on a set is kept ready until ``aclose``."""
         self._cancel_due()
-        if self._enabled and not self._closed and self._next is None:
+        if not self._enabled or self._closed:
+            return
+        self._running = True
+        if self._next is None:
             self._next = asyncio.create_task(self._make())
 
     def _cancel_due(self) -> None:
@@ -516,7 +522,7 @@ class StartedAhead(Generic[P]):
             yield prepared
         finally:
             await stack.aclose()
-            if self._enabled and not self._closed:
+            if self._running and not self._closed:
                 self._due = asyncio.get_running_loop().call_later(IDLE_BEFORE_START, self.start)
 
     async def aclose(self) -> None:

@@ -93,7 +93,9 @@ async def test_the_next_set_starts_once_the_service_has_been_idle(
 ) -> None:
     monkeypatch.setattr(sandbox, "IDLE_BEFORE_START", 0.3)
     sets = Sets()
-    async with sets.pool.take() as first:  # none ready: the job starts its own
+    sets.pool.start()
+    assert await sets.pool.ready()
+    async with sets.pool.take() as first:
         await run(first)
     assert len(sets.made) == 1  # not beside whatever follows the job at once
     for _ in range(100):
@@ -103,6 +105,18 @@ async def test_the_next_set_starts_once_the_service_has_been_idle(
     assert len(sets.made) == 2
     assert await sets.pool.ready()
     await sets.pool.aclose()
+
+
+async def test_a_pool_nobody_started_keeps_nothing_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox, "IDLE_BEFORE_START", 0.1)
+    sets = Sets()
+    async with sets.pool.take() as only:  # none ready: the job starts its own
+        await run(only)
+    await asyncio.sleep(0.5)
+    # Nobody would close a set started now: none is.
+    assert len(sets.made) == 1 and sets.pool._next is None
 
 
 async def test_a_set_that_died_while_it_waited_is_replaced() -> None:
