@@ -32,7 +32,8 @@ __all__ = ["Installed", "StateDir", "atomic_write"]
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``path`` so that a crash leaves either the old or the new content."""
+    """Write ``path`` so that a crash or a power loss leaves either the old or the new
+    content, and once this returns, the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -42,6 +43,18 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the entries of ``directory`` durable: a rename into it (or a new file) is
+    only in the directory's metadata until the directory itself is synced, and a power
+    loss before that may bring back the old name."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

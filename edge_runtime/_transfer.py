@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_runtime._state import StateDir, atomic_write
+from edge_runtime._state import StateDir, atomic_write, sync_directory
 from edge_runtime.errors import TransferRefused
 from schemas import crypto
 from schemas.manifest import Manifest, ManifestError, SignedManifest
@@ -383,6 +383,8 @@ class Transfer:
         target = self.state.model_path(m.artifact_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
+        # The model is reported (and recorded) as installed next: its new name must last.
+        await asyncio.to_thread(sync_directory, target.parent)
         return target
 
     def _size_and_digest(self) -> tuple[int, str]:

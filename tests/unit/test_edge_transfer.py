@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from edge_runtime._state import StateDir
+from edge_runtime._state import StateDir, atomic_write
 from edge_runtime._transfer import ChunkOutcome, Transfer
 from edge_runtime.errors import TransferRefused
 from schemas.manifest import Manifest
@@ -102,3 +103,35 @@ def test_bytes_that_do_not_match_the_manifest_fail_the_digest(tmp_path: Path) ->
     with pytest.raises(TransferRefused) as caught:
         asyncio.run(job.finish())
     assert caught.value.code is RejectionCode.DIGEST_MISMATCH
+
+
+def synced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What ``os.fsync`` is called on from now, by path (the real call still happens)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_state_files_and_the_installed_model_are_synced_with_their_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rename is in the directory's metadata only: without the directory's own sync a
+    # power loss may bring back the old name after the device reported the new one.
+    synced = synced_paths(monkeypatch)
+    state = tmp_path / "state"
+    atomic_write(state / "installed.json", b"{}")
+    assert synced[-2].endswith(".tmp") and synced[-1] == str(state)  # bytes, then the name
+
+    data = bytes(range(256)) * 40
+    job = broadcast_transfer(tmp_path, data)
+    for i in range(-(-len(data) // CHUNK)):
+        job.accept(i, job.manifest.artifact_id, chunk(data, i))
+    synced.clear()
+    path = asyncio.run(job.finish())
+    assert synced[-1] == str(path.parent)
