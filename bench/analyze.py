@@ -65,8 +65,8 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
         size_bytes=info.size,
         sequence=1,
     )
-    # As the running services do: one set of workers started (and ready) ahead of each
-    # upload; the validator starts its next set while the analyzer runs.
+    # As the running services do for an upload that comes after a pause of a second or
+    # more: a set of workers started and ready ahead of it (closer uploads start cold).
     validator.workers.start()
     analyzer.workers.start()
     rounds: list[tuple[float, float, ValidationReport, AnalysisReport]] = []
@@ -108,8 +108,8 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
             "includes": "best of three uploads (and of three sessions): decrypting the upload "
             "from the store into the work directory (twice: validator and analyzer), every "
             "sandboxed check, the profile and the latency measurement (warm-up and runs as "
-            "configured), the validator starting its next workers while the analyzer runs; "
-            "not the workers' start ahead of the upload (validator/analyzer."
-            "prestart_workers), not the NATS hops",
+            "configured); each upload finds the services' workers started and ready ahead "
+            "(validator/analyzer.prestart_workers), as after a pause of a second or more; "
+            "not the NATS hops",
         },
     )

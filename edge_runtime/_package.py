@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from edge_runtime._external import externalize
+from edge_runtime._state import sync_directory
 from edge_runtime.errors import InferenceError
 
 __all__ = ["PackageError", "discard_unpacked", "is_package", "model_file", "unpacked_dir"]
@@ -53,11 +54,7 @@ def discard_unpacked(path: Path) -> None:
 def _complete(target: Path) -> None:
     """Mark ``target`` complete, durably: a power cut never leaves a marked partial copy."""
     (target / _DONE).touch()
-    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_directory(target)
 
 
 def _externalized(path: Path) -> Path:

@@ -381,10 +381,14 @@ class Transfer:
                 deployment_id=m.deployment_id,
             )
         target = self.state.model_path(m.artifact_id)
+        first = not target.parent.is_dir()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
-        # The model is reported (and recorded) as installed next: its new name must last.
+        # The model is reported (and recorded) as installed next: its new name must last,
+        # and on the first install the directory that holds it.
         await asyncio.to_thread(sync_directory, target.parent)
+        if first:
+            await asyncio.to_thread(sync_directory, target.parent.parent)
         return target
 
     def _size_and_digest(self) -> tuple[int, str]:

@@ -9,7 +9,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["abort", "allocate", "connect", "identity", "pid", "read_file", "sleep", "spin", "steps"]
+__all__ = [
+    "abort",
+    "allocate",
+    "connect",
+    "identity",
+    "pid",
+    "plant_link",
+    "read_file",
+    "sleep",
+    "spin",
+    "steps",
+]
 
 
 def connect(host: str, port: int) -> dict[str, Any]:
@@ -47,6 +58,12 @@ def abort() -> None:
 def identity() -> dict[str, int]:
     """The user the worker runs as."""
     return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid()}
+
+
+def plant_link(target: str, link: str) -> bool:
+    """Try to put a symbolic link where the service will write next."""
+    os.symlink(target, link)
+    return True
 
 
 def pid() -> int:

@@ -10,6 +10,7 @@ that crashes, runs out of memory or time fails the check it was running with tha
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterable
 from contextlib import AsyncExitStack
@@ -69,9 +70,11 @@ class _TooLarge(Exception):
 
 
 async def write_stream(chunks: AsyncIterable[bytes], dest: Path, *, limit: int) -> int:
-    """Write a byte stream to ``dest``; stops (and returns ``limit + 1``) past ``limit``."""
+    """Write a byte stream to a new file ``dest``; stops (and returns ``limit + 1``) past
+    ``limit``. An existing ``dest`` (or a symbolic link there) is an error, never followed."""
     written = 0
-    with open(dest, "wb") as out:  # noqa: ASYNC230 - small writes of already-decrypted chunks
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(fd, "wb") as out:  # noqa: ASYNC230 - small writes of already-decrypted chunks
         async for piece in chunks:
             written += len(piece)
             if written > limit:

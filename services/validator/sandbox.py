@@ -104,23 +104,28 @@ class TaskOutcome:
 
 @asynccontextmanager
 async def private_workdir(parent: str = "") -> AsyncIterator[Path]:
-    """A fresh directory (mode 0700) for one artifact's files, removed afterwards.
+    """A fresh directory for one artifact's files, removed afterwards.
 
-    When the service runs as root it belongs to ``nobody``, the user the workers run as.
+    Mode 0700; when the service runs as root it stays root's with mode 0711: the workers
+    (``nobody``) reach the files handed to them (``hand_over``) but cannot add, replace or
+    list entries, so nothing a worker left running could plant a symbolic link where the
+    service writes next (a directory waits for its upload while its workers are started
+    ahead).
     """
     path = Path(tempfile.mkdtemp(prefix="eaf-sandbox-", dir=parent or None))
     try:
         if os.geteuid() == 0:
-            os.chown(path, NOBODY, NOBODY)
+            os.chmod(path, 0o711)  # noqa: S103 - others may traverse, not list or write
         yield path
     finally:
         await asyncio.to_thread(shutil.rmtree, path, True)
 
 
 def hand_over(path: Path) -> None:
-    """Give a file the parent wrote in a work dir to the worker's user."""
+    """Give a file or directory the parent made in a work dir to the worker's user (the
+    entry itself, never what a symbolic link would point to)."""
     if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
 
 
 def _header(task: str, limits: SandboxLimits, require_isolation: bool, steps: int) -> bytes:
@@ -460,18 +465,28 @@ class StartedAhead(Generic[P]):
             self._due.cancel()
             self._due = None
 
-    async def ready(self) -> bool:
+    async def ready(self, timeout: float = 60.0) -> bool:
         """Start the next set now if it is only due later, and wait until it has confined
-        itself and imported its code; False when disabled or it could not start."""
+        itself and imported its code; False when not started, disabled, or the set could
+        not start within ``timeout`` seconds."""
+        if not self._running:
+            return False
         self.start()
         task = self._next
         if task is None:
             return False
-        await asyncio.wait([task])
-        if task.cancelled() or task.exception() is not None:
+
+        async def started() -> bool:
+            await asyncio.wait([task])
+            if task.cancelled() or task.exception() is not None:
+                return False
+            _, prepared = task.result()
+            return await prepared.started()
+
+        try:
+            return await asyncio.wait_for(started(), timeout)
+        except TimeoutError:
             return False
-        _, prepared = task.result()
-        return await prepared.started()
 
     async def _make(self) -> tuple[AsyncExitStack, P]:
         stack = AsyncExitStack()
@@ -489,11 +504,8 @@ class StartedAhead(Generic[P]):
         try:
             stack, prepared = await asyncio.shield(task)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                self._drop(task)  # the job was cancelled: close its set once it is ready
-                raise
-            return None  # the set was cancelled (``aclose``)
+            self._drop(task)  # the job was cancelled: close its set once it is ready
+            raise
         except Exception as exc:  # the job starts its own set instead
             log.warning("workers started ahead failed to start", error=str(exc))
             return None
@@ -516,13 +528,17 @@ class StartedAhead(Generic[P]):
     @asynccontextmanager
     async def take(self) -> AsyncIterator[P]:
         """The set for one job, closed (its workers killed) when the job ends."""
-        made = await self._claim()
-        stack, prepared = made if made is not None else await self._make()
         try:
-            yield prepared
+            made = await self._claim()
+            stack, prepared = made if made is not None else await self._make()
+            try:
+                yield prepared
+            finally:
+                await stack.aclose()
         finally:
-            await stack.aclose()
-            if self._running and not self._closed:
+            # However the job ended: the next set is due once the service is idle.
+            self._cancel_due()
+            if self._running and not self._closed and self._next is None:
                 self._due = asyncio.get_running_loop().call_later(IDLE_BEFORE_START, self.start)
 
     async def aclose(self) -> None:

@@ -134,4 +134,5 @@ def test_state_files_and_the_installed_model_are_synced_with_their_directory(
         job.accept(i, job.manifest.artifact_id, chunk(data, i))
     synced.clear()
     path = asyncio.run(job.finish())
-    assert synced[-1] == str(path.parent)
+    # The first install: the models directory, then the state directory that now holds it.
+    assert synced[-2:] == [str(path.parent), str(path.parent.parent)]

@@ -97,7 +97,9 @@ async def test_the_next_set_starts_once_the_service_has_been_idle(
     assert await sets.pool.ready()
     async with sets.pool.take() as first:
         await run(first)
-    assert len(sets.made) == 1  # not beside whatever follows the job at once
+    await asyncio.sleep(0.15)
+    # Not beside whatever follows the job at once: due, not started.
+    assert len(sets.made) == 1 and sets.pool._next is None and sets.pool._due is not None
     for _ in range(100):
         if len(sets.made) == 2:
             break
@@ -117,6 +119,36 @@ async def test_a_pool_nobody_started_keeps_nothing_ahead(
     await asyncio.sleep(0.5)
     # Nobody would close a set started now: none is.
     assert len(sets.made) == 1 and sets.pool._next is None
+    assert not await sets.pool.ready()
+
+
+async def test_a_job_cancelled_while_it_waits_for_its_set_leaves_nothing_running() -> None:
+    sets = Sets()
+    sets.pool.start()  # not waited for: the job waits for it
+
+    async def job() -> None:
+        async with sets.pool.take() as one:
+            await run(one)
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)  # the job is claiming the set still on its way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await sets.pool.aclose()  # waits for the dropped set to be closed
+    assert len(sets.made) == 1
+    assert not running(sets.made[0].worker.pid) and not sets.made[0].workdir.exists()
+
+
+async def test_stopping_during_a_job_lets_it_finish_and_starts_nothing_after() -> None:
+    sets = Sets()
+    sets.pool.start()
+    assert await sets.pool.ready()
+    async with sets.pool.take() as one:
+        await sets.pool.aclose()
+        assert await run(one) == one.worker.pid  # the running job is not disturbed
+    await asyncio.sleep(0.1)
+    assert len(sets.made) == 1 and sets.pool._next is None and sets.pool._due is None
 
 
 async def test_a_set_that_died_while_it_waited_is_replaced() -> None:

@@ -15,6 +15,7 @@ from model_zoo import tiny_model, to_bytes
 
 from schemas.config import SandboxLimits
 from services.validator import _selftest
+from services.validator.pipeline import write_stream
 from services.validator.sandbox import SandboxStatus, private_workdir, run_task, start_worker
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
@@ -198,3 +199,31 @@ async def test_the_runtime_checks_run_in_the_sandbox(workdir: Path) -> None:
     ) as worker:
         outcomes = [await worker.next() for _ in checks]
     assert all(o.ok and o.value["passed"] for o in outcomes), outcomes
+
+
+async def test_a_worker_cannot_plant_a_link_where_the_service_writes(
+    workdir: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    # A work directory waits for its upload while its workers are started ahead: as root,
+    # workers (nobody) cannot add entries to it.
+    planted = await run_task(
+        SELF + "plant_link",
+        {"target": str(victim), "link": str(workdir / "upload")},
+        limits=LIMITS,
+        workdir=workdir,
+    )
+    if os.geteuid() == 0:
+        assert planted.status is SandboxStatus.ERROR and "PermissionError" in planted.detail
+    else:
+        assert planted.ok  # the worker is the service's own user: nothing to protect
+    # Whatever is there, the service never writes through it.
+    (workdir / "reference.npz").symlink_to(victim)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"model bytes"
+
+    with pytest.raises(FileExistsError):
+        await write_stream(stream(), workdir / "reference.npz", limit=1 << 20)
+    assert victim.read_bytes() == b"keep"
