@@ -175,6 +175,19 @@ class MetricsCollector:
         )
 
 
+def _reraise_swallowed_cancellation() -> None:
+    """End a task whose cancellation a publish returned through.
+
+    In Python 3.11 ``asyncio.wait_for``, which aiomqtt's publish waits in, returns its
+    result instead of raising when the PUBACK and a cancellation arrive together; the
+    request stays counted (``Task.cancelling``), so it is raised here, or a reporter loop
+    would go on and ``await task`` after ``task.cancel()`` would wait forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class MetricsReporter:
     """Collect each interval into the spool; send the spool whenever connected."""
 
@@ -221,6 +234,7 @@ class MetricsReporter:
                     return sent
                 await asyncio.to_thread(self.spool.remove, batch_id)
                 sent += 1
+                _reraise_swallowed_cancellation()
 
     async def flush(self, client: aiomqtt.Client, *, limit: int = 100) -> int:
         """Send spooled batches through a connected ``aiomqtt.Client``.

@@ -119,3 +119,41 @@ async def test_flush_via_keeps_what_an_offline_publisher_could_not_send(tmp_path
     assert len(reporter.spool) == 0
     stamps = [MetricsBatch.model_validate_json(p).inference[0].ts for p in sent]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
+
+
+async def test_a_reporter_ends_when_a_publish_swallowed_its_cancellation(tmp_path: Path) -> None:
+    import asyncio
+
+    from edge_runtime.metrics import MetricsReporter
+
+    collector = MetricsCollector("dev-1", sample_device=False)
+    reporter = MetricsReporter(collector, MetricsSpool(tmp_path / "s.db"), interval=0.01)
+    publishing = asyncio.Event()
+
+    async def publish(payload: bytes) -> bool:
+        # What Python 3.11's asyncio.wait_for (inside aiomqtt's publish) does when the
+        # PUBACK and a cancellation arrive together: it returns the result.
+        publishing.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+        return True
+
+    async def record() -> None:
+        while True:
+            collector.record("m", "1", 1.0)
+            await asyncio.sleep(0.005)
+
+    recording = asyncio.create_task(record())
+    running = asyncio.create_task(reporter.run_with(publish))
+    await asyncio.wait_for(publishing.wait(), 10)
+    running.cancel()
+    try:
+        # Without the re-raise the loop goes on and this waits forever.
+        done, _ = await asyncio.wait({running}, timeout=10)
+        assert done and running.cancelled()
+    finally:
+        recording.cancel()
+        running.cancel()
+        reporter.spool.close()
