@@ -67,10 +67,8 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
     )
     # As the running services do for an upload that comes after a pause of a second or
     # more: a set of workers started and ready ahead of it (closer uploads start cold).
-    validator.workers.start()
-    analyzer.workers.start()
     rounds: list[tuple[float, float, ValidationReport, AnalysisReport]] = []
-    try:
+    async with validator.workers, analyzer.workers:
         for _ in range(ROUNDS):
             await validator.workers.ready()
             await analyzer.workers.ready()
@@ -82,9 +80,6 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
             if report.first_failure is not None:
                 raise RuntimeError(f"the benchmark model was rejected: {report.first_failure}")
             rounds.append((done - start, validated - start, report, analysis))
-    finally:
-        await validator.workers.aclose()
-        await analyzer.workers.aclose()
     seconds, validation, report, analysis = min(rounds, key=lambda r: r[0])
     sessions = [baselines.ort_session_seconds(path)["seconds"] for _ in range(ROUNDS)]
     session = {"seconds": min(sessions)}

@@ -180,11 +180,8 @@ async def create_service(
             consumer=durable,
         )
         register(bus, service, durable=durable)
-        service.workers.start()
-        try:
-            async with bus:
-                yield service
-        finally:
-            await service.workers.aclose()
+        # Workers for the first model start now; the bus stops before they are killed.
+        async with service.workers, bus:
+            yield service
     finally:
         await engine.dispose()

@@ -541,6 +541,13 @@ class StartedAhead(Generic[P]):
             if self._running and not self._closed and self._next is None:
                 self._due = asyncio.get_running_loop().call_later(IDLE_BEFORE_START, self.start)
 
+    async def __aenter__(self) -> StartedAhead[P]:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Stop the set waiting for a job; ``take`` still works, without sets ahead."""
         self._closed = True
