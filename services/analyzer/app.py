@@ -31,7 +31,7 @@ from services.common.logging import get_logger
 from services.validator.app import derived_event_id, ensure_sandbox
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
-from services.validator.pipeline import ZIP_MAGIC, write_stream
+from services.validator.pipeline import ZIP_MAGIC, readable, write_stream
 from services.validator.sandbox import (
     StartedAhead,
     Worker,
@@ -147,15 +147,18 @@ class AnalyzerService:
         vcfg, acfg = self.settings.validator, self.config
         dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
         limits = acfg.sandbox
+        try:
+            # Opened before workers are taken: a missing artifact costs no worker start.
+            chunks = await readable(self.artifacts.iter_plaintext(artifact_id))
+        except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
+            raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
         # Started ahead (or now, if none are ready): confined, libraries imported; they
         # read nothing before ``begin``.
         async with self.workers.take() as workers:
             workdir, timer, profiler = workers.workdir, workers.timer, workers.profiler
             upload = workdir / "upload"
             try:
-                await write_stream(
-                    self.artifacts.iter_plaintext(artifact_id), upload, limit=vcfg.max_file_size
-                )
+                await write_stream(chunks, upload, limit=vcfg.max_file_size)
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model, package = await self._model_file(upload, workdir)

@@ -1171,10 +1171,12 @@ class Deployer:
             ):
                 outcome = domain.final_outcome(TargetState(t.state) for t in targets)
                 events += await self._finish(s, dep, outcome, "")
+        # The events first: a device answers its manifest within milliseconds, and its
+        # target's 'notified' must not reach the bus after the states the device reports.
+        await self._emit(events)
         # All at once: each publish waits for its PUBACK, and a wave's devices should get
         # their manifests together (a broadcast waits for the last of them).
         await asyncio.gather(*(self._notify(t, d) for t, d in to_notify))
-        await self._emit(events)
 
     async def _notify(self, t: Target, d: Device) -> None:
         try:

@@ -27,6 +27,7 @@ from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
 from services.validator.pipeline import (
     CheckWorkers,
+    readable,
     rejected_at,
     start_check_workers,
     validate_upload,
@@ -126,37 +127,38 @@ class ValidatorService:
     async def validate(self, event: ModelUploaded) -> ValidationReport:
         """Decrypt the upload into its workers' private directory and run the checks."""
         cfg = self.config
-        # Workers started ahead (or now, if none are ready): they have confined themselves
-        # and imported onnx/onnxruntime; they read nothing before validate_upload says so.
-        async with self.workers.take() as workers:
-            upload = workers.workdir / "upload"
-            try:
-                size = await write_stream(
-                    self.artifacts.iter_plaintext(event.artifact_id),
-                    upload,
-                    limit=cfg.max_file_size,
+        try:
+            # Opened before workers are taken: a missing artifact costs no worker start.
+            chunks = await readable(self.artifacts.iter_plaintext(event.artifact_id))
+            # Workers started ahead (or now, if none are ready): they have confined
+            # themselves and imported onnx/onnxruntime; they read nothing before
+            # validate_upload says so.
+            async with self.workers.take() as workers:
+                upload = workers.workdir / "upload"
+                size = await write_stream(chunks, upload, limit=cfg.max_file_size)
+                reference = None
+                if event.reference_artifact_id is not None:
+                    reference = workers.workdir / "reference.npz"
+                    try:
+                        await write_stream(
+                            self.artifacts.iter_plaintext(event.reference_artifact_id),
+                            reference,
+                            limit=cfg.max_file_size,
+                        )
+                    except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
+                        raise ArtifactUnavailableError(
+                            event.reference_artifact_id, str(exc)
+                        ) from exc
+                return await validate_upload(
+                    upload, size=size, reference=reference, config=cfg, workers=workers
                 )
-            except ArtifactNotFoundError as exc:
-                # The store may not be visible here yet: let the bus redeliver.
-                raise ArtifactUnavailableError(event.artifact_id, str(exc)) from exc
-            except ArtifactCorruptError as exc:
-                damaged = f"the stored artifact is damaged: {exc.reason}"
-                failure = CheckResult(name="file", outcome=CheckOutcome.FAILED, message=damaged)
-                return rejected_at([failure], "file")
-            reference = None
-            if event.reference_artifact_id is not None:
-                reference = workers.workdir / "reference.npz"
-                try:
-                    await write_stream(
-                        self.artifacts.iter_plaintext(event.reference_artifact_id),
-                        reference,
-                        limit=cfg.max_file_size,
-                    )
-                except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
-                    raise ArtifactUnavailableError(event.reference_artifact_id, str(exc)) from exc
-            return await validate_upload(
-                upload, size=size, reference=reference, config=cfg, workers=workers
-            )
+        except ArtifactNotFoundError as exc:
+            # The store may not be visible here yet: let the bus redeliver.
+            raise ArtifactUnavailableError(event.artifact_id, str(exc)) from exc
+        except ArtifactCorruptError as exc:
+            damaged = f"the stored artifact is damaged: {exc.reason}"
+            failure = CheckResult(name="file", outcome=CheckOutcome.FAILED, message=damaged)
+            return rejected_at([failure], "file")
 
 
 @asynccontextmanager

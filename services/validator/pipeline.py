@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ __all__ = [
     "STRUCTURE_CHECKS",
     "ZIP_MAGIC",
     "CheckWorkers",
+    "readable",
     "rejected_at",
     "start_check_workers",
     "validate_upload",
@@ -67,6 +68,20 @@ _RUN_RUNTIME_CHECKS = "services.validator.runtime:run_runtime_checks"
 
 class _TooLarge(Exception):
     pass
+
+
+async def readable(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` again once its first piece is read: an artifact that is missing or
+    unreadable raises here, before any worker is taken for it."""
+    first = await anext(chunks, None)
+
+    async def again() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+            async for piece in chunks:
+                yield piece
+
+    return again()
 
 
 async def write_stream(chunks: AsyncIterable[bytes], dest: Path, *, limit: int) -> int:

@@ -190,3 +190,41 @@ async def test_a_worker_that_cannot_start_says_so_instead_of_ready() -> None:
         outcome = await broken.worker.next()
     assert outcome.status is SandboxStatus.ERROR and "no_such_task" in outcome.detail
     await sets.pool.aclose()
+
+
+@pytest.mark.parametrize("service_kind", ["validator", "analyzer"])
+async def test_a_model_whose_artifact_is_missing_starts_no_worker(
+    tmp_path: Path, service_kind: str
+) -> None:
+    import uuid
+
+    from schemas.config import Settings
+    from schemas.events import ModelUploaded
+    from services.analyzer.app import AnalyzerService
+    from services.common.artifacts import ArtifactStore
+    from services.validator.app import ValidatorService
+    from services.validator.errors import ArtifactUnavailableError
+
+    settings = Settings()
+    store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=1 << 16)
+    missing = "ab" * 32  # never stored: the real store raises, as for an upload not yet visible
+    started: list[object] = []
+    kind = ValidatorService if service_kind == "validator" else AnalyzerService
+    service = kind(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
+    prepare = service.workers._prepare
+
+    async def counted(stack: AsyncExitStack) -> object:
+        started.append(stack)
+        return await prepare(stack)
+
+    service.workers._prepare = counted  # type: ignore[method-assign]
+    with pytest.raises(ArtifactUnavailableError):
+        if isinstance(service, ValidatorService):
+            event = ModelUploaded(
+                event_id=uuid.uuid4(), model="m", version="1.0.0", artifact_id=missing,
+                size_bytes=10, sequence=1,
+            )  # fmt: skip
+            await service.validate(event)
+        else:
+            await service.analyze(missing)
+    assert started == []
