@@ -31,9 +31,10 @@ from schemas.transfer import ActiveModel
 __all__ = ["Installed", "StateDir", "atomic_write"]
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, lasting: bool = True) -> None:
     """Write ``path`` so that a crash or a power loss leaves either the old or the new
-    content, and once this returns, the new."""
+    content, and once this returns, the new; with ``lasting=False`` a power loss may still
+    bring back the old (for a hint such as a transfer's bitmap, where old is safe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -43,7 +44,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    sync_directory(path.parent)
+    if lasting:
+        sync_directory(path.parent)
 
 
 def sync_directory(directory: Path) -> None:

@@ -423,4 +423,5 @@ def _persister() -> ThreadPoolExecutor:
 
 def _sync_and_record(fd: int, bitmap: Path, received: bytes) -> None:
     os.fdatasync(fd)
-    atomic_write(bitmap, received)
+    # An older bitmap after a power loss only claims fewer chunks: no directory sync.
+    atomic_write(bitmap, received, lasting=False)

@@ -308,3 +308,18 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield postgres_server.url(name)
     finally:
         postgres_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def ingester_settings(  # type: ignore[no-untyped-def]
+    tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id
+):
+    """Settings of an ingester on the test servers, logged in with the services' role."""
+    from metrics_support import make_settings
+
+    from services.common.mqtt_admin import SERVICE_ROLE
+
+    return make_settings(
+        tmp_path=tmp_path, mosquitto=mosquitto_server, user=await mqtt_user(roles=[SERVICE_ROLE]),
+        unique_id=unique_id, nats_url=nats_server.url, influx_url=influxdb_server.url,
+    )  # fmt: skip

@@ -16,23 +16,12 @@ from typing import Any
 
 import numpy as np
 import numpy.random  # the generated inputs' generator, imported lazily by numpy otherwise
-import onnxruntime as ort
 
 from edge_runtime._external import maps_weights
 from services.validator.inputs import generate_feeds
+from services.validator.runtime import new_session
 
 __all__ = ["measure", "time_model"]
-
-
-def _session(model: str, threads: int, *, prepack: bool) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    if not prepack:
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def measure(session: Any, feeds: dict[str, Any], warmup_runs: int, runs: int) -> dict[str, Any]:
@@ -70,7 +59,7 @@ def time_model(
     # large embedded weights, and run those without weight prepacking by default
     # (docs/device-protocol.md); the rest with it.
     prepack = not (package or maps_weights(Path(model)))
-    session = _session(model, threads, prepack=prepack)
+    session = new_session(model, threads, prepack=prepack)
     feeds = generate_feeds(session, default=dim_default, named=dims)
     yield {"ready": True}
     yield {**measure(session, feeds, warmup_runs, runs), "threads": threads, "prepacked": prepack}

@@ -160,6 +160,28 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: Why a target of a device taken out of the fleet is cancelled.
+_REMOVED_DETAIL = "device removed from the fleet"
+
+
+def _cancelled(t: Target, detail: str, now: datetime) -> DeploymentTargetUpdated:
+    """Cancel target ``t`` (``detail`` says why); its event."""
+    t.state = TargetState.CANCELLED.value
+    t.detail = detail
+    t.updated_at = now
+    return _target_event(t)
+
+
+def _target_event(t: Target) -> DeploymentTargetUpdated:
+    return DeploymentTargetUpdated(
+        deployment_id=uuid.UUID(t.deployment_id),
+        device_id=t.device_id,
+        state=TargetState(t.state),
+        detail=t.detail,
+        bytes_received=t.bytes_received,
+    )
+
+
 class Deployer:
     """One deployer instance."""
 
@@ -393,6 +415,7 @@ class Deployer:
         """
         device_id = req.device_id
         events: list[Event] = []
+        affected: set[str] = set()  # deployments with a target cancelled now
         async with self.sessions.begin() as s:
             d = await s.get(Device, device_id, with_for_update=True)
             if d is None:
@@ -422,11 +445,8 @@ class Deployer:
                         )
                     )
                 ).all()
-                for t in unfinished:
-                    t.state = TargetState.CANCELLED.value
-                    t.detail = "device removed from the fleet"
-                    t.updated_at = now
-                    events.append(self._target_event(t))
+                events += [_cancelled(t, _REMOVED_DETAIL, now) for t in unfinished]
+                affected = {t.deployment_id for t in unfinished}
                 log.info("device removed", device=device_id, by=req.removed_by,
                          cancelled_targets=len(unfinished))  # fmt: skip
             info = self._device_info(d, removal)
@@ -445,7 +465,9 @@ class Deployer:
         await self._revoke_broker_access(device_id)
         await self._clear_retained(device_id)
         await self._emit([removed])
-        await self.tick()  # a deployment that waited only for this device completes
+        # A deployment that waited only for this device completes, on a pass of its own.
+        for deployment_id in affected:
+            self._supervise_soon(deployment_id)
         return info
 
     async def _revoke_broker_access(self, device_id: str) -> None:
@@ -955,12 +977,6 @@ class Deployer:
             return None
         return state
 
-    async def on_state(self, device_id: str, payload: bytes) -> None:
-        state = self._parse_state(device_id, payload)
-        if state is not None:
-            self._heard_from(device_id, state)
-            await self._apply_state(device_id, state)
-
     async def _apply_state(self, device_id: str, state: DeviceState) -> None:
         events: list[Event] = []
         async with self.sessions.begin() as s:
@@ -1113,7 +1129,7 @@ class Deployer:
                     t.state = TargetState.TIMED_OUT.value
                     t.detail = f"no progress for {allowed:g} s after {t.attempts} retries"
                     t.updated_at = now
-                    events.append(self._target_event(t))
+                    events.append(_target_event(t))
             # Waves.
             last_wave = len(dep.waves) - 1
             while True:
@@ -1146,25 +1162,26 @@ class Deployer:
                     for t in targets
                     if t.state == TargetState.PENDING.value and t.wave <= dep.current_wave
                 ]
-                broadcast = len(due) >= cfg.broadcast_min_targets
+                live: list[tuple[Target, Device]] = []
                 for t in due:
                     d = await self._live_device(s, t.device_id)
                     if d is None:  # removed while its deployment was being created
-                        t.state = TargetState.CANCELLED.value
-                        t.detail = "device removed from the fleet"
-                        t.updated_at = now
-                        events.append(self._target_event(t))
-                        continue
+                        events.append(_cancelled(t, _REMOVED_DETAIL, now))
+                    else:
+                        live.append((t, d))
+                # A removed device would never report: the broadcast waits only for the rest.
+                broadcast = len(live) >= cfg.broadcast_min_targets
+                for t, d in live:
                     t.state = TargetState.NOTIFIED.value
                     t.notified_at = now
                     t.last_progress_at = now
                     t.updated_at = now
                     t.broadcast = broadcast
                     to_notify.append((t, d))
-                    events.append(self._target_event(t))
-                if broadcast and due:
+                    events.append(_target_event(t))
+                if broadcast:
                     self._schedule_broadcast(
-                        due[0].artifact_id, deployment_id, {t.device_id for t in due}
+                        live[0][0].artifact_id, deployment_id, {t.device_id for t, _ in live}
                     )
             if dep.status in _ACTIVE_STATUSES and all(
                 TargetState(t.state).terminal for t in targets
@@ -1185,15 +1202,6 @@ class Deployer:
             # The supervisor notifies again when the target's timeout passes.
             log.warning("manifest not published", device=t.device_id, error=str(exc))
 
-    def _target_event(self, t: Target) -> DeploymentTargetUpdated:
-        return DeploymentTargetUpdated(
-            deployment_id=uuid.UUID(t.deployment_id),
-            device_id=t.device_id,
-            state=TargetState(t.state),
-            detail=t.detail,
-            bytes_received=t.bytes_received,
-        )
-
     async def _finish(
         self, s: AsyncSession, dep: Deployment, outcome: DeploymentOutcome, reason: str
     ) -> list[Event]:
@@ -1207,10 +1215,7 @@ class Deployer:
                 if t.state == TargetState.PENDING.value or (
                     outcome is DeploymentOutcome.CANCELLED and not TargetState(t.state).terminal
                 ):
-                    t.state = TargetState.CANCELLED.value
-                    t.detail = reason
-                    t.updated_at = now
-                    events.append(self._target_event(t))
+                    events.append(_cancelled(t, reason, now))
         dep.status = DeploymentStatus.COMPLETED.value
         dep.outcome = outcome.value
         dep.reason = reason

@@ -15,7 +15,7 @@ import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 
@@ -30,17 +30,12 @@ from services.validator.domain import (
 from services.validator.onnx_utils import concrete_input_dims, load_model, stored_bytes
 from services.validator.results import Result
 
-if TYPE_CHECKING:
-    from services.validator import runtime
-
 __all__ = [
     "check_checker",
     "check_external_data",
     "check_load",
     "check_policy",
-    "check_reference",
     "check_shape_inference",
-    "check_trial_inference",
     "probe",
     "run_checks",
     "unpack_archive",
@@ -250,35 +245,6 @@ def _check_shape_inference(m: _Model) -> Result:
         return results.problems(problems)
     known = len(inferred.graph.value_info)
     return results.passed(f"shapes inferred for {known} intermediate values")
-
-
-def check_trial_inference(model: str, config: dict[str, Any]) -> Result:
-    """Run onnxruntime (CPU) on generated inputs; every output must be finite."""
-    from services.validator import runtime
-
-    return runtime.check_trial_inference(_runtime(model, config))
-
-
-def check_reference(model: str, reference: str, config: dict[str, Any]) -> Result:
-    """Run on the uploaded reference inputs and compare with the expected outputs."""
-    from services.validator import runtime
-
-    return runtime.check_reference(_runtime(model, config), reference)
-
-
-def _runtime(model: str, config: dict[str, Any]) -> runtime.Session:
-    # Imported here: the structure worker, which imports this module, has no use for
-    # onnxruntime.
-    from services.validator import runtime
-
-    cfg = ValidatorConfig.model_validate(config)
-    settings = runtime.RuntimeSettings(
-        dynamic_dim_default=cfg.dynamic_dim_default,
-        dynamic_dims=dict(cfg.dynamic_dims),
-        reference_atol=cfg.reference_atol,
-        reference_rtol=cfg.reference_rtol,
-    )
-    return runtime.Session(model, settings)
 
 
 _CHECKS: dict[str, Callable[[_Model], Result]] = {

@@ -108,4 +108,7 @@ def test_key_commands_create_list_revoke(tmp_path: Path, nats_server: Any, uniqu
         revoked = json.loads(run(admin, "key", "list", "--all", "--json").stdout)["items"]
         assert [k["revoked_at"] is not None for k in revoked if k["key_id"] == key_id] == [True]
         bad_role = run(admin, "key", "create", "x", "--role", "root")
-        assert bad_role.exit_code != 0
+        # A usage error, refused before any request: no key named 'x' exists.
+        assert bad_role.exit_code == 2 and "root" in bad_role.output
+        listed_all = json.loads(run(admin, "key", "list", "--all", "--json").stdout)["items"]
+        assert "x" not in {k["name"] for k in listed_all}

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from deploy_support import bias_model, enroll_via_rpc, running
+from deploy_support import bias_model, enroll_via_rpc, platform_on_broker, running
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -26,7 +26,7 @@ from schemas.commands import CommandSubjects
 from schemas.config import NatsConfig, Settings
 from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
-from services.api.testing import create_api_key, platform_settings
+from services.api.testing import create_api_key
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
@@ -69,15 +69,9 @@ async def platform(
 ) -> AsyncIterator[Platform]:
     """Registry, deployer and API, each as its own NATS user; an observer records every
     deployment event."""
-    base = platform_settings(
-        tmp_path,
-        nats_url=nats_server.plain_url,
-        mqtt={"host": mosquitto.host, "port": mosquitto.port,
-              "username": mqtt_creds[0], "password": mqtt_creds[1]},
-        deployer={"admin_username": mosquitto.admin_username,
-                  "admin_password": mosquitto.admin_password,
-                  "tick_interval": 0.2, "stall_timeout": 1.0},
-    )  # fmt: skip
+    base = platform_on_broker(
+        tmp_path, nats_url=nats_server.plain_url, mosquitto=mosquitto, user=mqtt_creds
+    )
 
     def as_user(user: str) -> Settings:
         cfg: NatsConfig = nats_config(user, request_timeout=5.0, retry_backoff=[0.5])

@@ -44,7 +44,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.errors import Forbidden, NotFound
 from services.common.keys import load_kek
-from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, device_role_name
+from services.common.mqtt_admin import SERVICE_ROLE, device_role_name
 from services.deployer.app import DeployerApp, create_app
 
 TOPICS = Topics("eaf/v1")
@@ -133,7 +133,7 @@ async def connect_as(reply: EnrollReply) -> None:
 
 async def test_a_running_device_is_dropped_refused_and_unlisted(
     env: Env,
-    mosquitto_server,
+    mqtt_admin,
     unique_id,  # type: ignore[no-untyped-def]
 ) -> None:
     device_id = unique_id("dev-")
@@ -155,15 +155,9 @@ async def test_a_running_device_is_dropped_refused_and_unlisted(
         await asyncio.sleep(1.0)  # the runtime keeps trying: never let in again
         assert not runtime.connected
         assert runtime.stats["connections"] == connections
-    async with MqttAdmin(
-        hostname=mosquitto_server.host,
-        port=mosquitto_server.port,
-        username=mosquitto_server.admin_username,
-        password=mosquitto_server.admin_password,
-    ) as admin:
-        assert device_id not in await admin.list_clients()
-        with pytest.raises(Exception, match="not found"):
-            await admin.get_role(device_role_name(device_id))
+    assert device_id not in await mqtt_admin.list_clients()
+    with pytest.raises(Exception, match="not found"):
+        await mqtt_admin.get_role(device_role_name(device_id))
 
     event = await env.last_removed_event()
     assert (event.device_id, event.reason) == (device_id, "stolen")

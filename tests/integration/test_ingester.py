@@ -9,13 +9,11 @@ from datetime import timedelta
 
 import aiomqtt
 import httpx
-import pytest
 from metrics_support import (
     batch,
     enrol,
     influx_count,
     influx_query,
-    make_settings,
     metrics_topic,
     publish_all,
     recent,
@@ -27,22 +25,14 @@ from services.ingester import Ingester
 from services.ingester.domain import Reason
 
 
-@pytest.fixture
-async def settings(tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id):  # type: ignore[no-untyped-def]
-    return make_settings(
-        tmp_path=tmp_path, mosquitto=mosquitto_server, user=await mqtt_user(roles=[SERVICE_ROLE]),
-        unique_id=unique_id, nats_url=nats_server.url, influx_url=influxdb_server.url,
-    )  # fmt: skip
-
-
 async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
-    settings, mosquitto_server, mqtt_user, unique_id
+    ingester_settings, mosquitto_server, mqtt_user, unique_id
 ) -> None:  # type: ignore[no-untyped-def]
     from services.common.bus import Bus
 
     good_dev, late_dev, stranger = unique_id("dev-"), unique_id("dev-"), unique_id("dev-")
     start = recent()
-    bus = Bus(settings.nats, service="ingester")
+    bus = Bus(ingester_settings.nats, service="ingester")
     publisher = await mqtt_user(roles=[SERVICE_ROLE])
 
     def good(i: int) -> tuple[str, bytes]:
@@ -73,9 +63,9 @@ async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
         (metrics_topic(late_dev), batch(late_dev, start, 4).model_dump_json().encode()),
         good(7),
     ]
-    db = settings.influxdb.database
-    url = settings.influxdb.url
-    async with Ingester(settings, bus=bus) as ingester:
+    db = ingester_settings.influxdb.database
+    url = ingester_settings.influxdb.url
+    async with Ingester(ingester_settings, bus=bus) as ingester:
         await bus.start()
         try:
             ingester.enrol(good_dev)
@@ -95,7 +85,7 @@ async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
             await wait_until(good_ones_landed, timeout=30, what="the 8 good batches")
             assert await influx_count(url, db, f"WHERE device = '{late_dev}'") == 0
 
-            await enrol(settings.nats.url, [late_dev])
+            await enrol(ingester_settings.nats.url, [late_dev])
 
             async def late_landed() -> bool:
                 return await influx_count(url, db, f"WHERE device = '{late_dev}'") == 4
@@ -132,7 +122,9 @@ async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
             # The figures are served for Prometheus.
             async with httpx.AsyncClient() as http:
                 text = (
-                    await http.get(f"http://127.0.0.1:{settings.ingester.metrics_port}/metrics")
+                    await http.get(
+                        f"http://127.0.0.1:{ingester_settings.ingester.metrics_port}/metrics"
+                    )
                 ).text
             assert 'eaf_ingester_messages_rejected_total{reason="oversize"} 1.0' in text
             # At least the 44 points of this test (deployment events of other tests on the

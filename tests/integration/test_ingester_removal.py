@@ -7,12 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
-import pytest
 from metrics_support import (
     batch,
     enrol,
     influx_count,
-    make_settings,
     metrics_topic,
     publish_all,
     recent,
@@ -27,21 +25,13 @@ from services.ingester import Ingester
 from services.ingester.domain import Reason
 
 
-@pytest.fixture
-async def settings(tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id):  # type: ignore[no-untyped-def]
-    return make_settings(
-        tmp_path=tmp_path, mosquitto=mosquitto_server, user=await mqtt_user(roles=[SERVICE_ROLE]),
-        unique_id=unique_id, nats_url=nats_server.url, influx_url=influxdb_server.url,
-    )  # fmt: skip
-
-
 async def test_a_removed_device_metrics_are_refused_from_then_on(
-    settings, mosquitto_server, mqtt_user, unique_id
+    ingester_settings, mosquitto_server, mqtt_user, unique_id
 ) -> None:  # type: ignore[no-untyped-def]
     device = unique_id("dev-")
     start = recent()
     publisher = await mqtt_user(roles=[SERVICE_ROLE])
-    url, db = settings.influxdb.url, settings.influxdb.database
+    url, db = ingester_settings.influxdb.url, ingester_settings.influxdb.database
     where = f"WHERE device = '{device}'"
 
     def batches(first: int, n: int) -> list[tuple[str, bytes]]:
@@ -53,11 +43,11 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
             for i in range(first, first + n)
         ]
 
-    bus = Bus(settings.nats, service="ingester")
-    async with Ingester(settings, bus=bus) as ingester:
+    bus = Bus(ingester_settings.nats, service="ingester")
+    async with Ingester(ingester_settings, bus=bus) as ingester:
         await bus.start()
         try:
-            await enrol(settings.nats.url, [device])
+            await enrol(ingester_settings.nats.url, [device])
             await wait_until(
                 lambda: _true(ingester.spool.is_known(device)), timeout=30, what="enrolment"
             )
@@ -75,7 +65,9 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
 
                 await wait_until(accepted, timeout=30, what="the 4 batches accepted")
                 removed_at = datetime.now(UTC)
-                async with Bus(NatsConfig(url=settings.nats.url), service="test") as events:
+                async with Bus(
+                    NatsConfig(url=ingester_settings.nats.url), service="test"
+                ) as events:
                     await events.publish(DeviceRemoved(device_id=device, occurred_at=removed_at))
                     await wait_until(
                         lambda: _true(ingester.spool.is_removed(device)),
@@ -103,6 +95,13 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
                         device_id=device, occurred_at=removed_at - timedelta(seconds=5)
                     )
                     await events.publish(stale)
+                    await publish_all(client, batches(10, 1), window=1)
+
+                    async def still_refused() -> bool:
+                        return ingester.figures.rejected_count(Reason.DEVICE_REMOVED.value) == 4
+
+                    await wait_until(still_refused, timeout=30, what="a batch after the stale one")
+                    assert ingester.spool.is_removed(device)
                     # A newer one takes the device back; what was refused stays aside.
                     await events.publish(
                         DeviceEnrolled(
@@ -120,7 +119,7 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
                     return await influx_count(url, db, where) == 25
 
                 await wait_until(back, timeout=30, what="metrics after the new enrolment")
-            assert len(ingester.spool.rejected(Reason.DEVICE_REMOVED.value)) == 3
+            assert len(ingester.spool.rejected(Reason.DEVICE_REMOVED.value)) == 4
             assert not ingester.spool.is_removed(device)
         finally:
             await bus.stop()

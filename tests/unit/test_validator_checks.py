@@ -30,6 +30,18 @@ from services.validator.onnx_utils import load_model
 BIAS = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
 
 
+def _session(model: str | Path, config: ValidatorConfig | None = None) -> runtime.Session:
+    """The runtime worker's session on ``model``, with ``config``'s settings."""
+    cfg = config or ValidatorConfig()
+    settings = runtime.RuntimeSettings(
+        dynamic_dim_default=cfg.dynamic_dim_default,
+        dynamic_dims=dict(cfg.dynamic_dims),
+        reference_atol=cfg.reference_atol,
+        reference_rtol=cfg.reference_rtol,
+    )
+    return runtime.Session(str(model), settings)
+
+
 def _save(directory: Path, model: onnx.ModelProto) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.onnx"
@@ -43,7 +55,7 @@ def test_external_data_inside_the_directory_is_accepted_and_runs(tmp_path: Path)
     (tmp_path / "m" / "weights" / "bias.bin").write_bytes(BIAS.tobytes())
     assert tasks.check_external_data(str(model))["passed"]
     assert tasks.check_checker(str(model))["passed"]
-    result = tasks.check_trial_inference(str(model), ValidatorConfig().model_dump(mode="json"))
+    result = runtime.check_trial_inference(_session(model))
     assert result["passed"], result
 
 
@@ -144,22 +156,20 @@ def test_reference_outputs_are_compared_with_tolerance(tmp_path: Path) -> None:
     model = _save(tmp_path / "m", tiny_model())
     x = np.array([[1.0, 1.0, -2.0, 3.0]], dtype=np.float32)
     y = np.maximum(x + BIAS, 0)
-    config = ValidatorConfig(reference_atol=1e-3, reference_rtol=0).model_dump(mode="json")
+    config = ValidatorConfig(reference_atol=1e-3, reference_rtol=0)
     good = _reference(tmp_path / "good.npz", **{"inputs/x": x, "outputs/y": y + 5e-4})
-    assert tasks.check_reference(str(model), good, config)["passed"]
+    assert runtime.check_reference(_session(model, config), good)["passed"]
     bad = _reference(tmp_path / "bad.npz", **{"inputs/x": x, "outputs/y": y + 0.5})
-    result = tasks.check_reference(str(model), bad, config)
+    result = runtime.check_reference(_session(model, config), bad)
     assert not result["passed"] and "4 of 4 values differ" in result["message"]
     missing = _reference(tmp_path / "missing.npz", **{"outputs/y": y})
-    assert "lacks inputs: x" in tasks.check_reference(str(model), missing, config)["message"]
+    assert "lacks inputs: x" in runtime.check_reference(_session(model, config), missing)["message"]
 
 
 def test_reference_files_with_pickles_are_refused(tmp_path: Path) -> None:
     model = _save(tmp_path / "m", tiny_model())
     np.savez(tmp_path / "pickled.npz", **{"inputs/x": np.array([{"evil": 1}], dtype=object)})
-    result = tasks.check_reference(
-        str(model), str(tmp_path / "pickled.npz"), ValidatorConfig().model_dump(mode="json")
-    )
+    result = runtime.check_reference(_session(model), str(tmp_path / "pickled.npz"))
     assert not result["passed"] and "not a readable .npz" in result["message"]
 
 
@@ -174,7 +184,7 @@ def test_non_finite_outputs_fail_the_trial_inference(tmp_path: Path) -> None:
     model.ir_version = 8
     path = _save(tmp_path / "m", model)
     # Generated inputs are standard normal: log of the negative ones is NaN.
-    result = tasks.check_trial_inference(str(path), ValidatorConfig().model_dump(mode="json"))
+    result = runtime.check_trial_inference(_session(path))
     assert not result["passed"] and "non-finite" in result["message"]
 
 
