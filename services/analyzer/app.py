@@ -9,12 +9,9 @@ derived from the incoming one, so handling an event twice publishes one report.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,10 +32,10 @@ from services.validator.pipeline import ZIP_MAGIC, readable, write_stream
 from services.validator.sandbox import (
     StartedAhead,
     Worker,
+    Workers,
     hand_over,
-    private_workdir,
     run_task,
-    start_worker,
+    start_workers,
 )
 
 __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
@@ -48,20 +45,16 @@ log = get_logger(__name__)
 CONSUMER = "analyzer"
 
 
-@dataclass(frozen=True, slots=True)
-class AnalysisWorkers:
-    """The analyzer's two sandboxed workers for one model, in their private directory."""
-
-    workdir: Path
-    timer: Worker
-    profiler: Worker
+class AnalysisWorkers(Workers):
+    """The analyzer's two sandboxed workers for one model."""
 
     @property
-    def alive(self) -> bool:
-        return self.timer.alive and self.profiler.alive
+    def timer(self) -> Worker:
+        return self.each[0]
 
-    async def started(self) -> bool:
-        return all(await asyncio.gather(self.timer.started(), self.profiler.started()))
+    @property
+    def profiler(self) -> Worker:
+        return self.each[1]
 
 
 class AnalyzerService:
@@ -89,21 +82,16 @@ class AnalyzerService:
         )
 
     async def _start_workers(self, stack: AsyncExitStack) -> AnalysisWorkers:
-        """The timer first: its session, then the measurement, are the longer way."""
+        # The timer first: its session, then the measurement, are the longer way.
         vcfg = self.settings.validator
-        workdir = await stack.enter_async_context(private_workdir(vcfg.work_dir))
-        common: dict[str, Any] = {
-            "limits": self.config.sandbox,
-            "workdir": workdir,
-            "require_isolation": vcfg.require_network_isolation,
-        }
-        timer = await stack.enter_async_context(
-            start_worker("services.analyzer.timing:time_model", steps=2, **common)
+        return await start_workers(
+            stack,
+            [("services.analyzer.timing:time_model", 2), ("services.analyzer.tasks:profile", 1)],
+            kind=AnalysisWorkers,
+            work_dir=vcfg.work_dir,
+            limits=self.config.sandbox,
+            require_isolation=vcfg.require_network_isolation,
         )
-        profiler = await stack.enter_async_context(
-            start_worker("services.analyzer.tasks:profile", steps=1, **common)
-        )
-        return AnalysisWorkers(workdir, timer, profiler)
 
     async def handle_validated(self, event: ModelValidated) -> None:
         """Analyse one validated version and publish the report, once per event."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -63,18 +63,14 @@ class Key:
         return cls(request_id, operation, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-def _expired(row: RequestKey, now: datetime) -> bool:
-    created = row.created_at
-    if created.tzinfo is None:  # SQLite gives naive UTC
-        created = created.replace(tzinfo=UTC)
-    return created < now - REQUEST_KEY_TTL
-
-
 async def _find(sessions: async_sessionmaker[AsyncSession], key: Key) -> str | None:
     """The deployment made under ``key``; raises ``RequestKeyConflict`` for another request."""
+    fresh = RequestKey.created_at >= datetime.now(UTC) - REQUEST_KEY_TTL
     async with sessions() as s:
-        row = await s.get(RequestKey, key.request_id)
-    if row is None or _expired(row, datetime.now(UTC)):
+        row = await s.scalar(
+            select(RequestKey).where(RequestKey.request_id == key.request_id, fresh)
+        )
+    if row is None:
         return None
     if row.operation != key.operation or row.fingerprint != key.fingerprint:
         raise RequestKeyConflict(key.request_id, row.operation, row.deployment_id)

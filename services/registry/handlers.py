@@ -333,8 +333,9 @@ class Registry:
         cutoff = time.time() - grace
         await asyncio.to_thread(store.put_back_all)  # left aside by a crash mid-delete
         deleted: list[str] = []
+        known = await self.store.referenced_ids()  # one query, not one per artifact
         for artifact_id in await asyncio.to_thread(store.older_than, cutoff):
-            if await self.store.referenced(artifact_id):
+            if artifact_id in known:
                 continue
             aside = store.set_aside(artifact_id)
             if aside is None:

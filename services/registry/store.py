@@ -544,6 +544,12 @@ class RegistryStore:
         async with self.sessions() as s:
             return await self._referenced(s, artifact_id)
 
+    async def referenced_ids(self) -> set[str]:
+        """Every artifact a version refers to (its model or its reference data)."""
+        async with self.sessions() as s:
+            rows = await s.execute(select(VersionRow.artifact_id, VersionRow.reference_artifact_id))
+        return {artifact for row in rows for artifact in row if artifact}
+
     async def retention_view(self, model: str) -> tuple[list[domain.RetentionCandidate], set[str]]:
         """Every version of ``model`` and the set of aliased ones."""
         async with self.sessions() as s:

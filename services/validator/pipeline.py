@@ -9,12 +9,10 @@ that crashes, runs out of memory or time fails the check it was running with tha
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,10 @@ from services.validator.sandbox import (
     SandboxStatus,
     TaskOutcome,
     Worker,
+    Workers,
     hand_over,
-    private_workdir,
     start_worker,
+    start_workers,
 )
 
 __all__ = [
@@ -166,59 +165,34 @@ async def _sandboxed(
         return _from_outcome(name, await worker.next(), config)
 
 
-@dataclass(frozen=True, slots=True)
-class CheckWorkers:
-    """The two sandboxed workers that run an upload's checks, in their private work
-    directory (``start_check_workers``)."""
-
-    workdir: Path
-    #: ``load`` to ``shape_inference``: the onnx side, on one parse of the model.
-    structure: Worker
-    #: The onnxruntime session, then ``trial_inference`` (and ``reference``) on it.
-    runtime: Worker
+class CheckWorkers(Workers):
+    """The two sandboxed workers that run an upload's checks (``start_check_workers``)."""
 
     @property
-    def alive(self) -> bool:
-        return self.structure.alive and self.runtime.alive
+    def structure(self) -> Worker:
+        """``load`` to ``shape_inference``: the onnx side, on one parse of the model."""
+        return self.each[0]
 
-    async def started(self) -> bool:
-        return all(await asyncio.gather(self.structure.started(), self.runtime.started()))
+    @property
+    def runtime(self) -> Worker:
+        """The onnxruntime session, then ``trial_inference`` (and ``reference``) on it."""
+        return self.each[1]
 
 
 async def start_check_workers(config: ValidatorConfig, stack: AsyncExitStack) -> CheckWorkers:
-    """Start the checks' workers, in a fresh private work directory, before there is an
-    upload: they confine themselves and import onnx and onnxruntime, and read an upload
-    only once ``validate_upload`` gives them its path. ``stack`` kills them and removes
-    the directory when it closes (``StartedAhead`` keeps one such set ready)."""
-    isolation = config.require_network_isolation
-    workdir = await stack.enter_async_context(private_workdir(config.work_dir))
-    structure = await stack.enter_async_context(
-        start_worker(
-            _RUN_CHECKS,
-            steps=len(STRUCTURE_CHECKS),
-            limits=config.sandbox,
-            workdir=workdir,
-            require_isolation=isolation,
-        )
-    )
+    """Start the checks' workers before there is an upload: they confine themselves and
+    import onnx and onnxruntime, and read an upload only once ``validate_upload`` gives
+    them its path (``StartedAhead`` keeps one such set ready)."""
     # Room for every runtime check: whether there is reference data is known only later.
-    runtime = await stack.enter_async_context(
-        start_worker(
-            _RUN_RUNTIME_CHECKS,
-            steps=1 + len(RUNTIME_CHECKS),
-            limits=config.sandbox,
-            workdir=workdir,
-            require_isolation=isolation,
-        )
+    tasks = [(_RUN_CHECKS, len(STRUCTURE_CHECKS)), (_RUN_RUNTIME_CHECKS, 1 + len(RUNTIME_CHECKS))]
+    return await start_workers(
+        stack,
+        tasks,
+        kind=CheckWorkers,
+        work_dir=config.work_dir,
+        limits=config.sandbox,
+        require_isolation=config.require_network_isolation,
     )
-
-    # Closed together, before the directory: a killed worker's memory (the model, the
-    # session) takes the kernel a while to free.
-    async def close_both() -> None:
-        await asyncio.gather(structure.close(), runtime.close())
-
-    stack.push_async_callback(close_both)
-    return CheckWorkers(workdir, structure, runtime)
 
 
 async def validate_upload(

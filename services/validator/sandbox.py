@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,9 +37,11 @@ __all__ = [
     "StartedAhead",
     "TaskOutcome",
     "Worker",
+    "Workers",
     "private_workdir",
     "run_task",
     "start_worker",
+    "start_workers",
 ]
 
 log = get_logger(__name__)
@@ -403,6 +405,52 @@ async def start_worker(
         yield worker
     finally:
         await worker.close()
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Sandboxed workers for one job, in their private work directory (``start_workers``)."""
+
+    workdir: Path
+    each: tuple[Worker, ...]
+
+    @property
+    def alive(self) -> bool:
+        return all(w.alive for w in self.each)
+
+    async def started(self) -> bool:
+        return all(await asyncio.gather(*(w.started() for w in self.each)))
+
+
+W = TypeVar("W", bound=Workers)
+
+
+async def start_workers(
+    stack: AsyncExitStack,
+    tasks: Sequence[tuple[str, int]],
+    *,
+    kind: type[W],
+    work_dir: str,
+    limits: SandboxLimits,
+    require_isolation: bool,
+) -> W:
+    """One worker per ``(task, steps)`` of ``tasks``, in a fresh private work directory,
+    waiting (confined, task imported) for ``Worker.begin``. When ``stack`` closes, the
+    workers are killed together, then the directory is removed: a killed worker's memory
+    (a model, a session) takes the kernel a while to free."""
+    workdir = await stack.enter_async_context(private_workdir(work_dir))
+    each: list[Worker] = []
+    for task, steps in tasks:
+        worker = start_worker(
+            task, steps=steps, limits=limits, workdir=workdir, require_isolation=require_isolation
+        )
+        each.append(await stack.enter_async_context(worker))
+
+    async def close_all() -> None:
+        await asyncio.gather(*(w.close() for w in each))
+
+    stack.push_async_callback(close_all)
+    return kind(workdir, tuple(each))
 
 
 #: Seconds a service stays idle after a job before it starts the next job's workers.

@@ -215,3 +215,28 @@ async def test_a_database_of_an_earlier_version_gains_the_key_table(  # type: ig
         request_id=unique_id("k-"),
     )  # fmt: skip
     assert (await create(env, req)).deployment_id == (await create(env, req)).deployment_id
+
+
+async def test_a_key_older_than_its_lifetime_is_forgotten(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from services.deployer import idempotency
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    now = datetime.now(UTC)
+    async with sessions.begin() as s:
+        for request_id, age in (("recent", timedelta(hours=1)), ("old", timedelta(hours=25))):
+            s.add(RequestKey(request_id=request_id, operation="create", fingerprint="f",
+                             deployment_id=f"d-{request_id}", created_at=now - age))  # fmt: skip
+    assert idempotency.REQUEST_KEY_TTL == timedelta(hours=24)
+    found = [
+        await idempotency._find(sessions, idempotency.Key(r, "create", "f"))
+        for r in ("recent", "old")
+    ]
+    await engine.dispose()
+    assert found == ["d-recent", None]
