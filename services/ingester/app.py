@@ -129,10 +129,9 @@ class Ingester:
                 )
                 if refused is None:
                     accepted.append(result.lines)
-                elif refused == Reason.DEVICE_REMOVED:
-                    self._count_rejected(Reason.DEVICE_REMOVED, m.topic, "device removed")
                 else:
-                    self._count_rejected(Reason.UNKNOWN_DEVICE, m.topic, "not enrolled")
+                    why = "device removed" if refused is Reason.DEVICE_REMOVED else "not enrolled"
+                    self._count_rejected(refused, m.topic, why)
                 continue
             self.spool.set_aside(
                 topic=m.topic,

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.ingester.domain import Reason
 from services.ingester.errors import SpoolError
 
-__all__ = ["DEVICE_REMOVED", "UNKNOWN_DEVICE", "RejectedMessage", "Spool"]
+__all__ = ["RejectedMessage", "Spool"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -70,9 +71,7 @@ CREATE TABLE IF NOT EXISTS counters (
 #: whole (they are at most MAX_METRICS_PAYLOAD_BYTES), since enrolment re-admits them;
 #: those of removed devices too, so an operator can still recover what was in flight.
 KEPT_PAYLOAD_BYTES = 4 * 1024
-UNKNOWN_DEVICE = "unknown_device"
-DEVICE_REMOVED = "device_removed"
-_KEPT_WHOLE = (UNKNOWN_DEVICE, DEVICE_REMOVED)
+_KEPT_WHOLE = (Reason.UNKNOWN_DEVICE, Reason.DEVICE_REMOVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,9 +317,9 @@ class Spool:
     def is_removed(self, device_id: str) -> bool:
         return device_id in self._removed
 
-    def check_or_set_aside(self, device_id: str, *, topic: str, payload: bytes) -> str | None:
+    def check_or_set_aside(self, device_id: str, *, topic: str, payload: bytes) -> Reason | None:
         """None if the device is known; else set the message aside, atomically, and return
-        why: ``UNKNOWN_DEVICE`` (kept until it enrols) or ``DEVICE_REMOVED``.
+        why: ``Reason.UNKNOWN_DEVICE`` (kept until it enrols) or ``Reason.DEVICE_REMOVED``.
 
         Atomic with ``enrol`` and ``remove_device``: a message is either accepted or set aside
         with the reason that held when it was checked, never neither.
@@ -329,10 +328,10 @@ class Spool:
             if device_id in self._known:
                 return None
             if device_id in self._removed:
-                reason = DEVICE_REMOVED
+                reason = Reason.DEVICE_REMOVED
                 detail = f"device {device_id!r} was removed from the fleet (eaf.device.removed)"
             else:
-                reason = UNKNOWN_DEVICE
+                reason = Reason.UNKNOWN_DEVICE
                 detail = (
                     f"device {device_id!r} is not enrolled (no eaf.device.enrolled seen); "
                     "kept until it is"
@@ -341,7 +340,7 @@ class Spool:
             return reason
 
     def remove_device(self, device_id: str, *, removed_at: float) -> bool:
-        """Refuse ``device_id``'s messages from now on (set aside as ``DEVICE_REMOVED``).
+        """Refuse ``device_id``'s messages from now on (set aside as ``Reason.DEVICE_REMOVED``).
 
         Its points already accepted stay in the spool and reach InfluxDB. Enrolments and
         removals come from two consumers, so out of order: a removal older than the

@@ -74,7 +74,7 @@ def test_points_of_an_earlier_spool_file_are_carried_over_in_order(tmp_path: Pat
 
 
 def test_a_removal_older_than_the_enrolment_is_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from services.ingester.store import DEVICE_REMOVED, UNKNOWN_DEVICE
+    from services.ingester.domain import Reason
 
     spool = Spool(tmp_path / "spool.db", max_points=100, max_rejected=100)
     try:
@@ -82,8 +82,8 @@ def test_a_removal_older_than_the_enrolment_is_ignored(tmp_path) -> None:  # typ
         assert not spool.remove_device("a", removed_at=99.0)
         assert spool.is_known("a")
         assert spool.remove_device("a", removed_at=101.0)
-        assert spool.check_or_set_aside("a", topic="t", payload=b"x") == DEVICE_REMOVED
-        assert spool.check_or_set_aside("b", topic="t", payload=b"x") == UNKNOWN_DEVICE
+        assert spool.check_or_set_aside("a", topic="t", payload=b"x") == Reason.DEVICE_REMOVED
+        assert spool.check_or_set_aside("b", topic="t", payload=b"x") == Reason.UNKNOWN_DEVICE
         assert spool.enrol("a", lambda _: [], enrolled_at=100.5) == 0
         assert spool.is_removed("a")
     finally:
