@@ -47,10 +47,8 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _answer(reply: DeploymentInfo, response: Response) -> DeploymentInfo:
-    """A keyed reply as the plain body; a replay is 200 with ``Idempotent-Replayed``."""
-    if not isinstance(reply, KeyedDeploymentInfo):
-        return reply
+def _answer(reply: KeyedDeploymentInfo, response: Response) -> DeploymentInfo:
+    """The reply as the plain body; a replay of a key is 200 with ``Idempotent-Replayed``."""
     if reply.replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -74,8 +72,6 @@ async def create_deployment(
 
     With ``Idempotency-Key``, a retry answers the deployment the first attempt started."""
     req = CreateDeployment(**dict(body), created_by=principal.name, request_id=idempotency_key)
-    if idempotency_key is None:
-        return await ctx.call(SUBJECTS["create_deployment"], req, DeploymentInfo)
     reply = await ctx.call(SUBJECTS["create_deployment"], req, KeyedDeploymentInfo)
     return _answer(reply, response)
 
@@ -132,8 +128,6 @@ async def rollback(
     """Return the devices to their previous model; answers the rollback deployment.
 
     With ``Idempotency-Key``, a retry answers the rollback the first attempt started."""
-    if idempotency_key is None:
-        return await _act(ctx, "rollback", deployment_id)
     req = RollbackRequest(deployment_id=deployment_id, request_id=idempotency_key)
     reply = await ctx.call(SUBJECTS["rollback"], req, KeyedDeploymentInfo)
     return _answer(reply, response)
