@@ -293,7 +293,9 @@ async def forget_device(state_dir: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
+async def running(runtime: EdgeRuntime, *, forget: bool = True) -> AsyncIterator[EdgeRuntime]:
+    """``runtime`` running until the block ends; then, unless ``forget=False`` (a device
+    that can no longer log in), its retained topics are cleared."""
     task = asyncio.create_task(runtime.run())
     try:
         await asyncio.wait_for(runtime.wait_connected(), 15)
@@ -302,7 +304,8 @@ async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
         runtime.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
-        await forget_device(runtime.state.root)
+        if forget:
+            await forget_device(runtime.state.root)
 
 
 # ---- the deployer in-process ------------------------------------------------------------

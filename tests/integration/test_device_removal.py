@@ -5,7 +5,6 @@ listings, and only a token made for it after the removal enrols it again."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from deploy_support import (
     enroll_via_rpc,
     forget_device,
     put,
+    running,
 )
 
 from edge_runtime import EdgeRuntime, prepare
@@ -105,18 +105,6 @@ async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterat
         yield Env(app, settings, catalog, tmp_path)
 
 
-@contextlib.asynccontextmanager
-async def running(runtime: EdgeRuntime) -> AsyncIterator[EdgeRuntime]:
-    task = asyncio.create_task(runtime.run())
-    try:
-        await asyncio.wait_for(runtime.wait_connected(), 15)
-        yield runtime
-    finally:
-        runtime.stop()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await asyncio.wait_for(task, 15)
-
-
 async def connect_as(reply: EnrollReply) -> None:
     """Connect with the device's credentials and leave again (raises if refused)."""
     async with aiomqtt.Client(
@@ -140,7 +128,7 @@ async def test_a_running_device_is_dropped_refused_and_unlisted(
     reply = await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group="g")
     runtime = EdgeRuntime(env.tmp / device_id)
     runtime.reconnect_min = runtime.reconnect_max = 0.2  # it tries again, often
-    async with running(runtime):
+    async with running(runtime, forget=False):  # removed: it cannot log in to clear
         await connect_as(reply)  # the credentials work before
         removed = await env.remove(device_id, reason="stolen")
         assert removed.removed_at is not None
@@ -239,7 +227,6 @@ async def test_removal_cancels_its_target_and_the_deployment_completes(
                 DeploymentStatus.COMPLETED
             ):
                 await asyncio.sleep(0.1)
-    await forget_device(env.tmp / live)
     states = {t.device_id: t.state for t in done.targets}
     assert states == {live: TargetState.ACTIVE, gone: TargetState.CANCELLED}
     assert done.outcome is DeploymentOutcome.SUCCEEDED
@@ -289,7 +276,6 @@ async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, u
                 DeploymentStatus.COMPLETED
             ):
                 await asyncio.sleep(0.1)
-    await forget_device(env.tmp / live)
     assert {t.device_id: t.state for t in done.targets} == {
         live: TargetState.ACTIVE,
         gone: TargetState.CANCELLED,
