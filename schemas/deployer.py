@@ -6,17 +6,21 @@ subjects one to one; ``SUBJECTS`` lists them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas._base import WireModel
 from schemas.events import DeploymentOutcome, TargetState
 
 __all__ = [
     "SUBJECTS",
+    "X25519_LOW_ORDER_POINTS",
     "Capabilities",
     "CreateDeployment",
     "CreateEnrollmentToken",
@@ -42,6 +46,7 @@ __all__ = [
     "SetLabels",
     "TargetInfo",
     "TargetSelector",
+    "check_x25519_public_key",
 ]
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -84,6 +89,48 @@ SUBJECTS = {
 
 # ---- enrolment ------------------------------------------------------------------------
 
+_P25519 = 2**255 - 19
+#: The u-coordinates of Curve25519's points of small order (orders 1, 2, 4 and 8; RFC 7748
+#: section 7, libsodium's ``has_small_order`` list), with the non-canonical ``p`` and
+#: ``p + 1``. X25519 with any of them gives an all-zero shared secret, whatever the private
+#: key: a data key sealed to such a "device" is sealed to no secret at all.
+X25519_LOW_ORDER_POINTS: frozenset[int] = frozenset(
+    {
+        0,
+        1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        _P25519 - 1,
+        _P25519,
+        _P25519 + 1,
+    }
+)
+
+
+def check_x25519_public_key(value: str) -> str:
+    """``value``, the base64 of a raw X25519 public key, if a data key can be sealed to it.
+
+    Raises ``ValueError`` saying why not: not 32 bytes of base64, or a point of small order
+    (listed, and the top bit is ignored as X25519 ignores it), or a key that ``cryptography``
+    refuses in a trial exchange (it refuses an all-zero shared secret).
+    """
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ValueError("public_key is not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"public_key must be 32 bytes (a raw X25519 key), not {len(raw)}")
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) in X25519_LOW_ORDER_POINTS:
+        raise ValueError(
+            "public_key is a point of small order (all-zero or low-order X25519 key): no "
+            "secret can be shared with it; send the public key of a freshly generated pair"
+        )
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise ValueError(f"public_key is not a usable X25519 key ({exc})") from None
+    return value
+
 
 class Capabilities(WireModel):
     """What a device's runtime can run, reported at enrolment."""
@@ -116,8 +163,10 @@ class EnrollmentToken(WireModel):
 class EnrollRequest(WireModel):
     token: Annotated[str, Field(min_length=16, max_length=256)]
     device_id: DeviceId
-    #: The device's raw 32-byte X25519 public key, base64.
-    public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+    #: The device's raw 32-byte X25519 public key, base64 (not all-zero, not of low order).
+    public_key: Annotated[
+        str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$"), AfterValidator(check_x25519_public_key)
+    ]
     capabilities: Capabilities
 
 

@@ -166,11 +166,27 @@ class DeploymentCompleted(Event):
 
 
 class DeviceEnrolled(Event):
+    """A device enrolled: it has new broker credentials and its data keys are sealed to
+    the public key named by ``key_id`` from now on.
+
+    ``reenrolled`` says the id was enrolled before (a device re-installed, replaced, or
+    back after its removal): its previous credentials and key stopped working at this
+    moment. Only a token made for that device id re-enrols one; ``token_created_by`` names
+    who made the token, for the audit trail.
+    """
+
     SUBJECT: ClassVar[str] = "eaf.device.enrolled"
 
     device_id: str
     group: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    #: The id of the device's X25519 public key (first 16 hex digits of its SHA-256).
+    key_id: str = ""
+    reenrolled: bool = False
+    previous_enrolled_at: AwareDatetime | None = None
+    previous_key_id: str | None = None
+    #: The API key (or command actor) that made the enrolment token.
+    token_created_by: str = ""
 
 
 class DeviceOnline(Event):

@@ -6,6 +6,7 @@ from services.common.errors import BadRequest, Conflict, Forbidden, NotFound, Se
 
 __all__ = [
     "DeploymentNotFound",
+    "DeviceIdTaken",
     "DeviceNotFound",
     "DeviceRemovalIncomplete",
     "DeviceWasRemoved",
@@ -46,6 +47,23 @@ class DeploymentNotFound(NotFound):
 class EnrollmentRefused(Forbidden):
     def __init__(self, reason: str) -> None:
         super().__init__(f"enrolment refused: {reason}; ask an administrator for a new token")
+
+
+class DeviceIdTaken(Forbidden):
+    """A token without a device id was offered for an id that is enrolled already.
+
+    Forbidden, not a conflict: the token is valid, but only a token made for that id
+    carries the right to replace an enrolled device's credentials and key.
+    """
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(
+            f"enrolment refused: device {device_id!r} is enrolled already and this token was "
+            "not made for it (a token without a device id enrols only new device ids). To "
+            "re-enrol this device, ask an admin for a token made for this device id "
+            f"(edgeaiforge device token --device-id {device_id}); a new device needs an id "
+            "that is not taken. The token was not used"
+        )
 
 
 class NotDeployable(Conflict):

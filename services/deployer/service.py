@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import secrets
 import time
@@ -23,9 +24,11 @@ from typing import Any
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import crypto
@@ -50,6 +53,7 @@ from schemas.deployer import (
     SetLabels,
     TargetInfo,
     TargetSelector,
+    check_x25519_public_key,
 )
 from schemas.events import (
     DeploymentCompleted,
@@ -82,6 +86,7 @@ from services.deployer.catalog import DEPLOYABLE, Catalog
 from services.deployer.chunks import ChunkServer
 from services.deployer.errors import (
     DeploymentNotFound,
+    DeviceIdTaken,
     DeviceNotFound,
     DeviceRemovalIncomplete,
     DeviceWasRemoved,
@@ -160,6 +165,14 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _stored_key_id(public_key: str | None) -> str | None:
+    """The key id of a stored device key; ``None`` for one that is not an X25519 key."""
+    try:
+        return crypto.key_id(X25519PublicKey.from_public_bytes(base64.b64decode(public_key or "")))
+    except ValueError:
+        return None
+
+
 #: Why a target of a device taken out of the fleet is cancelled.
 _REMOVED_DETAIL = "device removed from the fleet"
 
@@ -168,6 +181,38 @@ def _cancelled(t: Target, detail: str, now: datetime) -> DeploymentTargetUpdated
     """Cancel target ``t`` (``detail`` says why); its event."""
     t.state = TargetState.CANCELLED.value
     t.detail = detail
+    t.updated_at = now
+    return _target_event(t)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_problem(public_key: str) -> str | None:
+    """Why no data key can be sealed to this stored device key, or ``None``.
+
+    Enrolment refuses such keys; rows stored before it did may still hold one. A trial
+    exchange costs about 0.1 ms, so the answer is kept per key.
+    """
+    try:
+        check_x25519_public_key(public_key)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _fail_unsealable(t: Target, d: Device, now: datetime) -> DeploymentTargetUpdated | None:
+    """Fail target ``t`` when no data key can be sealed to ``d``; its event, else ``None``.
+
+    Sealing would raise on every attempt: the target would stay ``notified`` and its
+    deployment ``running`` until cancelled.
+    """
+    problem = _key_problem(d.public_key or "")
+    if problem is None:
+        return None
+    t.state = TargetState.FAILED.value
+    t.detail = (
+        f"the device's enrolled key is unusable, no model key can be sealed to it ({problem}); "
+        "re-enrol the device with a token made for its id"
+    )
     t.updated_at = now
     return _target_event(t)
 
@@ -274,7 +319,14 @@ class Deployer:
         return EnrollmentToken(token=token, expires_at=expires, device_id=req.device_id)
 
     async def enroll(self, req: EnrollRequest) -> EnrollReply:
+        """Enrol a device with a one-time token (see docs/deployment.md, "Enrolment").
+
+        A token made for a device id enrols that id, new or not; a token without one
+        enrols only an id that was never enrolled, so it cannot take over a device. A
+        refused request leaves the token unused and the broker untouched.
+        """
         password = secrets.token_urlsafe(24)
+        key_id = crypto.key_id(X25519PublicKey.from_public_bytes(base64.b64decode(req.public_key)))
         async with self.sessions.begin() as s:
             row = await s.get(TokenRow, _hash_token(req.token), with_for_update=True)
             if row is None:
@@ -288,31 +340,58 @@ class Deployer:
                 raise EnrollmentRefused("the token expired")
             if row.device_id is not None and row.device_id != req.device_id:
                 raise EnrollmentRefused(f"the token is for device {row.device_id!r}")
+            made_for_it = row.device_id == req.device_id
             removal = await s.get(DeviceRemoval, req.device_id)
             if removal is not None:
                 # Tokens made for it before the removal were revoked then: this one is newer.
-                if row.device_id != req.device_id:
+                if not made_for_it:
                     raise EnrollmentRefused(
                         f"device {req.device_id!r} was removed from the fleet; only a token "
                         "made for this device id may enrol it again"
                     )
                 await s.delete(removal)
                 await s.flush()
-            row.used_at = _now()
-            row.used_by = req.device_id
-            await self._provision_broker_client(req.device_id, password)
-            device = await s.get(Device, req.device_id)
+            device = await s.get(Device, req.device_id, with_for_update=True)
+            if device is not None and not made_for_it:
+                # New credentials for an enrolled id would lock the real device out and
+                # seal its next models to the caller's key.
+                raise DeviceIdTaken(req.device_id)
+            previous: tuple[datetime | None, str | None] | None = None
             if device is None:
-                device = Device(device_id=req.device_id, enrolled_at=_now())
+                device = Device(device_id=req.device_id)
                 s.add(device)
+            else:
+                previous = (_aware(device.enrolled_at), _stored_key_id(device.public_key))
             device.group = row.group
             device.labels = dict(row.labels or {})
             device.public_key = req.public_key
             device.capabilities = req.capabilities.model_dump(mode="json")
             device.mqtt_username = req.device_id
             device.enrolled_at = _now()
-            group, labels = device.group, dict(device.labels)
-        await self._emit([DeviceEnrolled(device_id=req.device_id, group=group, labels=labels)])
+            row.used_at = _now()
+            row.used_by = req.device_id
+            try:
+                # Written before the broker is touched: of two enrolments racing for a new
+                # id, the second fails here instead of resetting the first one's password.
+                await s.flush()
+            except IntegrityError:
+                raise DeviceIdTaken(req.device_id) from None
+            await self._provision_broker_client(req.device_id, password)
+            enrolled = DeviceEnrolled(
+                device_id=req.device_id,
+                group=device.group,
+                labels=dict(device.labels),
+                key_id=key_id,
+                reenrolled=previous is not None,
+                previous_enrolled_at=previous[0] if previous is not None else None,
+                previous_key_id=previous[1] if previous is not None else None,
+                token_created_by=row.created_by or "",
+            )
+        if previous is not None:
+            log.warning("device re-enrolled: its previous credentials and key are replaced",
+                        device=req.device_id, token_created_by=row.created_by,
+                        previous_key_id=previous[1], key_id=key_id)  # fmt: skip
+        await self._emit([enrolled])
         cfg = self.settings
         return EnrollReply(
             device_id=req.device_id,
@@ -1123,7 +1202,9 @@ class Deployer:
                     t.attempts += 1
                     t.last_progress_at = now
                     d = await s.get(Device, t.device_id)
-                    if d is not None:
+                    if d is not None and (unsealable := _fail_unsealable(t, d, now)) is not None:
+                        events.append(unsealable)  # notified before keys were checked at enrolment
+                    elif d is not None:
                         to_notify.append((t, d))
                 else:
                     t.state = TargetState.TIMED_OUT.value
@@ -1167,6 +1248,8 @@ class Deployer:
                     d = await self._live_device(s, t.device_id)
                     if d is None:  # removed while its deployment was being created
                         events.append(_cancelled(t, _REMOVED_DETAIL, now))
+                    elif (unsealable := _fail_unsealable(t, d, now)) is not None:
+                        events.append(unsealable)  # the wave's thresholds count it on the next pass
                     else:
                         live.append((t, d))
                 # A removed device would never report: the broadcast waits only for the rest.
