@@ -55,7 +55,12 @@ async def create_enrollment_token(
 
 @router.post("/enroll", response_model=EnrollReply)
 async def enroll(ctx: Ctx, body: EnrollRequest) -> EnrollReply:
-    """Called by the device itself; the enrolment token in the body is its credential."""
+    """Called by the device itself; the enrolment token in the body is its credential.
+
+    A token made for a device id enrols that id (again, if it is enrolled: re-enrolment,
+    published as ``eaf.device.enrolled`` with ``reenrolled``); a token without one enrols
+    only a new id (403 otherwise, the token left unused). An all-zero or low-order X25519
+    ``public_key`` is 422."""
     return await ctx.call(SUBJECTS["enroll"], body, EnrollReply)
 
 
