@@ -23,8 +23,9 @@ from services.analyzer.errors import AnalysisFailedError
 from services.analyzer.store import previous_analysis, save_analysis
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
 from services.common.bus import Bus
-from services.common.db import claim_event, create_engine, create_tables, is_processed
+from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
+from services.common.migrate import upgrade
 from services.validator.app import derived_event_id, ensure_sandbox
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
@@ -212,14 +213,13 @@ async def create_service(
 ) -> AsyncIterator[AnalyzerService]:
     """Start the analyzer (bus, health subject, database, consumer); stop it on exit."""
     from services.analyzer.handlers import register
-    from services.analyzer.store import StoredAnalysis
 
     await ensure_sandbox(settings.validator)
     bus = Bus(settings.nats, service="analyzer")
     bus.serve_health()
     engine = create_engine(settings.database)
     try:
-        await create_tables(engine, StoredAnalysis.metadata)
+        await upgrade(engine, "services.common", "services.analyzer")
         service = AnalyzerService(
             settings,
             bus=bus,

@@ -12,15 +12,18 @@ from datetime import UTC, datetime
 import semver
 from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.reports import AnalysisReport
-from services.common.db import CommonBase
 
-__all__ = ["StoredAnalysis", "previous_analysis", "save_analysis"]
+__all__ = ["AnalyzerBase", "StoredAnalysis", "previous_analysis", "save_analysis"]
 
 
-class StoredAnalysis(CommonBase):
+class AnalyzerBase(DeclarativeBase):
+    pass
+
+
+class StoredAnalysis(AnalyzerBase):
     """One analysed version."""
 
     __tablename__ = "analyzer_reports"

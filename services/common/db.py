@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, String, event, insert, select
+from sqlalchemy import DateTime, String, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -20,7 +20,6 @@ __all__ = [
     "ProcessedEvent",
     "claim_event",
     "create_engine",
-    "create_tables",
     "is_processed",
 ]
 
@@ -49,15 +48,8 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
     return engine
 
 
-async def create_tables(engine: AsyncEngine, *metadata: MetaData) -> None:
-    """Create missing tables (the schema is additive; see docs/database.md)."""
-    async with engine.begin() as conn:
-        for md in (CommonBase.metadata, *metadata):
-            await conn.run_sync(md.create_all)
-
-
 class CommonBase(DeclarativeBase):
-    pass
+    """The tables of ``services.common`` (its migrations: ``services/common/migrations``)."""
 
 
 class ProcessedEvent(CommonBase):

@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from schemas.config import Settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
-from services.common.db import create_engine, create_tables
+from services.common.db import create_engine
 from services.common.keys import load_kek, load_signing_key
 from services.common.logging import get_logger
+from services.common.migrate import upgrade
 from services.common.mqtt_admin import MqttAdmin
 from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
@@ -27,7 +28,6 @@ from services.deployer.commands import register_commands
 from services.deployer.handlers import register
 from services.deployer.mqtt import MqttLink
 from services.deployer.service import Deployer
-from services.deployer.store import Base
 
 __all__ = ["DeployerApp", "create_app"]
 
@@ -58,7 +58,7 @@ async def create_app(
         chunk_size=settings.deployment.chunk_size,
     )
     engine = create_engine(settings.database)
-    await create_tables(engine, Base.metadata)
+    await upgrade(engine, "services.common", "services.deployer")
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     bus = Bus(settings.nats, service="deployer")
     cfg = settings.deployer

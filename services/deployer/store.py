@@ -73,8 +73,7 @@ class Device(Base):
 class DeviceRemoval(Base):
     """A device taken out of the fleet: its ``Device`` row and its targets stay as history.
 
-    A table of its own (not a column of ``deployer_devices``), so a database of an earlier
-    version gains it with ``create_all``. The row goes when the device enrols again.
+    The row goes when the device enrols again.
     """
 
     __tablename__ = "deployer_device_removals"
@@ -153,8 +152,7 @@ class RequestKey(Base):
     """An idempotency key: the deployment a create or rollback request made.
 
     Written in the transaction that creates the deployment; the primary key makes a
-    concurrent retry with the same key fail instead of creating a second one. A table of
-    its own, so a database of an earlier version gains it with ``create_all``.
+    concurrent retry with the same key fail instead of creating a second one.
     """
 
     __tablename__ = "deployer_request_keys"

@@ -49,7 +49,8 @@ from schemas.registry import (
     VersionReports,
     VersionStatus,
 )
-from services.common.db import claim_event, create_tables
+from services.common.db import claim_event
+from services.common.migrate import upgrade
 from services.registry import domain
 from services.registry.errors import (
     AliasInUse,
@@ -168,7 +169,8 @@ class RegistryStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def create_tables(self) -> None:
-        await create_tables(self.engine, RegistryBase.metadata)
+        """Bring the registry's tables (and the shared ones) to their newest revision."""
+        await upgrade(self.engine, "services.common", "services.registry")
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:

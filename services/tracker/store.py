@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.config import InfluxDBConfig
 from schemas.telemetry import timestamp_ns
+from services.common.migrate import upgrade
 from services.tracker.domain import Sums
 from services.tracker.errors import InfluxUnavailable
 
@@ -160,8 +161,7 @@ class RegressionStore:
         self.engine = engine
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(TrackerBase.metadata.create_all)
+        await upgrade(self.engine, "services.tracker")
 
     async def seen(self, model: str, version: str, baseline: str, metric: str) -> bool:
         async with self.engine.connect() as conn:

@@ -21,8 +21,9 @@ from schemas.events import ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
 from services.common.bus import Bus
-from services.common.db import claim_event, create_engine, create_tables, is_processed
+from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
+from services.common.migrate import upgrade
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
 from services.validator.pipeline import (
@@ -173,7 +174,7 @@ async def create_service(
     bus.serve_health()
     engine = create_engine(settings.database)
     try:
-        await create_tables(engine)
+        await upgrade(engine, "services.common")
         service = ValidatorService(
             settings,
             bus=bus,

@@ -83,10 +83,11 @@ async def open_ledger(path: Path):  # type: ignore[no-untyped-def]
     from sqlalchemy import text
 
     from schemas.config import DatabaseConfig
-    from services.common.db import create_engine, create_tables
+    from services.common.db import create_engine
+    from services.common.migrate import upgrade
 
     engine = create_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{path}"))
-    await create_tables(engine)
+    await upgrade(engine, "services.common")
     async with engine.begin() as conn:
         await conn.execute(text(LEDGER_SQL))
     return engine
