@@ -4,10 +4,11 @@
 ``influxd`` — with their data under ``stack.data_dir`` (``./var``), then every service as
 its own process (``python -m services.<name>``), logs under ``var/log/``, and waits until
 each answers its health check. ``down`` stops only what ``up`` started: every process is
-recorded in ``var/run/<name>.json`` with its pid and command line, and is signalled only
-if the live process still has that command line. The same records serve other long-lived
-processes of the stack (the simulated fleet), so ``status`` shows them and ``down`` stops
-them too.
+recorded in ``var/run/<name>.json`` with its pid, command line and start time, and is
+signalled only if the live process still is that one; ``down`` returns once it is gone.
+A process is judged dead only once it is gone, never because its command line does not
+show yet (between fork and exec). The same records serve other long-lived processes of
+the stack (the simulated fleet), so ``status`` shows them and ``down`` stops them too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -57,17 +58,22 @@ from services.common.mqtt_admin import (
 __all__ = [
     "SERVERS",
     "SERVICES",
+    "STOP_GRACE",
     "ComponentStatus",
     "StackError",
     "StackLayout",
+    "Stopped",
+    "alive",
     "api_url",
     "as_json",
     "down",
     "extras",
     "process_running",
     "spawn",
+    "start_time",
     "status",
     "stop_process",
+    "stop_processes",
     "up",
 ]
 
@@ -78,7 +84,12 @@ SERVICES = ("registry", "validator", "analyzer", "deployer", "ingester", "tracke
 MQTT_ADMIN_USER = "eaf-admin"
 SERVICE_MQTT_USER = "eaf-services"
 HEALTH_TIMEOUT = 90.0
-_STOP_TIMEOUT = 15.0
+#: Seconds ``down`` and ``fleet stop`` wait after SIGTERM before SIGKILL.
+STOP_GRACE = 10.0
+#: Seconds to wait for a process to be gone after SIGKILL.
+_KILL_WAIT = 5.0
+#: Seconds ``spawn`` waits for a new process to show its command line.
+_EXEC_TIMEOUT = 10.0
 
 
 class StackError(Exception):
@@ -182,6 +193,20 @@ class StackLayout:
 # ---- processes -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """One process that ``down`` or ``fleet stop`` stopped: gone when this is returned."""
+
+    name: str
+    pid: int
+    #: Seconds from SIGTERM until the process (and its helpers) were gone.
+    seconds: float
+    #: It outlived the grace period and was killed with SIGKILL.
+    killed: bool = False
+    #: False only if it survived even SIGKILL (its record stays, so status shows it).
+    gone: bool = True
+
+
 def _cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -189,6 +214,53 @@ def _cmdline(pid: int) -> list[str] | None:
         return None
     # A zombie has an empty command line: it no longer runs.
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
+
+
+def _stat(pid: int | str, task: str = "") -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) from ``/proc/<pid>/stat``."""
+    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
+    try:
+        # The command name (field 2) may hold spaces and parentheses: split after its end.
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, it names one process
+    for good, since a reused pid gets a later start time."""
+    stat = _stat(pid)
+    return stat[2] if stat is not None else None
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` still runs (any of its threads has not exited) and, given
+    ``started``, is still the process that began then.
+
+    Unlike the command line, this holds from fork to exit: a process between fork and
+    exec, and one whose main thread has exited while others still run (its command line
+    is empty then), both count as alive.
+    """
+    stat = _stat(pid)
+    if stat is None or (started is not None and stat[2] != started):
+        return False
+    if stat[0] not in "ZX":
+        return True
+    try:
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    return any((s := _stat(pid, t)) is not None and s[0] not in "ZX" for t in tasks)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any live process is left in process group ``group``."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _stat(entry.name)
+        if stat is not None and stat[1] == group and alive(int(entry.name), stat[2]):
+            return True
+    return False
 
 
 def process_running(record: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
@@ -202,6 +274,19 @@ def process_running(record: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, 
     return live is not None and live == list(record["argv"])
 
 
+def _ours_starting(record: Mapping[str, Any] | None, fresh: bool) -> bool:
+    """Alive but not (yet) showing its command line: a process caught between fork and
+    exec, or in the middle of exec. It is ours if we just started it, or if it still has
+    the recorded start time; a record without one and a different program is a reused pid.
+    """
+    if record is None:
+        return False
+    started = record.get("started")
+    if started is None and not fresh:
+        return False
+    return alive(int(record["pid"]), started)
+
+
 def spawn(
     layout: StackLayout,
     name: str,
@@ -210,7 +295,11 @@ def spawn(
     env: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> int:
-    """Start ``argv`` detached (own session), output to ``log/<name>.log``, and record it."""
+    """Start ``argv`` detached (own session), output to ``log/<name>.log``, and record it.
+
+    Returns once the process runs ``argv`` (its ``/proc`` command line shows it) or has
+    exited, so what is recorded can be judged at once.
+    """
     layout.logs.mkdir(parents=True, exist_ok=True)
     with layout.log(name).open("ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} ---\n".encode())
@@ -223,38 +312,80 @@ def spawn(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
-    # Popen returns after the exec: /proc/<pid>/cmdline already shows argv.
-    layout.write_record(name, process.pid, argv, **extra)
+    # Popen returns once exec has begun, not once it has finished: until the kernel has
+    # set the new program's arguments, /proc/<pid>/cmdline is empty (or, before the exec,
+    # the parent's). On a busy machine that gap is long enough to be seen.
+    started = start_time(process.pid)
+    deadline = time.monotonic() + _EXEC_TIMEOUT
+    while process.poll() is None and _cmdline(process.pid) != list(argv):
+        if time.monotonic() > deadline:
+            break  # e.g. a script whose interpreter shows in its place: judged by pid
+        time.sleep(0.01)
+    layout.write_record(name, process.pid, argv, started=started, **extra)
     return process.pid
 
 
+def stop_processes(
+    layout: StackLayout, names: Sequence[str], *, grace: float = STOP_GRACE
+) -> list[Stopped]:
+    """Stop the recorded processes ``names`` together and return once they are gone.
+
+    SIGTERM to each one's process group; whatever still runs ``grace`` seconds later gets
+    SIGKILL. Helpers left in a group (the validator's sandboxed workers) are killed once
+    their leader is gone. Records of processes that no longer run are removed; a record
+    whose pid now belongs to another program is removed without a signal.
+    """
+    began = time.monotonic()
+    # name -> (pid, start time, group to signal or None for the pid alone)
+    targets: dict[str, tuple[int, int | None, int | None]] = {}
+    for name in names:
+        record = layout.read_record(name)
+        if process_running(record) or _ours_starting(record, fresh=False):
+            assert record is not None
+            pid = int(record["pid"])
+            stat = _stat(pid)
+            # Every process was started as the leader of its own session, so its group
+            # holds it and its helpers and nothing else.
+            group = pid if stat is not None and stat[1] == pid else None
+            targets[name] = (pid, stat[2] if stat is not None else None, group)
+            _signal(pid, group, signal.SIGTERM)
+        else:
+            layout.record(name).unlink(missing_ok=True)
+    done: dict[str, Stopped] = {}
+    killed: set[str] = set()
+    deadline = began + grace
+    while len(done) < len(targets):
+        for name, (pid, started, group) in targets.items():
+            if name in done or alive(pid, started):
+                continue
+            if group is not None:
+                _signal(pid, group, signal.SIGKILL)  # helpers that outlived their leader
+                if _group_alive(group) and time.monotonic() < deadline + _KILL_WAIT:
+                    continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+            done[name] = Stopped(name, pid, time.monotonic() - began, name in killed)
+            layout.record(name).unlink(missing_ok=True)
+        now = time.monotonic()
+        if now >= deadline:
+            for name, (pid, _, group) in targets.items():
+                if name not in done and name not in killed:
+                    killed.add(name)
+                    _signal(pid, group, signal.SIGKILL)
+        if now >= deadline + _KILL_WAIT:
+            break  # not gone even after SIGKILL (uninterruptible I/O): say so below
+        if len(done) < len(targets):
+            time.sleep(0.05)
+    for name, (pid, _, _) in targets.items():
+        if name not in done:
+            # Still there after SIGKILL: keep its record, so status shows it.
+            done[name] = Stopped(name, pid, time.monotonic() - began, killed=True, gone=False)
+    return [done[n] for n in names if n in done]
+
+
 def stop_process(layout: StackLayout, name: str) -> bool:
-    """SIGTERM the recorded process group, SIGKILL after a grace period; True if it ran."""
-    record = layout.read_record(name)
-    stopped = False
-    if process_running(record):
-        pid = int(record["pid"])
-        # Every process was started as the leader of its own session, so its group holds
-        # it and its helpers (the validator's sandboxed workers) and nothing else.
-        try:
-            group = os.getpgid(pid)
-        except ProcessLookupError:
-            group = -1
-        target = group if group == pid else None
-        _signal(pid, target, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        while process_running(record) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process_running(record):
-            _signal(pid, target, signal.SIGKILL)
-        elif target is not None:
-            # Helpers that outlived their parent.
-            _signal(pid, target, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        stopped = True
-    layout.record(name).unlink(missing_ok=True)
-    return stopped
+    """Stop one recorded process (see ``stop_processes``); True if it ran."""
+    return bool(stop_processes(layout, [name]))
 
 
 def _signal(pid: int, group: int | None, sig: signal.Signals) -> None:
@@ -376,7 +507,9 @@ def _start_server(name: str, settings: Settings, layout: StackLayout) -> Compone
     except ServerError as exc:
         raise StackError(name, str(exc)) from None
     assert server.pid is not None
-    layout.write_record(name, server.pid, _cmdline(server.pid) or [])
+    layout.write_record(
+        name, server.pid, _cmdline(server.pid) or [], started=start_time(server.pid)
+    )
     return ComponentStatus(name, "server", server.pid, True, True, f"{host}:{port}")
 
 
@@ -500,20 +633,41 @@ async def _service_health(name: str, settings: Settings, nc: NatsClient | None) 
     return answer.get("status") == "ok", f"answers on eaf.rpc.{name}.health"
 
 
-def _log_hint(layout: StackLayout, name: str) -> str:
+_HINT_LINES = 3
+
+
+def _log_hint(layout: StackLayout, name: str, prefix: str = "not running") -> str:
+    """``prefix; see LOG: <its last lines>``: what the process said since it was last
+    started (our own ``--- ... starting`` marker lines say nothing about why it ended)."""
     path = layout.log(name)
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         lines = []
-    last = lines[-1].strip() if lines else ""
-    return f"not running; see {path}" + (f": {last[:200]}" if last else "")
+    since = [line.strip() for line in lines if line.strip()]
+    for i in range(len(since) - 1, -1, -1):
+        if since[i].startswith("--- ") and " starting " in since[i]:
+            since = since[i + 1 :]
+            break
+    if not since and lines:
+        return f"{prefix}; it wrote nothing to {path}"
+    last = " | ".join(line[:200] for line in since[-_HINT_LINES:])
+    return f"{prefix}; see {path}" + (f": {last}" if last else "")
 
 
 async def _check_services(
-    settings: Settings, layout: StackLayout, names: Sequence[str], wait: float
+    settings: Settings,
+    layout: StackLayout,
+    names: Sequence[str],
+    wait: float,
+    fresh: Collection[str] = (),
 ) -> list[ComponentStatus]:
-    """Ask each service for its health until all answer or ``wait`` seconds passed."""
+    """Ask each service for its health until all answer or ``wait`` seconds passed.
+
+    ``fresh`` names the services just started: while one of them is alive but does not
+    show its command line yet (between fork and exec, on a busy machine), it is starting,
+    not dead. A service is reported not running only once its process is gone.
+    """
     deadline = time.monotonic() + wait
     nc = await _connect_bus(settings, layout)
     while nc is None and time.monotonic() < deadline:
@@ -527,6 +681,10 @@ async def _check_services(
                 record = layout.read_record(name)
                 pid = record["pid"] if record else None
                 if not process_running(record):
+                    if _ours_starting(record, name in fresh):
+                        detail = "started; not yet running its command"
+                        results[name] = ComponentStatus(name, "service", pid, True, False, detail)
+                        continue
                     detail = _log_hint(layout, name) if record else "not started"
                     results[name] = ComponentStatus(name, "service", pid, False, False, detail)
                     pending.remove(name)
@@ -590,9 +748,12 @@ def up(
         load_signing_key(settings.security)
     except KeyFileError as exc:
         raise StackError("keys", str(exc)) from None
-    for name in SERVICES:
-        _start_service(name, settings, layout, config_path)
-    statuses += asyncio.run(_check_services(settings, layout, SERVICES, wait))
+    fresh = [
+        name
+        for name in SERVICES
+        if _start_service(name, settings, layout, config_path).detail == "starting"
+    ]
+    statuses += asyncio.run(_check_services(settings, layout, SERVICES, wait, fresh))
     return statuses + _extras(layout)
 
 
@@ -624,13 +785,16 @@ def status(settings: Settings) -> list[ComponentStatus]:
     return result + _extras(layout)
 
 
-def down(settings: Settings) -> list[str]:
-    """Stop what ``up`` started (the fleet and services first, servers last), nothing else."""
+def down(settings: Settings, *, grace: float = STOP_GRACE) -> list[Stopped]:
+    """Stop what ``up`` started, nothing else, and return once it is gone.
+
+    The fleet first, then the services, then the servers; the processes of each phase are
+    stopped together (SIGTERM, SIGKILL after ``grace`` seconds).
+    """
     layout = StackLayout.of(settings)
-    stopped = []
-    for name in (*extras(layout), *reversed(SERVICES), *reversed(SERVERS)):
-        if stop_process(layout, name):
-            stopped.append(name)
+    stopped: list[Stopped] = []
+    for phase in (extras(layout), list(reversed(SERVICES)), list(reversed(SERVERS))):
+        stopped += stop_processes(layout, phase, grace=grace)
     return stopped
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,15 @@ from edgeaiforge._cli._common import JsonOption, console, err_console
 from schemas.config import Settings
 from services.common.config import ConfigError, config_path_from_env, load_settings
 
-__all__ = ["DEFAULT_CONFIG", "ConfigOption", "down_app", "load", "status_app", "up_app"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ConfigOption",
+    "down_app",
+    "load",
+    "print_stopped",
+    "status_app",
+    "up_app",
+]
 
 DEFAULT_CONFIG = Path("config/edgeaiforge.toml")
 
@@ -89,15 +98,51 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
 
 
 def down(config: ConfigOption = None, json_out: JsonOption = False) -> None:
-    """Stop what `edgeaiforge up` started, and nothing else. Data under var/ stays."""
+    """Stop what `edgeaiforge up` started, and nothing else; return once it is gone.
+
+    Data under var/ stays. A process still running 10 s after SIGTERM is killed (SIGKILL),
+    and the output says so.
+    """
     settings, _ = load(config)
+    began = time.monotonic()
     stopped = _stack.down(settings)
     if json_out:
-        typer.echo(json.dumps({"stopped": stopped}))
+        typer.echo(
+            json.dumps(
+                {
+                    "stopped": [s.name for s in stopped if s.gone],
+                    "killed": [s.name for s in stopped if s.killed],
+                    "seconds": round(time.monotonic() - began, 1),
+                }
+            )
+        )
     elif stopped:
-        console.print("stopped: " + ", ".join(stopped))
+        print_stopped(stopped, time.monotonic() - began)
     else:
         console.print("nothing of ours was running")
+    if not all(s.gone for s in stopped):
+        raise typer.Exit(1)
+
+
+def print_stopped(stopped: list[_stack.Stopped], seconds: float) -> None:
+    """``stopped: a, b (in 1.2 s)``, plus a line for each process that had to be killed
+    or that even SIGKILL did not end."""
+    gone = [s.name for s in stopped if s.gone]
+    if gone:
+        console.print(f"stopped: {', '.join(gone)} (all gone in {seconds:.1f} s)")
+    for s in stopped:
+        if s.killed and s.gone:
+            err_console.print(
+                f"[yellow]{s.name} (pid {s.pid}) did not exit within "
+                f"{_stack.STOP_GRACE:.0f} s of SIGTERM: killed with SIGKILL[/yellow]",
+                highlight=False,
+            )
+        elif not s.gone:
+            err_console.print(
+                f"[red]error:[/red] {s.name} (pid {s.pid}) still runs after SIGKILL; "
+                "its record stays in place",
+                highlight=False,
+            )
 
 
 def _show(rows: list[_stack.ComponentStatus], json_out: bool) -> None:

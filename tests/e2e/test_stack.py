@@ -7,6 +7,7 @@ after ``down`` nothing started by ``up`` may remain, helpers included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,13 +16,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeaiforge._servers import free_port
-from edgeaiforge._stack import SERVERS, SERVICES, StackLayout, down, process_running
+from edgeaiforge._stack import (
+    SERVERS,
+    SERVICES,
+    StackLayout,
+    down,
+    process_running,
+    spawn,
+    status,
+    stop_processes,
+)
 from services.common.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,3 +180,103 @@ def test_down_leaves_a_process_alone_whose_pid_was_reused(stack_dir: Path) -> No
     finally:
         os.kill(stranger.pid, signal.SIGKILL)
         stranger.wait()
+
+
+# ---- processes: judged alive until gone, stopped until gone ------------------------------
+
+#: Sleeps, then execs ``sys.argv[1:]``: until then /proc shows this command line, not the
+#: one recorded, as a process caught between fork and exec (or mid-exec) does.
+LATE_EXEC = "import os, sys, time; time.sleep(float(os.environ['DELAY'])); os.execv(sys.argv[1], sys.argv[1:])"  # noqa: E501
+#: On SIGTERM the main thread exits and another thread lives on for a while (its command
+#: line reads empty then, as a zombie's does, though the process still runs).
+SLOW_EXIT = """
+import ctypes, os, signal, sys, threading, time
+def later():
+    time.sleep(float(sys.argv[1]))
+    os._exit(0)
+def on_term(*_):
+    threading.Thread(target=later).start()
+    ctypes.CDLL(None).pthread_exit(None)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def runs(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs, read straight from /proc."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return any(state not in "ZX" for state in states)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_service_before_its_exec_is_starting_not_dead(stack_dir: Path) -> None:
+    settings = load_settings(stack_config(stack_dir))
+    layout = StackLayout.of(settings)
+    final = [sys.executable, "-c", "import time; time.sleep(60)", "registry"]
+    spawn(layout, "registry", [sys.executable, "-c", LATE_EXEC, *final], env=clean_env(DELAY="1.5"))
+    record = layout.read_record("registry")
+    assert record is not None
+    # What up records for the service it starts: the command it will run, and when the
+    # process began.
+    layout.write_record("registry", record["pid"], final, started=record["started"])
+    try:
+        rows = {row.name: row for row in status(settings)}
+        assert rows["registry"].running, rows["registry"].detail
+        assert "not yet running its command" in rows["registry"].detail
+        wait_until(lambda: process_running(layout.read_record("registry")))
+    finally:
+        stop_processes(layout, ["registry"])
+
+
+def test_a_service_that_exited_is_down_with_its_last_words(stack_dir: Path) -> None:
+    settings = load_settings(stack_config(stack_dir))
+    layout = StackLayout.of(settings)
+    said = "import sys; print('loading keys'); print('error: no key', file=sys.stderr); sys.exit(3)"
+    pid = spawn(layout, "tracker", [sys.executable, "-c", said], env=clean_env())
+    wait_until(lambda: not runs(pid))
+    row = next(r for r in status(settings) if r.name == "tracker")
+    assert not row.running
+    assert "loading keys | error: no key" in row.detail, row.detail
+    assert "starting tracker" not in row.detail
+
+
+def test_spawn_returns_once_the_process_runs_its_command(stack_dir: Path) -> None:
+    layout = StackLayout.of(load_settings(stack_config(stack_dir)))
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "fleet"]
+    spawn(layout, "fleet", argv, env=clean_env())
+    try:
+        assert process_running(layout.read_record("fleet"))
+    finally:
+        assert [s.name for s in stop_processes(layout, ["fleet"])] == ["fleet"]
+
+
+def test_stop_returns_once_the_process_is_gone(stack_dir: Path) -> None:
+    layout = StackLayout.of(load_settings(stack_config(stack_dir)))
+    pid = spawn(layout, "fleet", [sys.executable, "-c", SLOW_EXIT, "1.5"], env=clean_env())
+    wait_until(lambda: "ready" in layout.log("fleet").read_text())
+    [stopped] = stop_processes(layout, ["fleet"])
+    assert not runs(pid), "stop returned while the process still ran"
+    assert stopped.gone and not stopped.killed and stopped.seconds >= 1.4
+    assert not layout.record("fleet").exists()
+
+
+def test_stop_kills_what_outlives_the_grace_period(stack_dir: Path) -> None:
+    layout = StackLayout.of(load_settings(stack_config(stack_dir)))
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"  # noqa: E501
+    pid = spawn(layout, "fleet", [sys.executable, "-c", stubborn], env=clean_env())
+    wait_until(lambda: "ready" in layout.log("fleet").read_text())
+    began = time.monotonic()
+    [stopped] = stop_processes(layout, ["fleet"], grace=1.0)
+    assert not runs(pid)
+    assert stopped.killed and stopped.gone
+    assert 1.0 <= time.monotonic() - began < 5
