@@ -65,25 +65,31 @@ def enroll_fleet(
     group: str | None = None,
     labels: dict[str, str] | None = None,
     on_device: Callable[[str, str], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
-    """Enrol each device not enrolled yet; returns ``{device_id: "enrolled" | "reused"}``.
+    """Enrol each device not enrolled yet; returns ``{device_id: "enrolled" | "reused" |
+    "re-enrolled"}``.
 
-    A device enrolled here before but unknown to the platform (its database was reset) is
-    enrolled afresh: its old credentials would no longer open the broker.
+    A device enrolled here before is asked about first: if the platform no longer knows it
+    (its database was reset) or has removed it (its broker account is gone), its old
+    credentials would be refused forever, so it is enrolled again with a new token made
+    for its id, and ``say`` gets one line saying why.
     """
     outcome: dict[str, str] = {}
     for device_id in ids:
         state_dir = root / device_id
+        how = "enrolled"
         if enrolled(state_dir):
-            try:
-                manager.get_device(device_id)
-            except NotFoundError:
-                shutil.rmtree(state_dir)
-            else:
+            stale = _stale_reason(manager, device_id)
+            if stale is None:
                 outcome[device_id] = "reused"
                 if on_device is not None:
                     on_device(device_id, "reused")
                 continue
+            if say is not None:
+                say(f"{device_id} {stale}: enrolling it again with a new token")
+            shutil.rmtree(state_dir)
+            how = "re-enrolled"
         elif state_dir.exists():
             shutil.rmtree(state_dir)  # a half-made enrolment: start over
         token = manager.create_enrollment_token(device_id=device_id, group=group, labels=labels)
@@ -91,10 +97,23 @@ def enroll_fleet(
             enroll(manager.url, token=token.token, device_id=device_id, state_dir=state_dir)
         except EdgeRuntimeError as exc:
             raise FleetError(device_id, str(exc)) from None
-        outcome[device_id] = "enrolled"
+        outcome[device_id] = how
         if on_device is not None:
-            on_device(device_id, "enrolled")
+            on_device(device_id, how)
     return outcome
+
+
+def _stale_reason(manager: ModelManager, device_id: str) -> str | None:
+    """Why the platform no longer honours ``device_id``'s enrolment, or None if it does."""
+    try:
+        device = manager.get_device(device_id)
+    except NotFoundError:
+        return "is unknown to the platform (its database was reset?)"
+    if device.removed_at is not None:
+        by = f" by {device.removed_by}" if device.removed_by else ""
+        why = f" ({device.removal_reason})" if device.removal_reason else ""
+        return f"was removed from the fleet{by} at {device.removed_at:%Y-%m-%d %H:%M:%S}{why}"
+    return None
 
 
 async def _serve_http(

@@ -14,7 +14,7 @@ import typer
 
 from edgeaiforge import _stack
 from edgeaiforge._cli._common import console, err_console, manager
-from edgeaiforge._cli.stack import ConfigOption, load
+from edgeaiforge._cli.stack import ConfigOption, load, print_stopped
 from edgeaiforge._errors import EdgeAIForgeError
 from edgeaiforge._fleet import device_ids, enroll_fleet, run_fleet
 from edgeaiforge._manager import ModelManager
@@ -96,15 +96,23 @@ def simulate(
         ctx.find_root().obj = {**obj, "url": _stack.api_url(settings)}
     try:
         with manager(ctx) as mm:
-            counts = {"enrolled": 0, "reused": 0}
+            counts = {"enrolled": 0, "reused": 0, "re-enrolled": 0}
 
             def seen(_device: str, how: str) -> None:
                 counts[how] += 1
 
             with err_console.status(f"enrolling {devices} devices"):
-                enroll_fleet(mm, ids, root, group=group, on_device=seen)
+                enroll_fleet(
+                    mm,
+                    ids,
+                    root,
+                    group=group,
+                    on_device=seen,
+                    say=lambda line: console.print(f"fleet: {line}", highlight=False),
+                )
+            again = f", {counts['re-enrolled']} re-enrolled" if counts["re-enrolled"] else ""
             console.print(
-                f"fleet: {counts['enrolled']} devices enrolled, {counts['reused']} reused "
+                f"fleet: {counts['enrolled']} devices enrolled, {counts['reused']} reused{again} "
                 f"(group {group!r}, state in {root})"
             )
             argvs = [
@@ -112,7 +120,9 @@ def simulate(
                 for start, shard in _shards(ids, processes)
             ]
             if background:
-                _start_background(layout, argvs, devices, rate)
+                # A running fleet holds the old credentials of a re-enrolled device.
+                restart = counts["re-enrolled"] > 0
+                _start_background(layout, argvs, devices, rate, restart=restart)
                 with err_console.status("waiting for every device to come online"):
                     missing = _wait_online(mm, ids, _ONLINE_TIMEOUT)
                 if missing:
@@ -133,7 +143,12 @@ def simulate(
 
 
 def _start_background(
-    layout: _stack.StackLayout, argvs: list[list[str]], devices: int, rate: float
+    layout: _stack.StackLayout,
+    argvs: list[list[str]],
+    devices: int,
+    rate: float,
+    *,
+    restart: bool = False,
 ) -> None:
     names = ["fleet"] if len(argvs) == 1 else [f"fleet-{k + 1}" for k in range(len(argvs))]
     running = {
@@ -142,14 +157,20 @@ def _start_background(
         if name == "fleet" or name.startswith("fleet-")
     }
     wanted = dict(zip(names, argvs, strict=True))
-    same = set(running) == set(wanted) and all(
-        _stack.process_running(rec) and rec["argv"] == wanted[name] for name, rec in running.items()
+    same = (
+        not restart
+        and set(running) == set(wanted)
+        and all(
+            _stack.process_running(rec) and rec["argv"] == wanted[name]
+            for name, rec in running.items()
+        )
     )
     if same:
         console.print("fleet: already running with these devices; reusing it")
         return
-    for name in running:
-        _stack.stop_process(layout, name)
+    if running and restart:
+        console.print("fleet: restarting the running fleet, so it uses the new credentials")
+    _stack.stop_processes(layout, list(running))
     detail = f"{devices} simulated devices, {rate:g} inferences/s each"
     for name, argv in wanted.items():
         _stack.spawn(layout, name, argv, detail=detail)
@@ -191,9 +212,15 @@ def _run_foreground(
 
 @app.command()
 def stop(config: ConfigOption = None) -> None:
-    """Stop a fleet started with --background."""
+    """Stop a fleet started with --background; return once its processes are gone."""
     settings, _ = load(config)
     layout = _stack.StackLayout.of(settings)
     names = [n for n in _stack.extras(layout) if n == "fleet" or n.startswith("fleet-")]
-    stopped = [n for n in names if _stack.stop_process(layout, n)]
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no fleet was running")
+    began = time.monotonic()
+    stopped = _stack.stop_processes(layout, names)
+    if not stopped:
+        console.print("no fleet was running")
+        return
+    print_stopped(stopped, time.monotonic() - began)
+    if not all(s.gone for s in stopped):
+        raise typer.Exit(1)
