@@ -296,7 +296,15 @@ def start_fleet(token: str, config: Path, layout: StackLayout, devices: int) -> 
         command, env={**os.environ, "EAF_API_TOKEN": token}, check=False
     )
     if result.returncode != 0:
-        raise DemoError("the simulated fleet did not start; see var/log/fleet.log")
+        log = layout.log("fleet")
+        try:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        except OSError:
+            tail = []
+        raise DemoError(
+            "the simulated fleet did not start (the lines above say which devices and why); "
+            f"see {log}" + ("; its last lines:\n" + "\n".join(tail) if tail else "")
+        )
     return port
 
 
@@ -343,13 +351,14 @@ def stats_table(mm: ModelManager, window: float) -> Table | None:
     return table
 
 
-def inferences_on(mm: ModelManager, version: str, device_id: str) -> int:
-    """Inferences of ``version`` on ``device_id`` that have reached InfluxDB (last hour)."""
-    stats = mm.get_model_stats(MODEL, window=3600, version=version)
+def inferences_on(mm: ModelManager, version: str, device_id: str, window: float) -> int:
+    """Inferences of ``version`` on ``device_id`` that have reached InfluxDB in the last
+    ``window`` seconds."""
+    stats = mm.get_model_stats(MODEL, window=window, version=version)
     return sum(d.count for v in stats.versions for d in v.devices if d.device_id == device_id)
 
 
-async def _evaluate(settings: Settings) -> EvaluateReply:
+async def _evaluate(settings: Settings, window: float) -> EvaluateReply:
     # The tracker's comparison is on the bus only: ask as the stack's NATS admin.
     user, password = StackLayout.of(settings).nats_login()
     client = NatsClient()
@@ -361,16 +370,20 @@ async def _evaluate(settings: Settings) -> EvaluateReply:
         allow_reconnect=False,
     )
     try:
-        body = EvaluateRequest(model=MODEL, window_seconds=3600).model_dump_json().encode()
+        body = EvaluateRequest(model=MODEL, window_seconds=window).model_dump_json().encode()
         message = await client.request(EVALUATE_SUBJECT, body, timeout=10)
         return parse_reply(EVALUATE_SUBJECT, message.data, EvaluateReply)
     finally:
         await client.close()
 
 
-def comparison(settings: Settings, version: str) -> VersionComparison | None:
-    """The tracker's verdict on ``version`` against its predecessor, once it has one."""
-    reply = asyncio.run(_evaluate(settings))
+def comparison(settings: Settings, version: str, window: float) -> VersionComparison | None:
+    """The tracker's verdict on ``version`` against its predecessor, once it has one.
+
+    The tracker picks the predecessor itself: the nearest earlier version that ran on the
+    same devices in the window. What it picked is in the answer (``baseline_version``).
+    """
+    reply = asyncio.run(_evaluate(settings, window))
     for c in reply.comparisons:
         if c.version == version and c.conclusive:
             return c
@@ -471,6 +484,14 @@ def run(config: Path, devices: int) -> None:
             waves=("1", "50%", "100%"),
         )
         follow(mm, created)
+        # The comparison in step 9 looks only at what ran from here on: a version that
+        # sim-001 ran before (in an earlier demo run) must not become the tracker's
+        # baseline, which is the nearest earlier version that ran in the window.
+        rolled_out = time.monotonic()
+
+        def since_rollout() -> float:
+            return max(1.0, time.monotonic() - rolled_out)
+
         mm.set_alias(MODEL, ALIAS, baseline_version)
         console.print(f"alias {ALIAS!r} -> {baseline_version}")
 
@@ -499,21 +520,22 @@ def run(config: Path, devices: int) -> None:
         # The comparison needs enough inferences of the baseline on the canary device too.
         need = settings.performance_tracking.min_inferences
         wait_for(
-            f"{need} inferences of {baseline_version} on sim-001 (the comparison's baseline)",
-            lambda: inferences_on(mm, baseline_version, "sim-001") >= need or None,
+            f"{need} inferences of {baseline_version} on sim-001 (what it runs before the canary)",
+            lambda: inferences_on(mm, baseline_version, "sim-001", since_rollout()) >= need or None,
             120,
             every=1.0,
         )
         canary = mm.deploy_model(MODEL, "sim-001", version=candidate)
         follow(mm, canary)
 
-        step(9, f"Compare {candidate} with {baseline_version} on the canary")
         verdict = wait_for(
-            "the tracker needs enough inferences of both versions on sim-001",
-            lambda: comparison(settings, candidate),
+            f"the tracker needs enough inferences of {candidate} and its predecessor on sim-001",
+            lambda: comparison(settings, candidate, since_rollout()),
             120,
             every=2.0,
         )
+        # Titled after the answer: the tracker names the baseline it really compared.
+        step(9, f"Compare {verdict.version} with {verdict.baseline_version} on the canary")
         console.print(comparison_table(verdict))
 
         step(10, f"Promote {candidate}: move {ALIAS!r} and deploy it everywhere")
@@ -540,7 +562,8 @@ def run(config: Path, devices: int) -> None:
             f"[bold green]Done in {elapsed:.0f} s.[/bold green]",
             f"{MODEL}: {baseline_version} -> {candidate} ({ALIAS}), on {len(final.targets)} "
             f"devices of group {GROUP!r}",
-            f"canary verdict: {'regressed' if verdict.regressed else 'no regression'} "
+            f"canary verdict on {verdict.version} against {verdict.baseline_version}: "
+            f"{'regressed' if verdict.regressed else 'no regression'} "
             f"(p95 {verdict.baseline_latency_p95_ms:.3f} -> {verdict.latency_p95_ms:.3f} ms)",
             "",
             "The stack and the fleet keep running. Try:",
