@@ -1,19 +1,25 @@
 """Diagnostic tasks that prove the sandbox's confinement (used by its tests and by
-operators checking a host): each tries something a hostile model might."""
+operators checking a host): each tries something a hostile model might. ``MODEL`` is the
+built-in model the services' start-up self-tests validate and time (``ensure_*``)."""
 
 from __future__ import annotations
 
+import base64
+import importlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
+    "MODEL",
     "abort",
     "allocate",
     "connect",
     "identity",
+    "lazy_import",
     "pid",
     "plant_link",
     "read_file",
@@ -21,6 +27,22 @@ __all__ = [
     "spin",
     "steps",
 ]
+
+
+#: y = x @ w + b, x of shape [n, 4] (opset 17, 188 bytes): what the start-up self-tests
+#: validate and time, through the same workers and code as an uploaded model.
+MODEL = base64.b64decode(
+    "CAgSFGVkZ2VhaWZvcmdlLXNlbGZ0ZXN0OpsBChIKAXgKAXcSAnkwIgZNYXRNdWwKDwoCeTAKAWISAXkiA0Fk"
+    "ZBIIc2VsZnRlc3QqKwgECAIQAUIBd0ogAAAAPwAAAD8AAAA/AAAAPwAAAD8AAAA/AAAAPwAAAD8qEQgCEAFC"
+    "AWJKCAAAgD8AAIA/WhQKAXgSDwoNCAESCQoDEgFuCgIIBGIUCgF5Eg8KDQgBEgkKAxIBbgoCCAJCBAoAEBE="
+)
+
+
+def lazy_import(module: str) -> dict[str, Any]:
+    """Import ``module`` now, after the worker has confined itself (as a library's lazy
+    import does); where it came from, and who imported it."""
+    loaded = importlib.import_module(module)
+    return {"file": str(getattr(loaded, "__file__", "")), "uid": os.getuid(), "prefix": sys.prefix}
 
 
 def connect(host: str, port: int) -> dict[str, Any]:

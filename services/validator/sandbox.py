@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,6 +33,7 @@ from services.common.logging import get_logger
 
 __all__ = [
     "NOBODY",
+    "PLATFORM_FAULT",
     "SandboxStatus",
     "StartedAhead",
     "TaskOutcome",
@@ -48,6 +49,8 @@ log = get_logger(__name__)
 
 #: uid/gid the worker drops to when the service runs as root.
 NOBODY = 65534
+#: How a report begins the reason of a failure of the sandbox itself.
+PLATFORM_FAULT = "the sandbox failed (platform fault, not the model's)"
 _STDERR_TAIL = 4096
 _ALLOWED_TASK_PREFIXES = ("services.validator.", "services.analyzer.")
 #: Longest answer line a worker may write (an analysis report of a large model).
@@ -77,13 +80,29 @@ class TaskOutcome:
     isolation: str = ""
     duration_ms: float = 0.0
     stderr_tail: str = ""
+    #: The worker failed before it read anything of the task's files, or could not import
+    #: a module: the platform's fault (installation, host), never the model's.
+    platform: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status is SandboxStatus.OK
 
+    @property
+    def platform_fault(self) -> bool:
+        """Whether the sandbox itself failed (not the task on its input)."""
+        return not self.ok and (self.platform or self.status is SandboxStatus.ISOLATION)
+
     def describe(self, limits: SandboxLimits, section: str) -> str:
-        """A sentence for a report: why the worker gave no answer."""
+        """A sentence for a report: why the worker gave no answer. A platform fault says
+        so first (``the sandbox failed (platform fault, not the model's): ...``)."""
+        if self.platform_fault:
+            return f"{PLATFORM_FAULT}: {self._reason(limits, section)}"
+        return self._reason(limits, section)
+
+    def _reason(self, limits: SandboxLimits, section: str) -> str:
+        if self.status is SandboxStatus.TIMEOUT and self.detail:
+            return self.detail
         if self.status is SandboxStatus.TIMEOUT:
             return (
                 f"did not finish within {limits.wall_seconds:g} s and was killed "
@@ -215,13 +234,18 @@ async def run_task(
     assert proc.stdin is not None and proc.stdout is not None
     stderr = _StderrTail(proc)
 
+    ready = False
+
     async def talk() -> bytes:
+        nonlocal ready
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(spec)
         with suppress(BrokenPipeError, ConnectionResetError):
             await proc.stdin.drain()
         proc.stdin.close()
-        out = await proc.stdout.read()
+        first = await proc.stdout.readline()
+        ready = _is_ready(first)
+        out = first + await proc.stdout.read()
         await proc.wait()
         return out
 
@@ -236,8 +260,14 @@ async def run_task(
         await stderr.close()
     duration = (time.perf_counter() - started) * 1000
     if timed_out:
-        return TaskOutcome(SandboxStatus.TIMEOUT, duration_ms=duration, stderr_tail=stderr.text())
-    return _outcome(proc.returncode or 0, out, duration, stderr.text())
+        return TaskOutcome(
+            SandboxStatus.TIMEOUT,
+            detail="" if ready else "the worker did not start in time",
+            duration_ms=duration,
+            stderr_tail=stderr.text(),
+            platform=not ready,
+        )
+    return _outcome(proc.returncode or 0, out, duration, stderr.text(), started=ready)
 
 
 class Worker:
@@ -264,6 +294,9 @@ class Worker:
         #: Reads the worker's first line: ``ready``, or why it could not start.
         self._first: asyncio.Future[bytes] | None = None
         self._past_first = False
+        #: Whether the worker said ``ready``: until then it has read nothing it was given,
+        #: so whatever goes wrong is the platform's fault.
+        self._ready = False
 
     def _first_line(self) -> asyncio.Future[bytes]:
         if self._first is None:
@@ -285,6 +318,7 @@ class Worker:
             self._past_first = True
             if not _is_ready(first):
                 return first  # an answer instead: it could not confine itself or start
+            self._ready = True
         return await self._proc.stdout.readline()
 
     async def _send(self, line: bytes) -> None:
@@ -317,7 +351,11 @@ class Worker:
             lap = self._lap()
             await self.close()
             return TaskOutcome(
-                SandboxStatus.TIMEOUT, duration_ms=lap, stderr_tail=self._stderr.text()
+                SandboxStatus.TIMEOUT,
+                detail="" if self._ready else "the worker did not start in time",
+                duration_ms=lap,
+                stderr_tail=self._stderr.text(),
+                platform=not self._ready,
             )
         except ValueError:  # an answer longer than _MAX_ANSWER
             lap = self._lap()
@@ -334,10 +372,14 @@ class Worker:
             exited = await self._finish(grace=self._limits.wall_seconds)
             if not exited:
                 return TaskOutcome(
-                    SandboxStatus.TIMEOUT, duration_ms=lap, stderr_tail=self._stderr.text()
+                    SandboxStatus.TIMEOUT,
+                    duration_ms=lap,
+                    stderr_tail=self._stderr.text(),
+                    platform=not self._ready,
                 )
-            return _outcome(self._proc.returncode or 0, line, lap, self._stderr.text())
-        outcome = _outcome(0, line, self._lap(), "")
+            code = self._proc.returncode or 0
+            return _outcome(code, line, lap, self._stderr.text(), started=self._ready)
+        outcome = _outcome(0, line, self._lap(), "", started=self._ready)
         if not outcome.ok:
             await self.close()
         return outcome
@@ -617,7 +659,18 @@ def _is_ready(line: bytes) -> bool:
     return False
 
 
-def _outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOutcome:
+def _outcome(
+    code: int, out: bytes, duration: float, stderr_tail: str, *, started: bool
+) -> TaskOutcome:
+    """What the worker's exit ``code`` and output say; ``started``: it had said ``ready``
+    (before that, nothing it was given had been read: any failure is the platform's)."""
+    outcome = _parse_outcome(code, out, duration, stderr_tail)
+    if not started and not outcome.ok and not outcome.platform:
+        return replace(outcome, platform=True)
+    return outcome
+
+
+def _parse_outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOutcome:
     reply: dict[str, Any] | None = None
     lines = [line for line in out.strip().splitlines() if not _is_ready(line)]
     if lines:
@@ -663,6 +716,7 @@ def _outcome(code: int, out: bytes, duration: float, stderr_tail: str) -> TaskOu
         isolation=isolation,
         duration_ms=duration,
         stderr_tail=stderr_tail,
+        platform=bool(reply.get("platform", False)),
     )
 
 
