@@ -27,6 +27,7 @@ from schemas.registry import (
     ModelName,
     SemVer,
     SetAliasRequest,
+    SizeBytes,
     VersionInfo,
     VersionMetadata,
 )
@@ -81,7 +82,7 @@ class RegisterVersionCommand(WireModel):
     #: SHA-256 (hex) of the model file, as ``POST /api/v1/artifacts`` answered it.
     artifact_id: Sha256Hex
     #: The file's size: a check that the stored artifact is the one meant.
-    size_bytes: Annotated[int, Field(ge=0)]
+    size_bytes: SizeBytes
     metadata: VersionMetadata = VersionMetadata()
     reference_artifact_id: Sha256Hex | None = None
 

@@ -54,6 +54,10 @@ Label = Annotated[str, Field(min_length=1, max_length=128)]
 #: A wave's cumulative size: a count (``"1"``) or a share of all targets (``"10%"``).
 WaveSpec = Annotated[str, Field(pattern=r"^(?:[1-9][0-9]*|(?:100|[1-9]?[0-9](?:\.[0-9]+)?)%)$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+#: Opset versions are small numbers (ONNX is at 2x); the bound keeps a device's report sane.
+MAX_OPSET = 10_000
+#: Seconds: a deployment's ``device_timeout`` may be up to a week.
+MAX_DEVICE_TIMEOUT = 7 * 86400.0
 #: An idempotency key: the caller's name for one request, the same on every retry of it.
 RequestId = Annotated[
     str,
@@ -137,10 +141,11 @@ class Capabilities(WireModel):
 
     onnxruntime_version: str
     #: Highest opset supported per domain ("" is the default ONNX domain).
-    opsets: dict[str, int] = Field(default_factory=dict)
+    opsets: dict[str, Annotated[int, Field(ge=0, le=MAX_OPSET)]] = Field(default_factory=dict)
     execution_providers: tuple[str, ...] = ()
     cpu_arch: str = ""
-    memory_bytes: Annotated[int, Field(ge=0)] = 0
+    #: Bytes, at most 2**53 - 1: what every JSON reader holds exactly.
+    memory_bytes: Annotated[int, Field(ge=0, le=2**53 - 1)] = 0
     runtime_version: str = ""
 
 
@@ -289,8 +294,9 @@ class DeploymentSpec(WireModel):
     error_threshold: Fraction = 0.0
     #: When the rollout stops, roll the devices it changed back to their previous model.
     auto_rollback: bool = False
-    #: Seconds without progress before a target times out (default from config).
-    device_timeout: Annotated[float, Field(gt=0)] | None = None
+    #: Seconds without progress before a target times out (default from config); at most
+    #: a week, as the retries double it.
+    device_timeout: Annotated[float, Field(gt=0, le=MAX_DEVICE_TIMEOUT)] | None = None
     #: Leave out devices that cannot run the model instead of refusing the deployment.
     skip_incompatible: bool = False
 

@@ -19,6 +19,8 @@ from schemas._base import WireModel
 
 __all__ = [
     "ALIAS_PATTERN",
+    "MAX_OFFSET",
+    "MAX_PAGE_LIMIT",
     "NAME_PATTERN",
     "SUBJECTS",
     "VERSIONS_IN_USE_SUBJECT",
@@ -44,6 +46,8 @@ __all__ = [
     "ModelInfo",
     "ModelName",
     "ModelPage",
+    "PageLimit",
+    "PageOffset",
     "Principal",
     "PruneRequest",
     "PruneResult",
@@ -51,6 +55,7 @@ __all__ = [
     "RevokeApiKeyRequest",
     "SemVer",
     "SetAliasRequest",
+    "SizeBytes",
     "UpdateMetadataRequest",
     "VersionInUse",
     "VersionInfo",
@@ -102,6 +107,21 @@ VersionRef = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$", examples=["1.0.0", "production"])
 ]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+#: The largest page offset: PostgreSQL's and SQLite's integers hold it (and JSON clients'
+#: doubles), and no listing has two billion rows. One past int64 used to reach SQL and fail
+#: there as an OverflowError (a 500).
+MAX_OFFSET = 2**31 - 1
+#: The most items one page returns.
+MAX_PAGE_LIMIT = 500
+PageOffset = Annotated[
+    int, Field(ge=0, le=MAX_OFFSET, description="Items to skip (0 to 2147483647)")
+]
+PageLimit = Annotated[
+    int, Field(ge=1, le=MAX_PAGE_LIMIT, description=f"Items per page (1 to {MAX_PAGE_LIMIT})")
+]
+#: A file size in bytes: what a BIGINT column holds.
+SizeBytes = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 PropertyKey = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -239,7 +259,7 @@ class CreateVersionRequest(WireModel):
     model: ModelName
     version: SemVer
     artifact_id: Sha256Hex
-    size_bytes: Annotated[int, Field(ge=0)]
+    size_bytes: SizeBytes
     metadata: VersionMetadata = VersionMetadata()
     uploaded_by: str = Field(default="", max_length=200)
     reference_artifact_id: Sha256Hex | None = None
@@ -253,8 +273,8 @@ class GetVersionRequest(WireModel):
 
 class ListVersionsRequest(WireModel):
     model: ModelName
-    offset: Annotated[int, Field(ge=0)] = 0
-    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    offset: PageOffset = 0
+    limit: PageLimit = 50
     status: VersionStatus | None = None
     tag: str | None = None
 
@@ -264,8 +284,8 @@ class GetModelRequest(WireModel):
 
 
 class ListModelsRequest(WireModel):
-    offset: Annotated[int, Field(ge=0)] = 0
-    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    offset: PageOffset = 0
+    limit: PageLimit = 50
     #: Models whose name starts with this.
     prefix: str | None = None
     #: Models with at least one version of this task (exact match).

@@ -10,6 +10,8 @@ from fastapi.responses import StreamingResponse
 from schemas.api import AliasBody, MetadataPatch
 from schemas.registry import (
     ALIAS_PATTERN,
+    MAX_OFFSET,
+    MAX_PAGE_LIMIT,
     NAME_PATTERN,
     AliasInfo,
     CreateVersionRequest,
@@ -55,8 +57,15 @@ RefPath = Annotated[
         examples=["1.0.0", "production"],
     ),
 ]
-Offset = Annotated[int, Query(ge=0)]
-Limit = Annotated[int, Query(ge=1, le=500)]
+# The same bounds as the registry's request models, so the schema shows them and a bad
+# value is a 422 naming the parameter before anything is asked of the registry.
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description=f"Items to skip (0 to {MAX_OFFSET})")
+]
+Limit = Annotated[
+    int,
+    Query(ge=1, le=MAX_PAGE_LIMIT, description=f"Items per page (1 to {MAX_PAGE_LIMIT})"),
+]
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
