@@ -32,7 +32,7 @@ class DeploymentTimeoutError(EdgeAIForgeError):
         self.deployment_id = deployment_id
         super().__init__(
             f"deployment {deployment_id} did not finish within {timeout:g} s; it keeps "
-            f"running: follow it with `edgeaiforge deploy status {deployment_id}`"
+            f"running: follow it with `edgeaiforge deployment show {deployment_id}`"
         )
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "EdgeAIForgeError",
     "InvalidInputError",
     "InvalidRequestError",
+    "InvalidTokenError",
     "ModelFileError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -27,8 +28,21 @@ class EdgeAIForgeError(Exception):
 
 
 class ConfigurationError(EdgeAIForgeError):
+    """The API URL or token is missing or unusable."""
+
     def __init__(self, what: str, env: str) -> None:
         super().__init__(f"no {what} given: pass it to ModelManager(...) or set {env}")
+
+
+class InvalidTokenError(ConfigurationError):
+    """The API token given is empty or cannot be sent (whitespace or control characters)."""
+
+    def __init__(self, reason: str) -> None:
+        EdgeAIForgeError.__init__(
+            self,
+            f"the API token {reason}: give an API key's token with --token or EAF_API_TOKEN "
+            "(ModelManager(token=...) in Python); `edgeaiforge key create` makes one",
+        )
 
 
 class InvalidInputError(EdgeAIForgeError, ValueError):

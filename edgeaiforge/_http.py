@@ -18,6 +18,7 @@ from edgeaiforge._errors import (
     ConnectionFailedError,
     DownloadIntegrityError,
     InvalidRequestError,
+    InvalidTokenError,
     NotFoundError,
     PermissionDeniedError,
     ServerError,
@@ -60,10 +61,24 @@ def _raise_for(response: httpx.Response) -> None:
     raise cls(status, title, detail, code)
 
 
+def _check_token(token: str) -> None:
+    """Refuse a token no key can have, before it is sent: an empty one would be answered
+    401 with no hint, and one with a line break (copied from a file) fails in httpx as a
+    protocol error that reads like a network problem."""
+    if not token:
+        raise InvalidTokenError("is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise InvalidTokenError(
+            "contains spaces, line breaks or control characters (copied with its file's "
+            "line break?)"
+        )
+
+
 class HttpClient:
     """A synchronous client for one API base URL and one bearer token."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        _check_token(token)
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             base_url=self.base_url,

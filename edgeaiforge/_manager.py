@@ -34,10 +34,12 @@ class ModelManager(RegistryMixin, StatsMixin, DeployMixin, KeysMixin):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         url = url or os.environ.get(ENV_URL)
-        token = token or os.environ.get(ENV_TOKEN)
+        if token is None:
+            # Only a missing token falls back: an explicit "" is refused by HttpClient.
+            token = os.environ.get(ENV_TOKEN) or None
         if not url:
             raise ConfigurationError("API URL", ENV_URL)
-        if not token:
+        if token is None:
             raise ConfigurationError("API token", ENV_TOKEN)
         self.url = url.rstrip("/")
         self._http = HttpClient(self.url, token, timeout=timeout)

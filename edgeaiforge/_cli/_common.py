@@ -18,7 +18,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from edgeaiforge._errors import EdgeAIForgeError
 from edgeaiforge._manager import ENV_TOKEN, ENV_URL, ModelManager
 
 __all__ = [
@@ -66,13 +65,10 @@ def print_json(value: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
 
 
 def run(ctx: typer.Context, action: Callable[[ModelManager], None]) -> None:
-    """Run ``action`` with a manager; an SDK error is one red line and exit status 1."""
-    try:
-        with manager(ctx) as mm:
-            action(mm)
-    except EdgeAIForgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    """Run ``action`` with a manager. Its errors go up to the root command, which prints
+    each as one line (``edgeaiforge._cli._errors``)."""
+    with manager(ctx) as mm:
+        action(mm)
 
 
 @contextmanager

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.live import Live
 from rich.table import Table
 
@@ -17,14 +18,17 @@ from edgeaiforge._cli._common import (
     print_json,
     run,
 )
+from edgeaiforge._cli._errors import validation_message
+from edgeaiforge._errors import EdgeAIForgeError, NotFoundError
 from edgeaiforge._manager import ModelManager
-from schemas.deployer import DeploymentInfo, DeploymentList
+from schemas.deployer import DeploymentInfo, DeploymentList, DeploymentSpec
 from schemas.events import TargetState
 
-__all__ = ["deploy_app", "deployment_app"]
+__all__ = ["deploy", "deployment_app", "progress_table"]
 
-deploy_app = typer.Typer(help="Deploy a model to devices and follow the rollout.")
-deployment_app = typer.Typer(help="Deployments: list, show, pause, resume, cancel, rollback.")
+deployment_app = typer.Typer(
+    help="Deployments: list, show, pause, resume, cancel, rollback.", no_args_is_help=True
+)
 
 _COLOURS = {
     TargetState.ACTIVE: "green",
@@ -56,11 +60,33 @@ def progress_table(info: DeploymentInfo) -> Table:
     return table
 
 
-@deploy_app.callback(invoke_without_command=True)
+DeploymentId = Annotated[str, typer.Argument(metavar="DEPLOYMENT_ID", help="From deploy or list")]
+
+#: What the user typed for each field of a deployment request, for error messages.
+_OPTION_OF = {
+    "model": "MODEL",
+    "version": "--version",
+    "target": "DEVICE, --group or --label",
+    "device_id": "DEVICE",
+    "group": "--group",
+    "labels": "--label",
+    "waves": "--waves",
+}
+# The deployment's own rule for a wave size, to check --waves before any request.
+_WAVES: TypeAdapter[tuple[str, ...]] = TypeAdapter(
+    cast(Any, DeploymentSpec.model_fields["waves"].annotation)
+)
+#: Names a user may type after ``deploy`` meaning a ``deployment`` sub-command.
+_DEPLOYMENT_VERBS = {"status", "list", "show", "pause", "resume", "cancel", "rollback"}
+
+
 def deploy(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name")],
-    device: Annotated[str | None, typer.Argument(help="Device id (or use --group/--label)")] = None,
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name")],
+    device: Annotated[
+        str | None,
+        typer.Argument(metavar="DEVICE", help="Device id (or use --group/--label)"),
+    ] = None,
     version: Annotated[
         str | None, typer.Option("--version", "-v", help="Version or alias (default: latest)")
     ] = None,
@@ -69,12 +95,18 @@ def deploy(
     waves: Annotated[
         str | None, typer.Option(help="Roll out in waves, e.g. '1,10%,50%,100%'")
     ] = None,
-    success_threshold: float = 1.0,
-    error_threshold: float = 0.0,
+    success_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of a wave that must succeed")
+    ] = 1.0,
+    error_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of a wave that may fail")
+    ] = 0.0,
     auto_rollback: bool = False,
     skip_incompatible: bool = False,
     wait: Annotated[bool, typer.Option(help="Follow the rollout until it ends")] = True,
-    timeout: float = 3600.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to follow it (it keeps running after)")
+    ] = 3600.0,
     request_id: Annotated[
         str | None,
         typer.Option(
@@ -85,23 +117,50 @@ def deploy(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Deploy MODEL to a device, a group or a label selector."""
+    """Deploy MODEL to a device, a group or a label selector; options go before or after
+    MODEL and DEVICE. Follow a deployment later with `edgeaiforge deployment show ID`."""
+    labels = label_pairs(label) or None
+    if sum(x is not None for x in (device, group, labels)) != 1:
+        raise typer.BadParameter(
+            "say where to deploy: a DEVICE, or --group G, or --label key=value (one of them)",
+            param_hint="DEVICE",
+        )
+    wave_sizes = tuple(w.strip() for w in waves.split(",")) if waves else ("100%",)
+    try:
+        # Checked here, before any request, with the deployment's own rule for a wave.
+        _WAVES.validate_python(wave_sizes)
+    except ValidationError as exc:
+        raise typer.BadParameter(
+            f"{exc.errors()[0]['input']!r} is not a wave size: give device counts or "
+            "percentages, e.g. 1,10%,50%,100%",
+            param_hint="--waves",
+        ) from None
 
     def action(mm: ModelManager) -> None:
-        created = mm.deploy_model(
-            model,
-            device,
-            version=version,
-            group=group,
-            labels=label_pairs(label) or None,
-            strategy="waves" if waves else "all_at_once",
-            waves=tuple(w.strip() for w in waves.split(",")) if waves else ("100%",),
-            success_threshold=success_threshold,
-            error_threshold=error_threshold,
-            auto_rollback=auto_rollback,
-            skip_incompatible=skip_incompatible,
-            request_id=request_id,
-        )
+        try:
+            created = mm.deploy_model(
+                model,
+                device,
+                version=version,
+                group=group,
+                labels=labels,
+                strategy="waves" if waves else "all_at_once",
+                waves=wave_sizes,
+                success_threshold=success_threshold,
+                error_threshold=error_threshold,
+                auto_rollback=auto_rollback,
+                skip_incompatible=skip_incompatible,
+                request_id=request_id,
+            )
+        except ValidationError as exc:
+            raise typer.BadParameter(validation_message(exc, _OPTION_OF)) from None
+        except NotFoundError as exc:
+            if model in _DEPLOYMENT_VERBS:
+                raise EdgeAIForgeError(
+                    f"{exc}; to see or change a deployment use "
+                    f"`edgeaiforge deployment {'show' if model == 'status' else model} ...`"
+                ) from None
+            raise
         final = created
         if wait and json_out:
             final = mm.wait_for_deployment(created.deployment_id, timeout=timeout)
@@ -115,7 +174,10 @@ def deploy(
         if json_out:
             print_json(final)
         elif not wait:
-            console.print(f"deployment {created.deployment_id} created")
+            console.print(
+                f"deployment {created.deployment_id} created; follow it with "
+                f"`edgeaiforge deployment show {created.deployment_id}`"
+            )
         if final.outcome is not None and final.outcome.value != "succeeded":
             raise typer.Exit(1)
 
@@ -152,7 +214,7 @@ def list_(
 
 
 @deployment_app.command()
-def show(ctx: typer.Context, deployment_id: str, json_out: JsonOption = False) -> None:
+def show(ctx: typer.Context, deployment_id: DeploymentId, json_out: JsonOption = False) -> None:
     """One deployment with every device's progress."""
 
     def action(mm: ModelManager) -> None:
@@ -163,7 +225,9 @@ def show(ctx: typer.Context, deployment_id: str, json_out: JsonOption = False) -
 
 
 def _verb(name: str, help_text: str) -> None:
-    def command(ctx: typer.Context, deployment_id: str, json_out: JsonOption = False) -> None:
+    def command(
+        ctx: typer.Context, deployment_id: DeploymentId, json_out: JsonOption = False
+    ) -> None:
         def action(mm: ModelManager) -> None:
             info = getattr(mm, f"{name}_deployment")(deployment_id)
             print_json(info) if json_out else console.print(progress_table(info))
@@ -182,7 +246,7 @@ _verb("cancel", "Cancel every unfinished target.")
 @deployment_app.command()
 def rollback(
     ctx: typer.Context,
-    deployment_id: str,
+    deployment_id: DeploymentId,
     request_id: Annotated[
         str | None,
         typer.Option(

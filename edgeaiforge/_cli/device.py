@@ -15,6 +15,8 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Enrolled devices and enrolment tokens.", no_args_is_help=True)
 
+DeviceId = Annotated[str, typer.Argument(metavar="DEVICE_ID", help="The device's id")]
+
 
 @app.command("list")
 def list_(
@@ -55,7 +57,7 @@ def list_(
 
 
 @app.command()
-def show(ctx: typer.Context, device_id: str, json_out: JsonOption = False) -> None:
+def show(ctx: typer.Context, device_id: DeviceId, json_out: JsonOption = False) -> None:
     """One device: capabilities, active and previous model, last refusal."""
 
     def action(mm: ModelManager) -> None:
@@ -106,7 +108,7 @@ def token(
 @app.command()
 def labels(
     ctx: typer.Context,
-    device_id: str,
+    device_id: DeviceId,
     label: Annotated[list[str] | None, typer.Option(help="key=value; replaces all labels")] = None,
     group: Annotated[str | None, typer.Option(help="New group ('' clears it)")] = None,
     json_out: JsonOption = False,
@@ -123,7 +125,7 @@ def labels(
 @app.command()
 def remove(
     ctx: typer.Context,
-    device_id: str,
+    device_id: DeviceId,
     reason: Annotated[str, typer.Option(help="Why (stolen, broken, replaced...)")] = "",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
     json_out: JsonOption = False,

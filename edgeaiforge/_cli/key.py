@@ -19,7 +19,9 @@ app = typer.Typer(help="API keys (admin) and the key in use.", no_args_is_help=T
 @app.command()
 def create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Who or what the key is for, e.g. ci-release")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Who or what the key is for, e.g. ci-release")
+    ],
     role: Annotated[ApiRole, typer.Option(help="admin, deployer or viewer")] = "viewer",
     json_out: JsonOption = False,
 ) -> None:
@@ -64,7 +66,11 @@ def list_(
 
 
 @app.command()
-def revoke(ctx: typer.Context, key_id: str, json_out: JsonOption = False) -> None:
+def revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="From `key list`")],
+    json_out: JsonOption = False,
+) -> None:
     """Revoke a key at once: its next request is refused."""
 
     def action(mm: ModelManager) -> None:

@@ -1,4 +1,4 @@
-"""``edgeaiforge model add|list|show|versions|download|delete|alias|reports``."""
+"""``edgeaiforge model add|list|show|download|delete|alias|reports``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,30 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Models and their versions in the repository.", no_args_is_help=True)
 
+Name = Annotated[str, typer.Argument(metavar="NAME", help="Model name")]
+Ref = Annotated[str, typer.Argument(metavar="VERSION", help="Version or alias")]
+
+
+def _version_and_file(rest: list[str], version: str | None) -> tuple[str, Path]:
+    """``VERSION FILE``, or ``FILE`` with ``--version`` (both spellings stay valid)."""
+    if len(rest) == 2 and version in (None, rest[0]):
+        return rest[0], Path(rest[1])
+    if len(rest) == 2:
+        raise typer.BadParameter(
+            f"the version is given twice ({rest[0]} and --version {version}): give one",
+            param_hint="VERSION",
+        )
+    if len(rest) == 1 and version is not None:
+        return version, Path(rest[0])
+    if len(rest) == 1:
+        raise typer.BadParameter(
+            f"give the version and the file: edgeaiforge model add NAME VERSION {rest[0]}",
+            param_hint="VERSION",
+        )
+    raise typer.BadParameter(
+        f"{len(rest)} arguments after NAME; give VERSION FILE", param_hint="VERSION FILE"
+    )
+
 
 def _size(n: int) -> str:
     size = float(n)
@@ -30,9 +54,19 @@ def _size(n: int) -> str:
 @app.command()
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Model name")],
-    path: Annotated[Path, typer.Argument(help="The .onnx file")],
-    version: Annotated[str, typer.Option("--version", "-v", help="Semantic version")],
+    name: Name,
+    rest: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="VERSION FILE",
+            help="The semantic version and the .onnx file (FILE alone with --version)",
+            show_default=False,
+        ),
+    ],
+    version: Annotated[
+        str | None,
+        typer.Option("--version", "-v", help="The version, instead of the VERSION argument"),
+    ] = None,
     task: Annotated[str, typer.Option(help="e.g. 'Image Classification'")] = "",
     framework: str = "",
     description: str = "",
@@ -44,7 +78,8 @@ def add(
     parent: Annotated[str | None, typer.Option(help="Parent version (lineage)")] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload a model file as a new version."""
+    """Upload a model file as a new version: NAME VERSION FILE (or NAME FILE --version V)."""
+    version_, path = _version_and_file(rest, version)
     properties: dict[str, str] = {}
     for item in prop or []:
         key, sep, value = item.partition("=")
@@ -56,7 +91,7 @@ def add(
         model = Model(name, path)
         metadata = ModelMetadata(
             task,
-            version,
+            version_,
             framework=framework,
             description=description,
             tags=tuple(tag or ()),
@@ -64,7 +99,7 @@ def add(
             source_url=source_url,
             parent_version=parent,
         )
-        with progress_bar(f"upload {name} {version}", enabled=not json_out) as progress:
+        with progress_bar(f"upload {name} {version_}", enabled=not json_out) as progress:
             info = mm.add_model(model, metadata, progress=progress)
         if json_out:
             print_json(info)
@@ -115,8 +150,8 @@ def list_(
 @app.command()
 def show(
     ctx: typer.Context,
-    name: str,
-    ref: Annotated[str | None, typer.Argument(help="Version or alias")] = None,
+    name: Name,
+    ref: Annotated[str | None, typer.Argument(metavar="VERSION", help="Version or alias")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Show a model and its versions, or one version (by number or alias)."""
@@ -179,8 +214,8 @@ def show(
 @app.command()
 def download(
     ctx: typer.Context,
-    name: str,
-    ref: Annotated[str, typer.Argument(help="Version or alias")],
+    name: Name,
+    ref: Ref,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="File, or directory to save into")
     ] = Path("."),
@@ -202,8 +237,8 @@ def download(
 @app.command()
 def delete(
     ctx: typer.Context,
-    name: str,
-    version: str,
+    name: Name,
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="The version to delete")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -224,15 +259,15 @@ def delete(
 @app.command()
 def alias(
     ctx: typer.Context,
-    name: str,
-    alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
-    version: Annotated[str | None, typer.Argument(help="Target version")] = None,
+    name: Name,
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="e.g. production")],
+    version: Annotated[str | None, typer.Argument(metavar="VERSION", help="Target version")] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the alias")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Point an alias (e.g. production) at a version, or --remove it."""
     if not remove and version is None:
-        raise typer.BadParameter("give the VERSION to point at, or --remove")
+        raise typer.BadParameter("give the VERSION to point at, or --remove", param_hint="VERSION")
 
     def action(mm: ModelManager) -> None:
         if remove:
@@ -254,6 +289,6 @@ def alias(
 
 
 @app.command()
-def reports(ctx: typer.Context, name: str, ref: str) -> None:
+def reports(ctx: typer.Context, name: Name, ref: Ref) -> None:
     """Print a version's validation and analysis reports (JSON)."""
     run(ctx, lambda mm: print_json(mm.get_reports(name, ref)))

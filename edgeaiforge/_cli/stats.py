@@ -11,14 +11,7 @@ from edgeaiforge._cli._common import JsonOption, console, print_json, run
 from edgeaiforge._manager import ModelManager
 from schemas.stats import PerformanceFigures
 
-__all__ = ["app"]
-
-app = typer.Typer(
-    help="Inference performance of a model in the field.",
-    no_args_is_help=True,
-    # One command, no sub-commands: let options follow the model name.
-    context_settings={"allow_interspersed_args": True},
-)
+__all__ = ["stats"]
 
 
 def _row(label: str, f: PerformanceFigures) -> list[str]:
@@ -34,16 +27,16 @@ def _row(label: str, f: PerformanceFigures) -> list[str]:
     ]
 
 
-@app.callback(invoke_without_command=True)
 def stats(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name")],
     window: Annotated[float, typer.Option(help="Seconds back from now")] = 3600.0,
     version: Annotated[str | None, typer.Option(help="Only this version")] = None,
     devices: Annotated[bool, typer.Option("--devices", help="A row per device too")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Count, error rate, throughput (/s) and latency (ms) per version."""
+    """Inference performance of MODEL in the field: count, error rate, throughput (/s) and
+    latency (ms) per version."""
 
     def action(mm: ModelManager) -> None:
         result = mm.get_model_stats(model, window=window, version=version)
