@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 import time
@@ -20,12 +21,14 @@ from typing import Any
 
 import aiomqtt
 import numpy as np
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime import _faults
 from edge_runtime._model import InferenceRecorder, ModelHost
-from edge_runtime._state import Installed, StateDir
+from edge_runtime._state import Connection, ConnectionState, Installed, StateDir
 from edge_runtime._transfer import (
     ChunkOutcome,
     Transfer,
@@ -50,7 +53,7 @@ from schemas.transfer import (
     RejectionCode,
 )
 
-__all__ = ["RUNTIME_VERSION", "EdgeRuntime"]
+__all__ = ["NOT_AUTHORIZED", "RUNTIME_VERSION", "EdgeRuntime"]
 
 RUNTIME_VERSION = "0.1.0"
 _FINAL = {"active", "failed", "rolled_back"}
@@ -58,10 +61,21 @@ _PROGRESS_INTERVAL = 0.5
 _MAX_QUEUED_REPORTS = 200
 _NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 #: Seconds a cancelled task may run on before it is cancelled again (see _cancel_and_wait):
-#: the driver and the reporter have nothing to clean up; a session may spend up to the
-#: client's timeout (10 s) in a graceful disconnect, which a second cancellation would cut.
+#: the driver and the reporter have nothing to clean up. A session is given a moment for
+#: its graceful disconnect; cut short, the broker sends the will (``online`` = 0), which
+#: says the same as the goodbye: a stop must not wait for a broker that does not answer.
 _CANCEL_AGAIN = 0.1
-_SESSION_CANCEL_AGAIN = 15.0
+_SESSION_CANCEL_AGAIN = 0.5
+#: Seconds a stop waits for the broker to take the goodbye (``online`` = 0).
+_GOODBYE_TIMEOUT = 0.5
+#: The longest pause between attempts while the broker refuses the credentials.
+_REFUSED_MAX = 600.0
+#: How often a refused device looks for a new enrolment in its state directory.
+_ENROLMENT_POLL = 1.0
+#: Logged once when the broker starts refusing the device's credentials.
+NOT_AUTHORIZED = (
+    "not authorized: this device was removed or its credentials revoked; enrol it again"
+)
 
 
 async def _cancel_and_wait(
@@ -109,23 +123,34 @@ class EdgeRuntime:
         recorder: InferenceRecorder | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
+        reconnect_refused: float = 60.0,
         metrics_interval: float | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         """``metrics_interval`` (seconds) turns on inference metrics: each interval a batch
         goes to the on-disk spool (``metrics.db`` in the state dir) and from there to the
         device's ``metrics`` topic whenever the broker is reachable.
-        ``prepack_weights`` trades memory for speed: see ``ModelHost``."""
+        ``prepack_weights`` trades memory for speed: see ``ModelHost``.
+        ``reconnect_min``/``reconnect_max`` bound the back-off after a network error;
+        while the broker refuses the credentials, attempts start ``reconnect_refused``
+        seconds apart (doubling to 10 minutes) and a new enrolment is tried at once."""
         self.state = StateDir(state_dir)
+        self._enrolled_stamp = self._enrolment_stamp()
         self.config = self.state.enrollment()
         self.device_id = self.config.device_id
         self.topics = Topics(self.config.mqtt.topic_prefix)
+        self._mqtt_override = (mqtt_host, mqtt_port)
         self.mqtt_host = mqtt_host or self.config.mqtt.host
         self.mqtt_port = mqtt_port or self.config.mqtt.port
         self.window_size = window_size or self.config.window_size
         self.stall_timeout = stall_timeout or self.config.stall_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        self.reconnect_refused = reconnect_refused
+        #: The link to the broker; also written to ``status.json`` on every change.
+        self.connection = Connection(ConnectionState.CONNECTING, int(time.time()), pid=os.getpid())
+        #: Set by a stop once the goodbye is on its way: no state report may follow it.
+        self._leaving = False
         self.metrics: MetricsReporter | None = None
         if metrics_interval:
             collector = MetricsCollector(self.device_id)
@@ -166,6 +191,7 @@ class EdgeRuntime:
             "chunks_refused": 0,
             "duplicates": 0,
             "connections": 0,
+            "refused": 0,
         }
 
     # ---- public API ------------------------------------------------------------------
@@ -235,13 +261,26 @@ class EdgeRuntime:
         finally:
             self._waiters -= 1
 
+    @property
+    def stopping(self) -> bool:
+        """``stop()`` was called."""
+        return self._stop.is_set()
+
     def stop(self) -> None:
+        """End ``run()``: it says goodbye and returns within about a second."""
         self._stop.set()
 
     async def run(self) -> None:
-        """Load the installed model, then stay connected until ``stop()`` or cancellation."""
+        """Load the installed model, then stay connected until ``stop()`` or cancellation.
+
+        A stop says goodbye (``online`` = 0, retained: a clean disconnect sends no will)
+        and returns within about a second whatever the runtime was doing: connected, in
+        a transfer (its progress is on disk), connecting, or waiting to try again.
+        """
         await self._load_installed()
+        self._set_connection(ConnectionState.CONNECTING, force=True)
         backoff = self.reconnect_min
+        refused_backoff = self.reconnect_refused
         stopper = asyncio.create_task(self._stop.wait())
         reporter = (
             asyncio.create_task(self.metrics.run_with(self.publish_metrics))
@@ -253,27 +292,41 @@ class EdgeRuntime:
             while not self._stop.is_set():
                 session = asyncio.create_task(self._session())
                 done, _ = await asyncio.wait({session, stopper}, return_when="FIRST_COMPLETED")
-                if session in done:
-                    error = session.exception()
-                    if error is not None and not isinstance(error, aiomqtt.MqttError):
-                        raise error
-                    if self._established:
-                        backoff = self.reconnect_min
-                        self._established = False
-                    self._log(f"disconnected: {error!r}; reconnecting")
-                else:
-                    await _cancel_and_wait([session], again_after=_SESSION_CANCEL_AGAIN)
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await session
-                    break
+                if session not in done:
+                    break  # stopped: the goodbye and the rest below
+                error = session.exception()
+                if error is not None and not isinstance(error, aiomqtt.MqttError):
+                    raise error
+                if self._established:
+                    backoff = self.reconnect_min
+                    self._established = False
+                if _credentials_refused(error):
+                    # Removed, or enrolled again elsewhere: trying often would not help.
+                    self.stats["refused"] += 1
+                    if self.connection.state is not ConnectionState.NOT_AUTHORIZED:
+                        self._log(NOT_AUTHORIZED)
+                    self._set_connection(ConnectionState.NOT_AUTHORIZED, _describe(error))
+                    delay = random.uniform(refused_backoff / 2, refused_backoff)  # noqa: S311
+                    refused_backoff = min(
+                        refused_backoff * 2, max(_REFUSED_MAX, self.reconnect_refused)
+                    )
+                    await self._pause(delay, stopper, watch_enrolment=True)
+                    continue
+                refused_backoff = self.reconnect_refused
+                self._log(f"disconnected: {_describe(error)}; reconnecting")
+                self._set_connection(ConnectionState.DISCONNECTED, _describe(error))
                 # Full jitter: devices that lost the broker together do not return together.
-                await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - not crypto
+                delay = random.uniform(0, backoff)  # noqa: S311 - not crypto
                 backoff = min(backoff * 2, self.reconnect_max)
+                await self._pause(delay, stopper)
         finally:
             stopper.cancel()
-            # Cancelled from outside: the session must end before the model host closes.
-            if session is not None and not session.done():
-                await _cancel_and_wait([session], again_after=_SESSION_CANCEL_AGAIN)
+            if session is not None:
+                if not session.done():
+                    # Stopped or cancelled from outside: the goodbye, then the session
+                    # ends (before the model host closes).
+                    await self._say_goodbye()
+                    await _cancel_and_wait([session], again_after=_SESSION_CANCEL_AGAIN)
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await session
             if reporter is not None:
@@ -289,8 +342,72 @@ class EdgeRuntime:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._finishing
             if self._job is not None:
-                self._job.close()
+                self._job.close()  # the bitmap is saved: the transfer resumes next time
             self.host.close()
+            self._set_connection(ConnectionState.STOPPED)
+
+    async def _say_goodbye(self) -> None:
+        """Publish ``online`` = 0 (retained) if connected, waiting briefly for the broker."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return
+        self._leaving = True
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(_GOODBYE_TIMEOUT):
+                await client.publish(self.topics.online(self.device_id), b"0", qos=1, retain=True)
+
+    async def _pause(
+        self, delay: float, stopper: asyncio.Task[Any], *, watch_enrolment: bool = False
+    ) -> None:
+        """Wait ``delay`` seconds before the next attempt; a stop ends the wait at once, and
+        so does (with ``watch_enrolment``) a new enrolment in the state directory."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (left := deadline - loop.time()) > 0 and not stopper.done():
+            step = min(left, _ENROLMENT_POLL) if watch_enrolment else left
+            await asyncio.wait({stopper}, timeout=step)
+            if watch_enrolment and self._enrolment_stamp() != self._enrolled_stamp:
+                if self._reload_enrolment():
+                    return
+
+    def _enrolment_stamp(self) -> int:
+        try:
+            return self.state.device_file.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def _reload_enrolment(self) -> bool:
+        """Take a new enrolment of this device (``edge-runtime enroll`` run again while the
+        runtime waits, refused): its credentials and keys. False if it cannot be used."""
+        stamp = self._enrolment_stamp()
+        try:
+            config = self.state.enrollment()
+            platform_key = self.state.platform_key()
+            private_key = self.state.private_key()
+        except (EdgeRuntimeError, OSError, ValueError) as exc:
+            self._log(f"the enrolment in {self.state.root} cannot be read yet: {exc}")
+            return False
+        self._enrolled_stamp = stamp
+        if config.device_id != self.device_id:
+            self._log(f"{self.state.root} now holds device {config.device_id}: restart to run it")
+            return False
+        self.config, self._platform_key, self._private_key = config, platform_key, private_key
+        host, port = self._mqtt_override
+        self.mqtt_host = host or config.mqtt.host
+        self.mqtt_port = port or config.mqtt.port
+        self._log("a new enrolment was found: connecting with its credentials")
+        return True
+
+    def _set_connection(
+        self, state: ConnectionState, detail: str = "", *, force: bool = False
+    ) -> None:
+        """Record the link's state; ``status.json`` is written when the state changes."""
+        if state is self.connection.state and not force:
+            return
+        self.connection = Connection(state, int(time.time()), detail, pid=os.getpid())
+        # A hint for other processes: a full or read-only disk must not stop the device.
+        with contextlib.suppress(OSError):
+            self.state.save_connection(self.connection)
 
     # ---- connection --------------------------------------------------------------------
 
@@ -325,6 +442,7 @@ class EdgeRuntime:
                 await client.publish(online, b"1", qos=1, retain=True)
                 self._connected.set()
                 self._established = True
+                self._set_connection(ConnectionState.CONNECTED)
                 self._log("connected")
                 self._report(transition=True)
                 tasks = [
@@ -713,12 +831,12 @@ class EdgeRuntime:
             # Every transition in order, then the latest progress (which may coalesce).
             while self._reports:
                 state = self._reports[0]
-                await client.publish(topic, state.model_dump_json().encode(), qos=1, retain=True)
+                await self._publish_state(client, topic, state)
                 self._reports.pop(0)
                 sent = state
             latest = self._latest
             if latest is not None and latest is not sent:
-                await client.publish(topic, latest.model_dump_json().encode(), qos=1, retain=True)
+                await self._publish_state(client, topic, latest)
                 sent = latest
             # Progress goes out at most every _PROGRESS_INTERVAL; a transition (download
             # finished, model active) does not wait for the pause to end.
@@ -728,6 +846,30 @@ class EdgeRuntime:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(deadline):
                         await self._transition_wake.wait()
+
+    async def _publish_state(self, client: aiomqtt.Client, topic: str, state: DeviceState) -> None:
+        if self._leaving:
+            # After the goodbye a state report would tell the platform the device is
+            # still there: wait for the session to end (the next one reports again).
+            await asyncio.get_running_loop().create_future()
+        await client.publish(topic, state.model_dump_json().encode(), qos=1, retain=True)
+
+
+def _credentials_refused(error: BaseException | None) -> bool:
+    """The broker refused the credentials: CONNACK "bad user name or password" or "not
+    authorized" (0x86/0x87 in MQTT 5; paho reports 4/5 of MQTT 3.1.1 as these too)."""
+    if not isinstance(error, MqttConnectError):
+        return False
+    rc = error.rc
+    if isinstance(rc, ReasonCode):
+        return rc.value in (0x86, 0x87)
+    return rc in (4, 5)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "the session ended"
+    return f"{type(error).__name__}: {error}" if str(error) else repr(error)
 
 
 def _active_of(manifest: Manifest) -> ActiveModel:

@@ -7,6 +7,8 @@ Layout (everything written atomically: temp file, fsync, rename)::
     installed.json     the active and the previous model (paths under models/)
     sequences.json     highest manifest sequence accepted per model (anti-replay)
     outcomes.json      final outcome per deployment id, so a retained manifest is not retried
+    status.json        the running runtime's link to the broker (``Connection``), for
+                       ``edge-runtime status`` and other processes; a hint, rewritten on change
     models/<artifact_id>.onnx
     staging/<artifact_id>/  model.part, bitmap, manifest.json (the signed bytes)
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from edge_runtime.errors import NotEnrolledError
 from schemas.deployer import EnrollReply
 from schemas.transfer import ActiveModel
 
-__all__ = ["Installed", "StateDir", "atomic_write"]
+__all__ = ["Connection", "ConnectionState", "Installed", "StateDir", "atomic_write"]
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, lasting: bool = True) -> None:
@@ -65,6 +68,33 @@ class Installed:
 
     active: ActiveModel | None = None
     previous: ActiveModel | None = None
+
+
+class ConnectionState(StrEnum):
+    """Where the runtime's link to the broker stands (``status.json``, field ``state``)."""
+
+    #: Started, no answer from the broker yet.
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    #: The broker could not be reached or the connection was lost: retrying with back-off.
+    DISCONNECTED = "disconnected"
+    #: The broker refused the credentials (CONNACK 0x86/0x87, or 4/5 in MQTT 3.1.1): the
+    #: device was removed or enrolled again elsewhere. Only a new enrolment lets it in.
+    NOT_AUTHORIZED = "not_authorized"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """The runtime's link to the broker as the running runtime last wrote it."""
+
+    state: ConnectionState
+    #: Unix seconds when ``state`` began.
+    since: int
+    #: The broker's or the network's last word (empty when connected).
+    detail: str = ""
+    #: The process that wrote it: a ``state`` other than ``stopped`` is stale when it is gone.
+    pid: int = 0
 
 
 class StateDir:
@@ -171,6 +201,34 @@ class StateDir:
         if len(data) > 64:
             data = dict(list(data.items())[-64:])
         atomic_write(self.root / "outcomes.json", json.dumps(data).encode())
+
+    # -- connection status --
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    def save_connection(self, connection: Connection) -> None:
+        """Write ``status.json`` (a hint: after a power loss the previous one may be back)."""
+        data = {"connection": {**asdict(connection), "state": connection.state.value}}
+        atomic_write(self.status_file, json.dumps(data).encode(), lasting=False)
+
+    def connection(self) -> Connection | None:
+        """What ``status.json`` says, or None if no runtime has run here (or it is damaged)."""
+        try:
+            raw = self._read_json("status.json").get("connection")
+        except ValueError:
+            return None
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return Connection(
+                state=ConnectionState(raw["state"]),
+                since=int(raw["since"]),
+                detail=str(raw.get("detail", "")),
+                pid=int(raw.get("pid", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def clear_staging(self, keep: str | None = None) -> None:
         base = self.root / "staging"

@@ -10,12 +10,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from edge_runtime import _faults
 from edge_runtime._enroll import enroll
 from edge_runtime._runtime import EdgeRuntime
-from edge_runtime._state import StateDir
+from edge_runtime._state import ConnectionState, StateDir
 from edge_runtime.errors import EdgeRuntimeError, NoModelError
 
 __all__ = ["main"]
@@ -62,23 +67,36 @@ def _parser() -> argparse.ArgumentParser:
         help="publish inference metrics every SECONDS (0 = off)",
     )
 
-    p = sub.add_parser("status", help="print the device's installed models")
+    p = sub.add_parser(
+        "status", help="print the device's installed models and its link to the broker"
+    )
     p.add_argument("--state-dir", type=Path, required=True)
     return parser
 
 
-async def _serve_http(runtime: EdgeRuntime, address: str) -> None:
+def _http_server(runtime: EdgeRuntime, address: str) -> uvicorn.Server:
     import uvicorn
 
     from edge_runtime._http import create_http_app
 
+    class Server(uvicorn.Server):
+        # The runtime owns SIGTERM/SIGINT (one log line, then its own orderly stop); it
+        # ends the server through ``should_exit``, never by cancelling it (uvicorn would
+        # log the cancellation as a traceback).
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     host, _, port = address.rpartition(":")
     config = uvicorn.Config(
-        create_http_app(runtime), host=host or "127.0.0.1", port=int(port), log_level="warning"
+        create_http_app(runtime),
+        host=host or "127.0.0.1",
+        port=int(port),
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=1,
     )
-    # uvicorn captures SIGTERM/SIGINT while serving and raises them again when it stops,
-    # so the runtime's own handlers still see them.
-    await uvicorn.Server(config).serve()
+    return Server(config)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -95,14 +113,22 @@ async def _run(args: argparse.Namespace) -> None:
         metrics_interval=args.metrics_interval or None,
         log=_log,
     )
+    server = _http_server(runtime, args.http) if args.http else None
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not runtime.stopping:
+            _log(f"stopping ({sig.name})")
+        runtime.stop()
+        if server is not None:
+            server.should_exit = True
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stop)
-    extras: list[asyncio.Task[None]] = []
+        loop.add_signal_handler(sig, on_signal, sig)
+    extras: list[asyncio.Task[Any]] = []
     if args.simulate > 0:
         extras.append(asyncio.create_task(runtime.simulate(args.simulate)))
-    if args.http:
-        extras.append(asyncio.create_task(_serve_http(runtime, args.http)))
+    serving = asyncio.create_task(server.serve()) if server is not None else None
     try:
         await runtime.run()
     finally:
@@ -111,6 +137,46 @@ async def _run(args: argparse.Namespace) -> None:
         for task in extras:
             with contextlib.suppress(asyncio.CancelledError, NoModelError):
                 await task
+        if serving is not None:
+            assert server is not None
+            server.should_exit = True
+            # It closes its socket and lets requests in flight finish (at most 1 s).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(serving), 2)
+            if not serving.done():
+                serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception, SystemExit):
+                await serving
+
+
+def _connection(state: StateDir) -> dict[str, Any] | None:
+    """``status.json`` as the running runtime wrote it; a runtime that died without a word
+    (killed, power lost) left a state other than ``stopped``: shown as ``not running``."""
+    connection = state.connection()
+    if connection is None:
+        return None
+    shown: dict[str, Any] = {
+        "state": connection.state.value,
+        "since": connection.since,
+        "detail": connection.detail,
+        "pid": connection.pid,
+    }
+    if connection.state is not ConnectionState.STOPPED and not _alive(connection.pid):
+        shown["state"] = "not running"
+        shown["last_state"] = connection.state.value
+    return shown
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                         "device_id": state.enrollment().device_id,
                         "active": installed.active.model_dump() if installed.active else None,
                         "previous": installed.previous.model_dump() if installed.previous else None,
+                        "connection": _connection(state),
                     },
                     indent=2,
                 )
