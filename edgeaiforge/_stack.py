@@ -358,9 +358,11 @@ def stop_processes(
         for name, (pid, started, group) in targets.items():
             if name in done or alive(pid, started):
                 continue
-            if group is not None:
-                _signal(pid, group, signal.SIGKILL)  # helpers that outlived their leader
-                if _group_alive(group) and time.monotonic() < deadline + _KILL_WAIT:
+            if group is not None and _group_alive(group):
+                # Helpers that outlived their leader (the group lives on with them, so its
+                # id cannot have been given to anyone else).
+                _signal(pid, group, signal.SIGKILL)
+                if time.monotonic() < deadline + _KILL_WAIT:
                     continue
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
@@ -630,7 +632,9 @@ async def _service_health(name: str, settings: Settings, nc: NatsClient | None) 
         answer = json.loads(message.data)
     except Exception as exc:
         return False, f"no health answer ({type(exc).__name__})"
-    return answer.get("status") == "ok", f"answers on eaf.rpc.{name}.health"
+    if answer.get("status") != "ok":
+        return False, f"{answer.get('status')}: {answer.get('detail') or 'no detail'}"
+    return True, f"answers on eaf.rpc.{name}.health"
 
 
 _HINT_LINES = 3
