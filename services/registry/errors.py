@@ -6,6 +6,7 @@ from services.common.errors import BadRequest, Conflict, NotFound, ServiceError
 
 __all__ = [
     "AliasInUse",
+    "AliasOnRejected",
     "ApiKeyNotFound",
     "ArtifactMissing",
     "ModelNotFound",
@@ -50,6 +51,17 @@ class AliasInUse(RegistryError, Conflict):
         super().__init__(
             f"version {version} of {model!r} is the target of alias(es) {names}; "
             "move or remove them first"
+        )
+
+
+class AliasOnRejected(RegistryError, Conflict):
+    """An alias may not name a version the validator rejected: what it names gets deployed."""
+
+    def __init__(self, model: str, version: str, alias: str, reason: str) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(
+            f"alias {alias!r} cannot name version {version} of {model!r}: the version is "
+            f"rejected{because}; point the alias at a version that passed validation"
         )
 
 

@@ -417,6 +417,14 @@ class Registry:
             )
         else:
             log.info("report stored", model=model, version=version, status=result.info.status)
+            if result.dropped_aliases:
+                # Set while the version was validating; eaf.model.rejected is the event.
+                log.warning(
+                    "aliases of a rejected version removed",
+                    model=model,
+                    version=version,
+                    aliases=list(result.dropped_aliases),
+                )
 
     # ---- API keys -----------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from services.common.migrate import upgrade
 from services.registry import domain
 from services.registry.errors import (
     AliasInUse,
+    AliasOnRejected,
     ApiKeyNotFound,
     ModelNotFound,
     Unauthorized,
@@ -159,6 +160,8 @@ class StatusUpdate:
     """What an event handler changed (None when the event was a duplicate or stale)."""
 
     info: VersionInfo
+    #: Aliases removed because the version was rejected (they named it while validating).
+    dropped_aliases: tuple[str, ...] = ()
 
 
 class RegistryStore:
@@ -474,14 +477,24 @@ class RegistryStore:
 
     async def set_alias(self, model: str, alias: str, version: str) -> AliasInfo:
         """Point ``alias`` at ``version``: one row written in one transaction, so readers
-        see the old target or the new one, never neither."""
+        see the old target or the new one, never neither.
+
+        A rejected version is refused (``AliasOnRejected``, 409); one still being validated
+        is accepted, and ``apply_report`` drops the alias if the version is rejected later.
+        """
         async with self._tx() as s:
             m = await self._model(s, model)
+            # Locked, so a rejection applied meanwhile (which drops the version's aliases)
+            # waits for this one and then sees the alias it must drop.
             row = await s.scalar(
-                select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.version == version)
+                select(VersionRow)
+                .where(VersionRow.model_id == m.id, VersionRow.version == version)
+                .with_for_update()
             )
             if row is None:
                 raise VersionNotFound(model, version)
+            if row.status == VersionStatus.REJECTED.value:
+                raise AliasOnRejected(model, version, alias, row.rejection_reason)
             current = await s.scalar(
                 select(AliasRow).where(AliasRow.model_id == m.id, AliasRow.name == alias)
             )
@@ -591,7 +604,9 @@ class RegistryStore:
             if m is None:
                 return None
             row = await s.scalar(
-                select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.version == version)
+                select(VersionRow)
+                .where(VersionRow.model_id == m.id, VersionRow.version == version)
+                .with_for_update()  # against a concurrent set_alias: see there
             )
             # A report for bytes that are no longer this version's (deleted and uploaded
             # again) describes something else: drop it.
@@ -608,7 +623,14 @@ class RegistryStore:
                 row.status = new.value
                 row.status_changed_at = _now()
             await s.flush()
-            return StatusUpdate(self._info(m.name, row))
+            dropped: tuple[str, ...] = ()
+            if new is VersionStatus.REJECTED:
+                # An alias set while the version was validating must not outlive its
+                # rejection: whatever deploys the alias would deploy a rejected model.
+                dropped = tuple((await self._aliases_of(s, [row.id])).get(row.id, ()))
+                if dropped:
+                    await s.execute(delete(AliasRow).where(AliasRow.version_id == row.id))
+            return StatusUpdate(self._info(m.name, row), dropped_aliases=dropped)
 
     # ---- API keys -----------------------------------------------------------------
 

@@ -378,3 +378,71 @@ async def test_registration_racing_the_orphan_sweep_never_refers_to_a_deleted_ar
         with pytest.raises(BadRequest, match="orphan"):
             await h.create(model, "1.0.0", data)
         assert await h.versions(model) == []
+
+
+async def _reject(h: Harness, info: VersionInfo, reason: str) -> None:
+    failed = ValidationReport(
+        checks=(CheckResult(name="opset", outcome=CheckOutcome.FAILED, message=reason),)
+    )
+    await h.bus.publish(
+        ModelRejected(
+            model=info.model,
+            version=info.version,
+            artifact_id=info.artifact_id,
+            report=failed,
+            reason=f"opset: {reason}",
+        )
+    )
+    await wait_status(h, info.model, info.version, VersionStatus.REJECTED)
+
+
+async def test_an_alias_cannot_name_a_rejected_version(harness: Harness, unique_id: Any) -> None:
+    model = unique_id("m")
+    good = await harness.create(model, "1.0.0")
+    bad = await harness.create(model, "1.0.1")
+    await harness.bus.request(
+        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0"), AliasInfo
+    )
+    await _reject(harness, bad, "opset 99 is newer than the runtime's 21")
+    with pytest.raises(Conflict, match=r"rejected: opset: opset 99 is newer") as refused:
+        await harness.bus.request(
+            S.SET_ALIAS,
+            SetAliasRequest(model=model, alias="production", version="1.0.1"),
+            AliasInfo,
+        )
+    assert "1.0.1" in str(refused.value) and "production" in str(refused.value)
+    # Nothing moved: the alias still names the good version.
+    current = await harness.bus.request(
+        S.GET_VERSION, GetVersionRequest(model=model, ref="production"), VersionInfo
+    )
+    assert current.version == good.version
+
+
+async def test_an_alias_set_while_validating_goes_when_the_version_is_rejected(
+    harness: Harness, unique_id: Any
+) -> None:
+    model = unique_id("m")
+    await harness.create(model, "1.0.0")
+    pending = await harness.create(model, "1.1.0")
+    for alias in ("candidate", "staging"):
+        await harness.bus.request(
+            S.SET_ALIAS, SetAliasRequest(model=model, alias=alias, version="1.1.0"), AliasInfo
+        )
+    await harness.bus.request(
+        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0"), AliasInfo
+    )
+    await _reject(harness, pending, "bad")
+    for alias in ("candidate", "staging"):
+        with pytest.raises(NotFound):
+            await harness.bus.request(
+                S.GET_VERSION, GetVersionRequest(model=model, ref=alias), VersionInfo
+            )
+    # Other versions' aliases stay.
+    kept = await harness.bus.request(
+        S.GET_VERSION, GetVersionRequest(model=model, ref="production"), VersionInfo
+    )
+    assert kept.version == "1.0.0"
+    rejected = await harness.bus.request(
+        S.GET_VERSION, GetVersionRequest(model=model, ref="1.1.0"), VersionInfo
+    )
+    assert rejected.aliases == ()
