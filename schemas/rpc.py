@@ -31,5 +31,8 @@ class Health(WireModel):
     """Reply of ``eaf.rpc.<service>.health``."""
 
     service: str
+    #: ``ok``, or ``degraded``: the service runs but part of its work cannot be done.
     status: str = "ok"
     instance: str = ""
+    #: When degraded: what is broken, why, and what to do about it.
+    detail: str = ""

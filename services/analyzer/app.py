@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.config import Settings
 from schemas.events import ModelAnalyzed, ModelValidated
 from schemas.reports import AnalysisReport, LatencyStats
-from services.analyzer.domain import diff_reports
+from services.analyzer.domain import diff_reports, latency_warning
 from services.analyzer.errors import AnalysisFailedError
 from services.analyzer.store import previous_analysis, save_analysis
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
@@ -26,12 +26,18 @@ from services.common.bus import Bus
 from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
-from services.validator.app import derived_event_id, ensure_sandbox
+from services.validator.app import (
+    SANDBOX_FIX,
+    SELFTEST_MODEL,
+    derived_event_id,
+    ensure_sandbox,
+)
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import ZIP_MAGIC, readable, write_stream
 from services.validator.sandbox import (
     StartedAhead,
+    TaskOutcome,
     Worker,
     Workers,
     hand_over,
@@ -44,6 +50,10 @@ __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
 log = get_logger(__name__)
 
 CONSUMER = "analyzer"
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class AnalysisWorkers(Workers):
@@ -81,6 +91,10 @@ class AnalyzerService:
         self.workers: StartedAhead[AnalysisWorkers] = StartedAhead(
             self._start_workers, enabled=self.config.prestart_workers
         )
+        #: What the start-up self-test found broken ("" when profiling and latency work):
+        #: the service's health says it.
+        self.problem = ""
+        self._platform_fault_logged = False
 
     async def _start_workers(self, stack: AsyncExitStack) -> AnalysisWorkers:
         # The timer first: its session, then the measurement, are the longer way.
@@ -134,8 +148,6 @@ class AnalyzerService:
     async def analyze(self, artifact_id: str) -> AnalysisReport:
         """Profile and time the artifact in sandboxed workers."""
         vcfg, acfg = self.settings.validator, self.config
-        dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
-        limits = acfg.sandbox
         try:
             # Opened before workers are taken: a missing artifact costs no worker start.
             chunks = await readable(self.artifacts.iter_plaintext(artifact_id))
@@ -144,41 +156,80 @@ class AnalyzerService:
         # Started ahead (or now, if none are ready): confined, libraries imported; they
         # read nothing before ``begin``.
         async with self.workers.take() as workers:
-            workdir, timer, profiler = workers.workdir, workers.timer, workers.profiler
+            workdir = workers.workdir
             upload = workdir / "upload"
             try:
                 await write_stream(chunks, upload, limit=vcfg.max_file_size)
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model, package = await self._model_file(upload, workdir)
-            # The timer creates its session beside the profile; it measures only when
-            # asked, below, once the profile worker is gone.
-            await timer.begin(
-                {
-                    "model": str(model),
-                    "threads": acfg.threads,
-                    "warmup_runs": acfg.warmup_runs,
-                    "runs": acfg.runs,
-                    "package": package,
-                    **dims,
-                }
-            )
-            await profiler.begin(
-                {"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims}
-            )
-            outcome = await profiler.next()
-            await profiler.close()  # gone before the measurement starts
-            if not outcome.ok:
-                raise AnalysisFailedError(artifact_id, outcome.describe(limits, "analyzer"))
-            report = AnalysisReport.model_validate(outcome.value)
-            timing = await timer.next()
-            if timing.ok:
-                timing = await timer.next()
+            report, timing = await self._profile_and_time(workers, model, package, artifact_id)
         if timing.ok:
             return report.model_copy(update={"latency": LatencyStats.model_validate(timing.value)})
         # A model that passed validation but cannot be timed still has its profile.
-        warning = f"latency not measured: the model {timing.describe(acfg.sandbox, 'analyzer')}"
+        reason = timing.describe(acfg.sandbox, "analyzer")
+        if timing.platform_fault:
+            # The platform's fault, not the model's: an error with the fix the first time,
+            # a warning for each model after it.
+            if self._platform_fault_logged:
+                log.warning("latency not measured: the sandbox failed", reason=reason)
+            else:
+                log.error(
+                    "latency not measured: the sandbox failed", reason=reason, fix=SANDBOX_FIX
+                )
+            self._platform_fault_logged = True
+        warning = latency_warning(reason, platform_fault=timing.platform_fault)
         return report.model_copy(update={"warnings": (*report.warnings, warning)})
+
+    async def _profile_and_time(
+        self, workers: AnalysisWorkers, model: Path, package: bool, artifact_id: str
+    ) -> tuple[AnalysisReport, TaskOutcome]:
+        """Profile ``model`` (a file in ``workers.workdir``) and time it: the report (its
+        latency still empty) and what the timer answered."""
+        vcfg, acfg = self.settings.validator, self.config
+        dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
+        timer, profiler = workers.timer, workers.profiler
+        # The timer creates its session beside the profile; it measures only when
+        # asked, below, once the profile worker is gone.
+        await timer.begin(
+            {
+                "model": str(model),
+                "threads": acfg.threads,
+                "warmup_runs": acfg.warmup_runs,
+                "runs": acfg.runs,
+                "package": package,
+                **dims,
+            }
+        )
+        await profiler.begin({"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims})
+        outcome = await profiler.next()
+        await profiler.close()  # gone before the measurement starts
+        if not outcome.ok:
+            raise AnalysisFailedError(artifact_id, outcome.describe(acfg.sandbox, "analyzer"))
+        report = AnalysisReport.model_validate(outcome.value)
+        timing = await timer.next()
+        if timing.ok:
+            timing = await timer.next()
+        return report, timing
+
+    async def check(self) -> str:
+        """Profile and time the built-in model through the same workers and code as a
+        validated model; ``""`` when latency was measured, else what is broken."""
+        async with AsyncExitStack() as stack:
+            workers = await self._start_workers(stack)
+            model_dir = workers.workdir / "model"
+            model_dir.mkdir()
+            hand_over(model_dir)
+            model = model_dir / "model.onnx"
+            await write_stream(_chunks(SELFTEST_MODEL), model, limit=len(SELFTEST_MODEL))
+            try:
+                _, timing = await self._profile_and_time(workers, model, False, "self-test")
+            except AnalysisFailedError as exc:
+                return f"analysis is broken: {exc}"
+        if not timing.ok:
+            reason = timing.describe(self.config.sandbox, "analyzer")
+            return f"latency measurement is broken: {reason}"
+        return ""
 
     async def _model_file(self, upload: Path, workdir: Path) -> tuple[Path, bool]:
         """The model file to analyse, and whether the upload was a package (ZIP)."""
@@ -216,7 +267,8 @@ async def create_service(
 
     await ensure_sandbox(settings.validator)
     bus = Bus(settings.nats, service="analyzer")
-    bus.serve_health()
+    services: list[AnalyzerService] = []  # the one made below, once it exists
+    bus.serve_health(lambda: services[0].problem and f"{services[0].problem}; {SANDBOX_FIX}")
     engine = create_engine(settings.database)
     try:
         await upgrade(engine, "services.common", "services.analyzer")
@@ -227,6 +279,13 @@ async def create_service(
             artifacts=artifacts if artifacts is not None else open_artifacts(settings),
             consumer=durable,
         )
+        services.append(service)
+        # Before any model: each would otherwise find out alone (and its report would
+        # lack the latency). The analyzer still profiles: a report without latency says
+        # why, and the health says what is broken.
+        service.problem = await service.check()
+        if service.problem:
+            log.error("sandbox self-test failed: " + service.problem, fix=SANDBOX_FIX)
         register(bus, service, durable=durable)
         # Workers for the first model start now; the bus stops before they are killed.
         async with service.workers, bus:

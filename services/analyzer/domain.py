@@ -42,6 +42,7 @@ __all__ = [
     "Shape",
     "analyze",
     "diff_reports",
+    "latency_warning",
     "node_cost",
     "parameter_stats",
 ]
@@ -554,3 +555,12 @@ def diff_reports(
         latency_p50_ms_after=p50_after,
         latency_change=change,
     )
+
+
+def latency_warning(reason: str, *, platform_fault: bool) -> str:
+    """The report's warning when the latency could not be measured: ``reason`` is the
+    sandbox's account of the worker; a fault of the platform (``reason`` then says so)
+    is never worded as the model's."""
+    if platform_fault:
+        return f"latency not measured: {reason}"
+    return f"latency not measured: the model {reason}"

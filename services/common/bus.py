@@ -231,13 +231,16 @@ class Bus:
 
     # ---- request / reply ------------------------------------------------------------
 
-    def serve_health(self) -> None:
-        """Answer ``eaf.rpc.<service>.health``; call before ``start``."""
+    def serve_health(self, problem: Callable[[], str] | None = None) -> None:
+        """Answer ``eaf.rpc.<service>.health``; call before ``start``. ``problem`` says
+        what of the service's work is broken (``""``: nothing); then it is ``degraded``."""
         instance = f"{socket.gethostname()}:{os.getpid()}"
 
         @self.rpc(f"eaf.rpc.{self.service}.health", HealthRequest)
         async def health(_: HealthRequest) -> Health:
-            return Health(service=self.service, instance=instance)
+            detail = problem() if problem is not None else ""
+            status = "degraded" if detail else "ok"
+            return Health(service=self.service, instance=instance, status=status, detail=detail)
 
     def rpc(
         self, subject: str, request_type: type[Req]

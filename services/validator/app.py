@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,6 +24,7 @@ from services.common.bus import Bus
 from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
+from services.validator._selftest import MODEL as SELFTEST_MODEL
 from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
 from services.validator.pipeline import (
@@ -36,12 +37,33 @@ from services.validator.pipeline import (
 )
 from services.validator.sandbox import StartedAhead, private_workdir, run_task
 
-__all__ = ["CONSUMER", "ValidatorService", "create_service", "derived_event_id", "ensure_sandbox"]
+__all__ = [
+    "CONSUMER",
+    "SANDBOX_FIX",
+    "SELFTEST_MODEL",
+    "ValidatorService",
+    "check_validation",
+    "create_service",
+    "derived_event_id",
+    "ensure_sandbox",
+]
 
 log = get_logger(__name__)
 
 CONSUMER = "validator"
 _EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
+#: What an operator can do when the start-up self-test fails (docs/validation.md).
+SANDBOX_FIX = (
+    "the sandbox's workers run as user nobody when the service runs as root: install the "
+    "project and its virtualenv where nobody may read them (not inside a directory of mode "
+    "0700 such as /root or one made by mktemp -d), allow the service mount namespaces "
+    "(it then shows them to the workers itself), or run the service as another user; "
+    "the worker's last words are in the service's log (docs/validation.md, 'The sandbox')"
+)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
@@ -71,6 +93,26 @@ async def ensure_sandbox(config: ValidatorConfig) -> str:
     return outcome.isolation
 
 
+async def check_validation(config: ValidatorConfig) -> str:
+    """Validate the built-in model (``SELFTEST_MODEL``) as an upload, through the same
+    workers and checks; ``""`` when it passes, else what failed. The policy is the default
+    one (the model fits it), so a failure is the platform's, not the policy's."""
+    probe = ValidatorConfig(
+        work_dir=config.work_dir,
+        sandbox=config.sandbox,
+        require_network_isolation=config.require_network_isolation,
+    )
+    async with AsyncExitStack() as stack:
+        workers = await start_check_workers(probe, stack)
+        upload = workers.workdir / "upload"
+        size = await write_stream(_chunks(SELFTEST_MODEL), upload, limit=probe.max_file_size)
+        report = await validate_upload(
+            upload, size=size, reference=None, config=probe, workers=workers
+        )
+    failure = report.first_failure
+    return "" if failure is None else f"check {failure.name!r} failed: {failure.message}"
+
+
 class ValidatorService:
     """The running validator: its bus, database and artifact source."""
 
@@ -94,6 +136,9 @@ class ValidatorService:
         self.workers: StartedAhead[CheckWorkers] = StartedAhead(
             partial(start_check_workers, self.config), enabled=self.config.prestart_workers
         )
+        #: What the start-up self-test found broken ("" when validation works): the
+        #: service's health says it, and no upload is taken while it is set.
+        self.problem = ""
 
     async def handle_uploaded(self, event: ModelUploaded) -> None:
         """Validate one upload and publish the verdict, once per event."""
@@ -170,8 +215,14 @@ async def create_service(
     from services.validator.handlers import register
 
     await ensure_sandbox(settings.validator)
+    problem = await check_validation(settings.validator)
+    if problem:
+        # Every upload would fail for this reason, the platform's: the uploads wait in the
+        # stream instead (the durable consumer takes them once the service is fixed).
+        problem = f"validation is broken, uploads wait: {problem}"
+        log.error("sandbox self-test failed: " + problem, fix=SANDBOX_FIX)
     bus = Bus(settings.nats, service="validator")
-    bus.serve_health()
+    bus.serve_health(lambda: problem and f"{problem}; {SANDBOX_FIX}")
     engine = create_engine(settings.database)
     try:
         await upgrade(engine, "services.common")
@@ -182,7 +233,9 @@ async def create_service(
             artifacts=artifacts if artifacts is not None else open_artifacts(settings),
             consumer=durable,
         )
-        register(bus, service, durable=durable)
+        service.problem = problem
+        if not problem:
+            register(bus, service, durable=durable)
         # Workers for the first model start now; the bus stops before they are killed.
         async with service.workers, bus:
             yield service

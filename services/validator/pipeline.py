@@ -132,14 +132,17 @@ def _from_outcome(
             message=str(value.get("message", "")),
             duration_ms=duration,
         ), value
-    if outcome.status is SandboxStatus.ERROR:
+    if outcome.platform_fault:
+        # Never worded as the model's fault (isolation included; the start-up self-test
+        # should have caught it).
+        message = outcome.describe(config.sandbox, "validator")
+    elif outcome.status is SandboxStatus.ERROR:
         message = f"the check failed on this model: {outcome.detail}"
-    elif outcome.status is SandboxStatus.ISOLATION:
-        message = f"the sandbox could not isolate the worker from the network: {outcome.detail}"
     else:
         message = f"the model {outcome.describe(config.sandbox, 'validator')}"
-    log.warning(
-        "sandboxed check did not pass",
+    report = log.error if outcome.platform_fault else log.warning
+    report(
+        "sandboxed check did not pass" + (" (platform fault)" if outcome.platform_fault else ""),
         check=name,
         status=outcome.status.value,
         detail=outcome.detail,

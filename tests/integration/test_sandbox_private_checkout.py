@@ -25,7 +25,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import nats
@@ -38,12 +38,13 @@ import services
 from schemas.config import SandboxLimits, Settings
 from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import AnalysisReport
+from schemas.rpc import Health, HealthRequest
 from services.analyzer.app import create_service as create_analyzer
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.validator.app import create_service as create_validator
-from services.validator.sandbox import NOBODY, private_workdir, run_task
+from services.validator.sandbox import NOBODY, PLATFORM_FAULT, private_workdir, run_task
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 _PACKAGES = (services, schemas, edge_runtime)
@@ -68,10 +69,11 @@ def _link_tree(src: Path, dst: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def private_checkout() -> Iterator[Path]:
+@contextmanager
+def _checkout(*, without: str = "") -> Iterator[Path]:
     """A virtualenv's interpreter inside a fresh mode-0700 directory, whose libraries and
-    project packages lie there too."""
+    project packages lie there too; ``without``: a library's subpackage left out (a
+    broken installation)."""
     root = Path(tempfile.mkdtemp(prefix="eaf-private-checkout-"))
     try:
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
@@ -83,6 +85,8 @@ def private_checkout() -> Iterator[Path]:
         site = Path(sysconfig.get_paths(vars=paths)["purelib"])
         shutil.rmtree(site)
         _link_tree(Path(sysconfig.get_paths()["purelib"]), site)
+        if without:
+            shutil.rmtree(site.joinpath(*without.split(".")))
         src = root / "src"
         for package in _PACKAGES:
             here = Path(package.__path__[0])
@@ -93,11 +97,26 @@ def private_checkout() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def private_checkout() -> Iterator[Path]:
+    with _checkout() as python:
+        yield python
+
+
 @pytest.fixture
 def worker_python(private_checkout: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Workers started by the services in this test run the private checkout's Python."""
     monkeypatch.setattr(sys, "executable", str(private_checkout))
     return private_checkout
+
+
+@pytest.fixture
+def broken_worker_python(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Workers run from a private checkout whose numpy lacks ``numpy.ma``, which
+    ``np.percentile`` imports when the latency is computed."""
+    with _checkout(without="numpy.ma") as python:
+        monkeypatch.setattr(sys, "executable", str(python))
+        yield python
 
 
 async def test_a_lazy_import_after_the_drop_reads_the_private_checkout(
@@ -120,12 +139,10 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
-    worker_python: Path, nats_server, tmp_path: Path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings.model_validate(
+def _settings(nats_url: str, tmp_path: Path) -> Settings:
+    return Settings.model_validate(
         {
-            "nats": {"url": nats_server.url, "retry_backoff": [0.5]},
+            "nats": {"url": nats_url, "retry_backoff": [0.5]},
             "model_repository": {"storage_path": str(tmp_path / "models")},
             "security": {
                 "encryption_key_path": str(tmp_path / "keys" / "kek.key"),
@@ -136,6 +153,12 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
             "analyzer": {"warmup_runs": 2, "runs": 10},
         }
     )
+
+
+async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
+    worker_python: Path, nats_server, tmp_path: Path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(nats_server.url, tmp_path)
     store = ArtifactStore(
         root=tmp_path / "models",
         kek=load_kek(settings.security),
@@ -161,6 +184,9 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
                 create_analyzer(settings, durable=unique_id("analyzer-"))
             )
             bus = await stack.enter_async_context(Bus(settings.nats, service="test"))
+            for service in ("validator", "analyzer"):  # their start-up self-tests passed
+                health = await bus.request(f"eaf.rpc.{service}.health", HealthRequest(), Health)
+                assert (health.status, health.detail) == ("ok", ""), service
             data = to_bytes(cnn_model())
             put = await store.put(_chunks(data))
             await bus.publish(
@@ -182,3 +208,31 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
     assert report.latency is not None, report.warnings
     assert 0 < report.latency.p50_ms <= report.latency.p95_ms
     assert not [w for w in report.warnings if "latency" in w]
+
+
+async def test_a_broken_installation_is_reported_at_start_and_never_blamed_on_the_model(
+    broken_worker_python: Path, nats_server, tmp_path: Path, unique_id
+) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(nats_server.url, tmp_path)
+    store = ArtifactStore(
+        root=tmp_path / "models",
+        kek=load_kek(settings.security),
+        chunk_size=settings.deployment.chunk_size,
+    )
+    async with AsyncExitStack() as stack:
+        service = await stack.enter_async_context(
+            create_analyzer(settings, durable=unique_id("analyzer-"))
+        )
+        bus = await stack.enter_async_context(Bus(settings.nats, service="test"))
+        # Said at start, by the service's health, before any model is analysed.
+        health = await bus.request("eaf.rpc.analyzer.health", HealthRequest(), Health)
+        assert health.status == "degraded"
+        assert "latency measurement is broken" in health.detail
+        assert PLATFORM_FAULT in health.detail and "numpy.ma" in health.detail
+        put = await store.put(_chunks(to_bytes(cnn_model())))
+        report = await service.analyze(put.info.artifact_id)
+    assert report.latency is None
+    assert report.operators  # the profile is still there
+    (warning,) = [w for w in report.warnings if w.startswith("latency not measured")]
+    assert warning.startswith(f"latency not measured: {PLATFORM_FAULT}: "), warning
+    assert "numpy.ma" in warning

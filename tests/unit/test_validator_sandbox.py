@@ -14,9 +14,17 @@ import pytest
 from model_zoo import tiny_model, to_bytes
 
 from schemas.config import SandboxLimits
+from services.analyzer.domain import latency_warning
 from services.validator import _selftest
 from services.validator.pipeline import write_stream
-from services.validator.sandbox import SandboxStatus, private_workdir, run_task, start_worker
+from services.validator.sandbox import (
+    NOBODY,
+    PLATFORM_FAULT,
+    SandboxStatus,
+    private_workdir,
+    run_task,
+    start_worker,
+)
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 SELF = "services.validator._selftest:"
@@ -227,3 +235,34 @@ async def test_a_worker_cannot_plant_a_link_where_the_service_writes(
     with pytest.raises(FileExistsError):
         await write_stream(stream(), workdir / "reference.npz", limit=1 << 20)
     assert victim.read_bytes() == b"keep"
+
+
+async def test_a_failure_of_the_sandbox_is_never_the_models(workdir: Path) -> None:
+    # Before it said ready the worker had read nothing it was given: the platform's fault.
+    missing = await run_task(SELF + "no_such_task", {}, limits=LIMITS, workdir=workdir)
+    assert missing.platform_fault
+    assert missing.describe(LIMITS, "analyzer").startswith(PLATFORM_FAULT + ": ")
+    # A module that cannot be imported once the worker runs its task: the installation's.
+    lazy = await run_task(
+        SELF + "lazy_import", {"module": "no_such_module"}, limits=LIMITS, workdir=workdir
+    )
+    assert lazy.platform_fault and "ModuleNotFoundError" in lazy.detail
+    assert latency_warning(lazy.describe(LIMITS, "analyzer"), platform_fault=True).startswith(
+        f"latency not measured: {PLATFORM_FAULT}: "
+    )
+    # What a task raises on its input stays the task's (the model's) failure.
+    raised = await run_task(
+        SELF + "read_file", {"path": str(workdir / "absent")}, limits=LIMITS, workdir=workdir
+    )
+    assert raised.status is SandboxStatus.ERROR and not raised.platform_fault
+    assert not raised.describe(LIMITS, "analyzer").startswith(PLATFORM_FAULT)
+
+
+async def test_a_module_imported_after_the_drop_is_found(workdir: Path) -> None:
+    # np.percentile imports numpy.ma only when first called, after the privilege drop:
+    # wherever the project is installed, the worker must still reach it.
+    outcome = await run_task(
+        SELF + "lazy_import", {"module": "numpy.ma"}, limits=LIMITS, workdir=workdir
+    )
+    assert outcome.ok, outcome.detail
+    assert outcome.value["uid"] == (NOBODY if os.geteuid() == 0 else os.geteuid())
