@@ -12,16 +12,19 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import uvicorn
+
+from pydantic import ValidationError
 
 from edge_runtime import _faults
 from edge_runtime._enroll import enroll
 from edge_runtime._runtime import EdgeRuntime
 from edge_runtime._state import ConnectionState, StateDir
 from edge_runtime.errors import EdgeRuntimeError, NoModelError
+from schemas.topics import InvalidIdentifierError
 
 __all__ = ["main"]
 
@@ -31,8 +34,16 @@ def _log(message: str) -> None:
     print(f"{stamp} edge-runtime: {message}", file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong command line as one line that says where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split())
+        self.exit(2, f"edge-runtime: error: {message}; {usage} (more: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-runtime", description=__doc__)
+    parser = _Parser(prog="edge-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("enroll", help="register this device with the platform (once)")
@@ -179,6 +190,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _one_line(exc: ValidationError | InvalidIdentifierError) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "input"
+        return f"invalid {where.replace('_', '-')}: {first['msg']}"
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``edge-runtime``."""
     args = _parser().parse_args(argv)
@@ -206,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_run(args))
     except EdgeRuntimeError as exc:
         print(f"edge-runtime: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValidationError, InvalidIdentifierError) as exc:
+        # A token or device id the platform would refuse, caught before anything is sent.
+        print(f"edge-runtime: error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         pass

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from edgeaiforge._cli._common import err_console
-from edgeaiforge._errors import EdgeAIForgeError
+from edgeaiforge._errors import ApiError, AuthenticationError, EdgeAIForgeError
 
 __all__ = ["USAGE", "RootGroup", "describe", "one_line", "validation_message"]
 
@@ -23,8 +24,19 @@ USAGE = 2
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (line breaks too) as one space."""
-    return " ".join(text.split())
+    """``text`` on one line: a list of ``- item`` lines becomes ``item; item``, and every
+    other run of whitespace (line breaks too) one space."""
+    out = ""
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if line.startswith("- ") and out:
+            line = line[2:]
+            out += " " if out.endswith(":") else "; "
+        elif out:
+            out += " "
+        out += line
+    return " ".join(out.split())
 
 
 def validation_message(exc: ValidationError, names: dict[str, str] | None = None) -> str:
@@ -52,6 +64,30 @@ def _usage(exc: typer.TyperException) -> str:
     return f"{message.rstrip('.')}. {usage} (more: {ctx.command_path} --help)"
 
 
+#: The API's hints name REST routes; at the command line each names the command instead.
+_COMMAND_FOR_ROUTE = [
+    (re.compile(r"GET /api/v1/models/([^/\s;]+)/versions"), r"`edgeaiforge model show \1`"),
+    (re.compile(r"GET /api/v1/models\b"), "`edgeaiforge model list`"),
+    (re.compile(r"GET /api/v1/keys\b"), "`edgeaiforge key list`"),
+    (re.compile(r"GET /api/v1/devices\b"), "`edgeaiforge device list`"),
+    (re.compile(r"GET /api/v1/deployments\b"), "`edgeaiforge deployment list`"),
+    (re.compile(r"list devices to see which are"), "`edgeaiforge device list` shows them"),
+    (
+        re.compile(r"(deployment '[^']+' does not exist)$"),
+        r"\1: `edgeaiforge deployment list` shows them",
+    ),
+]
+
+
+def _api_message(exc: ApiError) -> str:
+    message = str(exc)
+    for route, command in _COMMAND_FOR_ROUTE:
+        message = route.sub(command, message)
+    if isinstance(exc, AuthenticationError):
+        message += " (this command sends --token, else EAF_API_TOKEN)"
+    return message
+
+
 def describe(exc: BaseException) -> tuple[str, int] | None:
     """The line and exit status for an error the user can mend; None for a bug."""
     if isinstance(exc, typer.TyperException):
@@ -61,6 +97,8 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
         return exc.format_message(), exc.exit_code
     if isinstance(exc, typer.Abort):
         return "aborted; nothing was changed", 1
+    if isinstance(exc, ApiError):
+        return _api_message(exc), 1
     if isinstance(exc, EdgeAIForgeError):
         return str(exc), 1
     if isinstance(exc, ValidationError):

@@ -19,9 +19,9 @@ from edgeaiforge._cli._common import (
     run,
 )
 from edgeaiforge._cli._errors import validation_message
-from edgeaiforge._errors import EdgeAIForgeError, NotFoundError
+from edgeaiforge._errors import NotFoundError
 from edgeaiforge._manager import ModelManager
-from schemas.deployer import DeploymentInfo, DeploymentList, DeploymentSpec
+from schemas.deployer import DeploymentInfo, DeploymentList, DeploymentSpec, DeploymentStatus
 from schemas.events import TargetState
 
 __all__ = ["deploy", "deployment_app", "progress_table"]
@@ -156,9 +156,13 @@ def deploy(
             raise typer.BadParameter(validation_message(exc, _OPTION_OF)) from None
         except NotFoundError as exc:
             if model in _DEPLOYMENT_VERBS:
-                raise EdgeAIForgeError(
-                    f"{exc}; to see or change a deployment use "
-                    f"`edgeaiforge deployment {'show' if model == 'status' else model} ...`"
+                verb = "show" if model == "status" else model
+                raise NotFoundError(
+                    exc.status,
+                    exc.title,
+                    f"{exc.detail}; to see or change a deployment use "
+                    f"`edgeaiforge deployment {verb} ...`",
+                    exc.code,
                 ) from None
             raise
         final = created
@@ -188,14 +192,16 @@ def deploy(
 def list_(
     ctx: typer.Context,
     model: str | None = None,
-    status: str | None = None,
+    status: Annotated[DeploymentStatus | None, typer.Option(help="Only in this state")] = None,
     device: str | None = None,
     json_out: JsonOption = False,
 ) -> None:
     """Deployments, newest first."""
 
     def action(mm: ModelManager) -> None:
-        items = mm.list_deployments(model=model, status=status, device_id=device)
+        items = mm.list_deployments(
+            model=model, status=status.value if status else None, device_id=device
+        )
         if json_out:
             print_json(DeploymentList(deployments=tuple(items)))
             return

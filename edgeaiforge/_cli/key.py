@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -72,6 +73,11 @@ def revoke(
     json_out: JsonOption = False,
 ) -> None:
     """Revoke a key at once: its next request is refused."""
+    if not re.fullmatch(r"[0-9a-f]{12}", key_id):  # the API's rule, said in the user's words
+        raise typer.BadParameter(
+            f"{key_id!r} is not a key id: one is 12 hex digits, see `edgeaiforge key list`",
+            param_hint="KEY_ID",
+        )
 
     def action(mm: ModelManager) -> None:
         info = mm.revoke_api_key(key_id)

@@ -222,6 +222,9 @@ def download(
     json_out: JsonOption = False,
 ) -> None:
     """Download a version; its SHA-256 is verified before the file appears."""
+    folder = output if output.is_dir() else output.parent
+    if not folder.is_dir():  # said before the transfer starts, not after its bar
+        raise typer.BadParameter(f"directory {folder} does not exist", param_hint="--output")
 
     def action(mm: ModelManager) -> None:
         with progress_bar(f"download {name} {ref}", enabled=not json_out) as progress:

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgeaiforge import _stack
 from edgeaiforge._cli._common import JsonOption, console, err_console
+from edgeaiforge._cli._errors import one_line
 from schemas.config import Settings
 from services.common.config import ConfigError, config_path_from_env, load_settings
 
@@ -44,7 +46,8 @@ def load(config: Path | None) -> tuple[Settings, Path]:
     try:
         return load_settings(path), path
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        message = escape(one_line(str(exc)))  # one line, even when it lists several keys
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
