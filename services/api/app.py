@@ -60,25 +60,37 @@ class ApiServerError(Exception):
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The ASGI app; its lifespan connects to NATS and opens the artifact store."""
+@asynccontextmanager
+async def _open_context(settings: Settings) -> AsyncIterator[ApiContext]:
+    """What the routes use: the settings, the bus (connected) and the artifact store."""
+    kek = load_kek(settings.security)
+    store = ArtifactStore(
+        root=settings.model_repository.storage_path,
+        kek=kek,
+        chunk_size=settings.deployment.chunk_size,
+    )
+    bus = Bus(settings.nats, service="api")
+    bus.serve_health()
+    await bus.start()
+    try:
+        yield ApiContext(settings=settings, bus=bus, artifacts=store)
+    finally:
+        await bus.stop()
+
+
+def create_app(settings: Settings, *, context: ApiContext | None = None) -> FastAPI:
+    """The ASGI app; its lifespan connects to NATS and opens the artifact store, unless
+    the caller has opened them (``context``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        kek = load_kek(settings.security)
-        store = ArtifactStore(
-            root=settings.model_repository.storage_path,
-            kek=kek,
-            chunk_size=settings.deployment.chunk_size,
-        )
-        bus = Bus(settings.nats, service="api")
-        bus.serve_health()
-        await bus.start()
-        app.state.ctx = ApiContext(settings=settings, bus=bus, artifacts=store)
-        try:
+        if context is not None:
+            app.state.ctx = context
             yield
-        finally:
-            await bus.stop()
+            return
+        async with _open_context(settings) as ctx:
+            app.state.ctx = ctx
+            yield
 
     app = FastAPI(
         title="EdgeAIForge API",
@@ -99,34 +111,52 @@ class _Server(uvicorn.Server):
         yield
 
 
+#: Seconds open requests (an upload, a download) get to finish when the API stops; then
+#: uvicorn cancels them. Below the runner's STOP_GRACE, so the API stops on its own.
+_REQUEST_GRACE = 1
+
+
 @asynccontextmanager
 async def create_api_server(settings: Settings) -> AsyncIterator[_Server]:
     """Serve the API on ``api.host:api.port`` until the context exits."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
     sock = _bind(settings.api.host, settings.api.port)
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            exc = task.exception()
-            reason = repr(exc) if exc else "stopped during start-up"
-            raise ApiServerError(settings.api.host, settings.api.port, reason)
-        await asyncio.sleep(0.02)
-    log.info("api listening", host=settings.api.host, port=settings.api.port)
     try:
-        yield server
+        # The bus is opened here, not in the app's lifespan: a stop during start-up (NATS
+        # not there yet) then cancels our own wait, where cancelling uvicorn's lifespan
+        # task made it log the CancelledError's traceback as a failed start-up.
+        async with _open_context(settings) as context:
+            config = uvicorn.Config(
+                create_app(settings, context=context),
+                host=settings.api.host,
+                port=settings.api.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=_REQUEST_GRACE,
+            )
+            server = _Server(config)
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+            try:
+                while not server.started:
+                    if task.done():
+                        exc = task.exception()
+                        reason = repr(exc) if exc else "stopped during start-up"
+                        raise ApiServerError(settings.api.host, settings.api.port, reason)
+                    await asyncio.sleep(0.02)
+                log.info("api listening", host=settings.api.host, port=settings.api.port)
+                yield server
+            finally:
+                server.should_exit = True
+                try:
+                    # wait, not await: a server that failed to start has said why above.
+                    await asyncio.wait({task})
+                except asyncio.CancelledError:
+                    # Cancelled ourselves (stopping during start-up, or the runner's
+                    # backstop): uvicorn stops at once instead of at the loop's end.
+                    server.force_exit = True
+                    task.cancel()
+                    raise
     finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         sock.close()
 
 

@@ -43,12 +43,14 @@ from schemas.config import NatsConfig
 from schemas.events import Event
 from schemas.rpc import Health, HealthRequest, RpcError, RpcErrorReply
 from services.common.errors import ServiceError, from_code
-from services.common.logging import get_logger
+from services.common.logging import BUS_LOGGER, get_logger
 
 __all__ = ["DLQ_PREFIX", "EVENT_SUBJECTS", "Bus", "BusError"]
 
 EVENT_SUBJECTS = ("eaf.model.>", "eaf.deployment.>", "eaf.device.>", "eaf.dlq.>")
 DLQ_PREFIX = "eaf.dlq."
+#: Seconds a handler in flight has to finish when the service stops (``Bus.stop``).
+HANDLER_GRACE = 0.5
 #: Seconds within which the stream recognises a re-published event id.
 DUPLICATE_WINDOW = 600.0
 
@@ -91,6 +93,14 @@ class Bus:
             # FastStream's per-message "Received/Processed" lines are debug detail; the
             # services log what matters themselves (structlog).
             log_level=logging.DEBUG,
+            # Its records go through the services' own logging (one format, one level);
+            # services.common.logging lowers its routine ones (a task ended, an idle pull
+            # consumer's fetch timing out) to DEBUG.
+            logger=logging.getLogger(BUS_LOGGER),
+            # At stop, a handler in flight gets this long to finish, then it is cancelled:
+            # its event, not acknowledged, comes again (handlers are idempotent). FastStream's
+            # default (15 s) held a stopping service up for as long as a validation took.
+            graceful_timeout=HANDLER_GRACE,
         )
         self.stream = JStream(
             name=config.stream,
@@ -106,6 +116,7 @@ class Bus:
         await self.broker.start()
 
     async def stop(self) -> None:
+        """Stop consuming (handlers in flight get ``HANDLER_GRACE`` seconds) and disconnect."""
         await self.broker.stop()
 
     async def __aenter__(self) -> Bus:

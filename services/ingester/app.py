@@ -74,12 +74,19 @@ class Ingester:
         self._writer_task = asyncio.create_task(self._drain(), name="ingester-writer")
         await asyncio.to_thread(self.checker.start)
         self.receiver.start()
+        try:
+            subscribed = await self._wait_subscribed()
+        except BaseException:
+            # Cancelled while waiting (the service is told to stop during its start):
+            # ``async with`` does not call ``__aexit__`` for a start that did not finish.
+            await self.__aexit__(None, None, None)
+            raise
         # Started means subscribed, in the usual case: a broker that is not there yet is
         # waited for a little, then the client keeps trying in the background. The
         # Prometheus endpoint comes up after that, so it answering means the ingester takes
         # metrics (at the very first start, metrics published before the subscription
         # reach no one: the broker has no session for the ingester yet).
-        if not await asyncio.to_thread(self.receiver.wait_connected, _READY_WAIT):
+        if not subscribed:
             log.warning(
                 "not subscribed to the broker yet; still trying",
                 broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
@@ -92,6 +99,17 @@ class Ingester:
                 registry=self.figures.registry,
             )
         return self
+
+    async def _wait_subscribed(self) -> bool:
+        # Polled on the loop, not waited for in a thread: a stop signal cancels this at
+        # once, where a thread blocked for _READY_WAIT would hold the process's exit.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_WAIT
+        while not self.receiver.connected:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping = True
