@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from edge_runtime._enroll import capabilities, complete, enroll, prepare
     from edge_runtime._model import InferenceRecorder, ModelHost, sample_inputs
     from edge_runtime._runtime import RUNTIME_VERSION, EdgeRuntime
-    from edge_runtime._state import StateDir
+    from edge_runtime._state import Connection, ConnectionState, StateDir
     from edge_runtime.errors import (
         EdgeRuntimeError,
         EnrollmentError,
@@ -34,6 +34,8 @@ _HOMES = {
     "RUNTIME_VERSION": "_runtime",
     "EdgeRuntime": "_runtime",
     "StateDir": "_state",
+    "Connection": "_state",
+    "ConnectionState": "_state",
     "capabilities": "_enroll",
     "complete": "_enroll",
     "enroll": "_enroll",
@@ -56,6 +58,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "RUNTIME_VERSION",
+    "Connection",
+    "ConnectionState",
     "EdgeRuntime",
     "EdgeRuntimeError",
     "EnrollmentError",

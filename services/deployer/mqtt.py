@@ -1,7 +1,9 @@
 """The deployer's MQTT connection, kept up with jittered back-off (aiomqtt reconnect loop).
 
 Messages of the subscriptions go to one callback; ``publish`` waits (bounded) for the
-connection. Subscriptions are made again after every reconnect.
+connection. Subscriptions are made again after every reconnect. A message's ``retain``
+flag is set only on one the broker delivers from its store when a subscription is made
+(retain-as-published off): the deployer tells a device heard now from one heard before.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from schemas.config import MqttConfig
 from services.common.logging import get_logger
@@ -136,7 +139,9 @@ class MqttLink:
                     socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 ) as client:
                     for topic in self.subscriptions:
-                        await client.subscribe(topic, qos=1)
+                        await client.subscribe(
+                            topic, options=SubscribeOptions(qos=1, retainAsPublished=False)
+                        )
                     self._client = client
                     self.connections += 1
                     self._connected.set()

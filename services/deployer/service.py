@@ -116,6 +116,9 @@ class _Report:
     device_id: str
     state: DeviceState | None = None
     online: bool = False
+    #: Delivered from the broker's store on subscribe (the deployer started or reconnected):
+    #: what the device said some time ago, no sign that it is there now.
+    retained: bool = False
 
 
 def _only_progress(old: DeviceState, new: DeviceState) -> bool:
@@ -357,11 +360,14 @@ class Deployer:
                 # seal its next models to the caller's key.
                 raise DeviceIdTaken(req.device_id)
             previous: tuple[datetime | None, str | None] | None = None
+            was_online = False
             if device is None:
                 device = Device(device_id=req.device_id)
                 s.add(device)
             else:
                 previous = (_aware(device.enrolled_at), _stored_key_id(device.public_key))
+                # The broker drops the old session with the old password (no will).
+                was_online, device.online = bool(device.online), False
             device.group = row.group
             device.labels = dict(row.labels or {})
             device.public_key = req.public_key
@@ -392,6 +398,8 @@ class Deployer:
                         device=req.device_id, token_created_by=row.created_by,
                         previous_key_id=previous[1], key_id=key_id)  # fmt: skip
         await self._emit([enrolled])
+        if previous is not None:
+            await self._mark_kicked(req.device_id, was_online)
         cfg = self.settings
         return EnrollReply(
             device_id=req.device_id,
@@ -1007,9 +1015,14 @@ class Deployer:
             if self._report_worker is None or self._report_worker.done():
                 self._report_worker = asyncio.get_running_loop().create_task(self._apply_reports())
             device_id = parsed.ident
+            # Live messages reach a subscriber with the retain flag clear (the deployer does
+            # not ask for retain-as-published): a set flag marks a stored one.
+            retained = bool(message.retain)
             if kind == "online":
                 self._queued_state.pop(device_id, None)  # later reports queue behind it
-                self._report_queue.put_nowait(_Report(device_id, online=bytes(payload) == b"1"))
+                self._report_queue.put_nowait(
+                    _Report(device_id, online=bytes(payload) == b"1", retained=retained)
+                )
                 return
             state = self._parse_state(device_id, bytes(payload))
             if state is None:
@@ -1024,8 +1037,9 @@ class Deployer:
                 # Still waiting: the newer progress of the same step takes its place (at
                 # 100 devices, two progress reports a second each outrun the database).
                 queued.state = state
+                queued.retained = retained
                 return
-            report = _Report(device_id, state=state)
+            report = _Report(device_id, state=state, retained=retained)
             self._queued_state[device_id] = report
             self._report_queue.put_nowait(report)
 
@@ -1037,9 +1051,9 @@ class Deployer:
                 del self._queued_state[device_id]
             try:
                 if report.state is not None:
-                    await self._apply_state(device_id, report.state)
+                    await self._apply_state(device_id, report.state, retained=report.retained)
                 else:
-                    await self.on_online(device_id, report.online)
+                    await self.on_online(device_id, report.online, retained=report.retained)
             except Exception:  # a bad report never stops the others
                 log.exception("device report not applied", device=device_id)
 
@@ -1056,14 +1070,19 @@ class Deployer:
             return None
         return state
 
-    async def _apply_state(self, device_id: str, state: DeviceState) -> None:
+    async def _apply_state(
+        self, device_id: str, state: DeviceState, *, retained: bool = False
+    ) -> None:
+        """Record a device's report. A live one is a sign of life (``last_seen``, online);
+        a ``retained`` one, delivered on subscribe, tells only what the device last said."""
         events: list[Event] = []
         async with self.sessions.begin() as s:
             d = await self._live_device(s, device_id)
             if d is None:
                 return
-            d.last_seen = _now()
-            d.online = True
+            if not retained:
+                d.last_seen = _now()
+                d.online = True
             if state.active is not None:
                 d.active_model = state.active.model
                 d.active_version = state.active.version
@@ -1119,7 +1138,15 @@ class Deployer:
                     original.updated_at = now
         return events
 
-    async def on_online(self, device_id: str, online: bool) -> None:
+    async def on_online(self, device_id: str, online: bool, *, retained: bool = False) -> None:
+        """A device's ``online`` flag: ``1`` when it connects, ``0`` when it stops (its
+        goodbye), loses the connection (its will) or is kicked by the platform.
+
+        ``last_seen`` moves when the device is heard now: a live ``1``, or a live ``0``
+        while it was online (it was there until now). A ``0`` for a device already offline
+        is the platform's own (see ``_mark_kicked``); a ``retained`` flag, delivered on
+        subscribe, is what the device said when it was last heard, no sign of life.
+        """
         due: list[tuple[Target, Device]] = []
         changed = False
         async with self.sessions.begin() as s:
@@ -1127,8 +1154,9 @@ class Deployer:
             if d is None:
                 return
             changed = bool(d.online) != online
+            if not retained and (online or d.online):
+                d.last_seen = _now()
             d.online = online
-            d.last_seen = _now()
             if online:
                 # The database is the truth: whatever this device should be doing is sent
                 # again, with a fresh expiry (the device resumes, or ignores a duplicate).
@@ -1160,6 +1188,18 @@ class Deployer:
                 log.warning("manifest not re-issued", device=device_id, error=str(exc))
         if changed:
             await self._emit([DeviceOnline(device_id=device_id, online=online)])
+
+    async def _mark_kicked(self, device_id: str, was_online: bool) -> None:
+        """The platform replaced the device's broker credentials (the broker drops it and
+        sends no will): make the retained ``online`` say so, and tell listeners. The
+        database row was set offline in the same transaction as the new credentials."""
+        if self.link is not None:
+            try:
+                await self.link.publish(self.topics.online(device_id), b"0", qos=1, retain=True)
+            except (MqttUnavailableError, aiomqtt.MqttError) as exc:
+                log.warning("retained online flag not reset", device=device_id, error=str(exc))
+        if was_online:
+            await self._emit([DeviceOnline(device_id=device_id, online=False)])
 
     # ---- supervisor --------------------------------------------------------------------
 
