@@ -85,6 +85,7 @@ async def _serve(name: str, factory: ServiceFactory, settings: Settings) -> None
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    log.debug("service starting")
     began = 0.0
     try:
         async with factory(settings):
