@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeaiforge._errors import InvalidInputError, ModelFileError
-from schemas.registry import NAME_PATTERN, VersionMetadata, is_semver
+from schemas.ids import NAME_PATTERN, is_semver
+from schemas.registry import VersionMetadata
 
 __all__ = ["Model", "ModelMetadata"]
 

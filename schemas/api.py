@@ -8,7 +8,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from schemas._base import WireModel
-from schemas.registry import ApiRole, MetadataPatch, SemVer
+from schemas.ids import SemVer
+from schemas.registry import ApiRole, MetadataPatch
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",

@@ -20,12 +20,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from schemas._base import WireModel
 from schemas.deployer import CreateDeployment, DeploymentInfo, RequestId, RollbackRequest
+from schemas.ids import AliasName, DeploymentId, ModelName, SemVer, Sha256Hex
 from schemas.registry import (
     AliasInfo,
-    AliasName,
     CreateVersionRequest,
-    ModelName,
-    SemVer,
     SetAliasRequest,
     SizeBytes,
     VersionInfo,
@@ -53,8 +51,6 @@ Actor = Annotated[
         description="Who sent the command (a pipeline, a job, a person); kept for lineage.",
     ),
 ]
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-DeploymentId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]
 
 
 class CommandSubjects:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from schemas._base import WireModel
 from schemas.events import DeploymentOutcome, TargetState
+from schemas.ids import DeviceId
 
 __all__ = [
     "SUBJECTS",
@@ -49,7 +50,6 @@ __all__ = [
     "check_x25519_public_key",
 ]
 
-DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 #: A wave's cumulative size: a count (``"1"``) or a share of all targets (``"10%"``).
 WaveSpec = Annotated[str, Field(pattern=r"^(?:[1-9][0-9]*|(?:100|[1-9]?[0-9](?:\.[0-9]+)?)%)$")]

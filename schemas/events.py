@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
 from schemas._base import WireModel
+from schemas.ids import Sha256Hex
 from schemas.reports import AnalysisReport, ValidationReport
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "TargetState",
     "event_for_subject",
 ]
-
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _now() -> datetime:

@@ -17,12 +17,12 @@ from pydantic import Field, ValidationError, field_validator
 
 from schemas import crypto
 from schemas._base import WireModel
+from schemas.ids import Sha256Hex
 from schemas.topics import validate_device_id
 
 __all__ = ["Manifest", "ManifestError", "SignedManifest", "canonical_json"]
 
 _B64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=1 << 20)]
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 #: A desired-state message larger than this is refused before parsing.
 MAX_SIGNED_MANIFEST_BYTES = 64 * 1024
 

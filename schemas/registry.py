@@ -1,31 +1,27 @@
 """Request/reply models of the model registry (``eaf.rpc.registry.*``) and the retention
 contract the deployer serves (``eaf.rpc.deployer.versions_in_use``).
 
-Names of models and aliases follow ``NAME_PATTERN``; versions are semantic versions
-(https://semver.org). Both are checked here, so a bad name is refused before any I/O.
+Names, aliases and versions are the shared types of ``schemas.ids``, checked here, so a
+bad name is refused before any I/O.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-import semver
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AwareDatetime, Field
 
 from schemas._base import WireModel
+from schemas.ids import AliasName, ModelName, SemVer, Sha256Hex, VersionRef
 
 __all__ = [
-    "ALIAS_PATTERN",
     "MAX_OFFSET",
     "MAX_PAGE_LIMIT",
-    "NAME_PATTERN",
     "SUBJECTS",
     "VERSIONS_IN_USE_SUBJECT",
     "AliasInfo",
-    "AliasName",
     "ApiKeyCreated",
     "ApiKeyInfo",
     "ApiKeyList",
@@ -44,7 +40,6 @@ __all__ = [
     "ListVersionsRequest",
     "MetadataPatch",
     "ModelInfo",
-    "ModelName",
     "ModelPage",
     "PageLimit",
     "PageOffset",
@@ -53,7 +48,6 @@ __all__ = [
     "PruneResult",
     "RegistrySubjects",
     "RevokeApiKeyRequest",
-    "SemVer",
     "SetAliasRequest",
     "SizeBytes",
     "UpdateMetadataRequest",
@@ -61,52 +55,12 @@ __all__ = [
     "VersionInfo",
     "VersionMetadata",
     "VersionPage",
-    "VersionRef",
     "VersionReports",
     "VersionStatus",
     "VersionsInUseReply",
     "VersionsInUseRequest",
-    "is_semver",
 ]
 
-#: Model names: no slashes, no leading dot, nothing a path or a subject could trip on.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-ALIAS_PATTERN = NAME_PATTERN
-_NAME = re.compile(NAME_PATTERN)
-
-
-def is_semver(value: str) -> bool:
-    """True when ``value`` is a semantic version such as ``1.2.0`` or ``2.0.0-rc.1``."""
-    return semver.Version.is_valid(value)
-
-
-def _check_semver(value: str) -> str:
-    if not is_semver(value):
-        raise ValueError(
-            f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0 or 1.1.0-rc.1)"
-        )
-    return value
-
-
-def _check_alias(value: str) -> str:
-    # An alias that looked like a version would make "get 1.0.0" ambiguous.
-    if is_semver(value):
-        raise ValueError(
-            f"alias {value!r} looks like a version; choose a name such as 'production'"
-        )
-    return value
-
-
-ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["resnet50"])]
-AliasName = Annotated[
-    str, Field(pattern=ALIAS_PATTERN, examples=["production"]), AfterValidator(_check_alias)
-]
-SemVer = Annotated[str, Field(max_length=128, examples=["1.0.0"]), AfterValidator(_check_semver)]
-#: A version or an alias: what "get" and "download" accept.
-VersionRef = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$", examples=["1.0.0", "production"])
-]
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 #: The largest page offset: PostgreSQL's and SQLite's integers hold it (and JSON clients'
 #: doubles), and no listing has two billion rows. One past int64 used to reach SQL and fail

@@ -7,9 +7,10 @@ broker username.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+from schemas.ids import ARTIFACT_ID_RE, DEVICE_ID_RE
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -22,8 +23,6 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "eaf/v1"
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_ARTIFACT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class InvalidIdentifierError(ValueError):
@@ -42,14 +41,14 @@ class InvalidIdentifierError(ValueError):
 
 def validate_device_id(device_id: str) -> str:
     """Return ``device_id`` if it is usable as a topic level, else raise."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
         raise InvalidIdentifierError("device id", str(device_id))
     return device_id
 
 
 def validate_artifact_id(artifact_id: str) -> str:
     """Return ``artifact_id`` if it is a lowercase hex SHA-256, else raise."""
-    if not isinstance(artifact_id, str) or not _ARTIFACT_ID.fullmatch(artifact_id):
+    if not isinstance(artifact_id, str) or not ARTIFACT_ID_RE.fullmatch(artifact_id):
         raise InvalidIdentifierError("artifact id", str(artifact_id))
     return artifact_id
 

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas._base import WireModel
 from schemas.events import TargetState
+from schemas.ids import DeviceId
 
 __all__ = [
     "CHUNK_ARTIFACT_PROPERTY",
@@ -35,8 +36,6 @@ CHUNK_INDEX_PROPERTY = "index"
 MAX_INDEXES_PER_REQUEST = 1024
 #: A state message larger than this is refused before parsing.
 MAX_STATE_PAYLOAD_BYTES = 64 * 1024
-
-DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 
 
 class ChunkRequest(WireModel):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from schemas.ids import is_semver
 from schemas.registry import (
     CreateVersionRequest,
     SetAliasRequest,
     VersionStatus,
-    is_semver,
 )
 from services.api.errors import RangeNotSatisfiable
 from services.api.streaming import ByteRange, parse_range

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 
 from schemas._base import WireModel
+from schemas.ids import Sha256Hex
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
 from services.api.streaming import BINARY, receive_artifact, serve_plaintext, serve_stored
@@ -16,7 +17,7 @@ __all__ = ["StoredArtifact", "router"]
 
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
 
-ArtifactPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex)")]
+ArtifactPath = Annotated[Sha256Hex, Path(description="SHA-256 (hex)")]
 
 
 class StoredArtifact(WireModel):

@@ -25,13 +25,14 @@ from schemas.deployer import (
     ListDeployments,
     RollbackRequest,
 )
+from schemas.ids import DeploymentId, DeviceId, ModelName
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
-IdPath = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
+IdPath = Annotated[DeploymentId, Path(description="Deployment id")]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -80,9 +81,9 @@ async def create_deployment(
 async def list_deployments(
     ctx: Ctx,
     _: Viewer,
-    model: Annotated[str | None, Query()] = None,
+    model: Annotated[ModelName | None, Query()] = None,
     status: Annotated[DeploymentStatus | None, Query()] = None,
-    device_id: Annotated[str | None, Query()] = None,
+    device_id: Annotated[DeviceId | None, Query()] = None,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> DeploymentList:
     req = ListDeployments(model=model, status=status, device_id=device_id, limit=limit)

@@ -22,17 +22,18 @@ from schemas.deployer import (
     RemoveDevice,
     SetLabels,
 )
+from schemas.ids import DeviceId
 from services.api.auth import Admin, Deployer, Viewer
 from services.api.deps import Ctx
 
 __all__ = ["LabelsBody", "NewEnrollmentToken", "router"]
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
-DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+DeviceIdPath = Annotated[DeviceId, Path(description="Device id")]
 
 
 class NewEnrollmentToken(WireModel):
-    device_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    device_id: DeviceId | None = None
     group: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(default=None, gt=0, le=30 * 86400)

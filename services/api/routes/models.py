@@ -8,11 +8,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from schemas.api import AliasBody, MetadataPatch
+from schemas.ids import AliasName, ModelName, SemVer, Sha256Hex, VersionRef
 from schemas.registry import (
-    ALIAS_PATTERN,
     MAX_OFFSET,
     MAX_PAGE_LIMIT,
-    NAME_PATTERN,
     AliasInfo,
     CreateVersionRequest,
     DeleteAliasRequest,
@@ -44,19 +43,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 S = RegistrySubjects
-ModelPath = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name")]
-AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, description="Alias name")]
-VersionPath = Annotated[
-    str, Path(max_length=128, description="Semantic version, e.g. 1.0.0", examples=["1.0.0"])
-]
-RefPath = Annotated[
-    str,
-    Path(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$",
-        description="A version or an alias",
-        examples=["1.0.0", "production"],
-    ),
-]
+ModelPath = Annotated[ModelName, Path(description="Model name")]
+AliasPath = Annotated[AliasName, Path(description="Alias name")]
+VersionPath = Annotated[SemVer, Path(description="Semantic version, e.g. 1.0.0")]
+RefPath = Annotated[VersionRef, Path(description="A version or an alias")]
 # The same bounds as the registry's request models, so the schema shows them and a bad
 # value is a 422 naming the parameter before anything is asked of the registry.
 Offset = Annotated[
@@ -109,7 +99,7 @@ async def upload_version(
     ] = None,
     source_url: Annotated[str, Query(max_length=2000)] = "",
     parent_version: str | None = None,
-    reference_artifact_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    reference_artifact_id: Annotated[Sha256Hex | None, Query()] = None,
 ) -> VersionInfo:
     """Store the body as a new version of ``model``.
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from schemas.registry import NAME_PATTERN
+from schemas.ids import ModelName, SemVer
 from schemas.stats import STATS_SUBJECT, ModelStats, StatsRequest
 from services.api.auth import Viewer
 from services.api.deps import Ctx
@@ -25,12 +25,12 @@ router = APIRouter(prefix="/api/v1/models", tags=["stats"])
 async def model_stats(
     ctx: Ctx,
     principal: Viewer,
-    model: Annotated[str, Path(pattern=NAME_PATTERN, description="Model name")],
+    model: Annotated[ModelName, Path(description="Model name")],
     window: Annotated[
         float, Query(ge=1, le=10 * 366 * 86400, description="Seconds before `end`")
     ] = 3600.0,
     end: Annotated[datetime | None, Query(description="End of the window (default: now)")] = None,
-    version: Annotated[str | None, Query(max_length=128)] = None,
+    version: Annotated[SemVer | None, Query(description="Only this version")] = None,
 ) -> ModelStats:
     """Count, errors, error rate, throughput and p50/p95/p99/max latency over the window.
 
