@@ -17,6 +17,7 @@ from typing import Literal
 
 from schemas.config import Settings
 from schemas.events import ModelPerformanceRegressed
+from schemas.registry import MAX_PAGE_LIMIT, ListVersionsRequest, RegistrySubjects, VersionPage
 from schemas.stats import (
     EVALUATE_SUBJECT,
     STATS_SUBJECT,
@@ -26,8 +27,9 @@ from schemas.stats import (
     StatsRequest,
     VersionComparison,
 )
-from services.common.bus import Bus
+from services.common.bus import Bus, BusError
 from services.common.db import create_engine
+from services.common.errors import NotFound
 from services.common.logging import get_logger
 from services.tracker.domain import compare_versions, model_stats, order_versions
 from services.tracker.store import InfluxReader, RegressionStore
@@ -67,14 +69,39 @@ class Tracker:
         end = request.end or datetime.now(UTC)
         start = end - timedelta(seconds=request.window_seconds)
         rows = await self.influx.sums(request.model, start, end, request.version)
-        return model_stats(request.model, start, end, rows)
+        try:
+            sequence = await self.upload_order(request.model)
+        except BusError as exc:
+            # Figures do not depend on the order; only the listing's order falls back.
+            log.warning("registry did not answer; versions listed by name", error=str(exc))
+            sequence = {}
+        ordered = order_versions({r.version for r in rows}, sequence)
+        return model_stats(request.model, start, end, rows, ordered)
+
+    async def upload_order(self, model: str) -> dict[str, int]:
+        """Each version's ``sequence`` as the registry gives it ({} for an unknown model).
+
+        Raises ``BusError`` when the registry does not answer: a comparison against the
+        wrong baseline would announce a regression that is none.
+        """
+        order: dict[str, int] = {}
+        while True:
+            request = ListVersionsRequest(model=model, offset=len(order), limit=MAX_PAGE_LIMIT)
+            try:
+                page = await self.bus.request(RegistrySubjects.LIST_VERSIONS, request, VersionPage)
+            except NotFound:
+                return order
+            order.update((v.version, v.sequence) for v in page.items)
+            if not page.items or len(order) >= page.total:
+                return order
 
     async def evaluate(self, request: EvaluateRequest) -> EvaluateReply:
         end = request.end or datetime.now(UTC)
         window = request.window_seconds or self.config.evaluation_window
         start = end - timedelta(seconds=window)
         rows = await self.influx.sums(request.model, start, end)
-        ordered = order_versions(await self.influx.first_seen(request.model, start, end))
+        first_seen = await self.influx.first_seen(request.model, start, end)
+        ordered = order_versions(first_seen, await self.upload_order(request.model), first_seen)
         comparisons = compare_versions(
             request.model,
             ordered,

@@ -10,11 +10,9 @@ a version's figures are exactly the same function of its points as a device's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-
-import semver
+from datetime import UTC, datetime
 
 from schemas.stats import DeviceStats, ModelStats, VersionComparison, VersionStats
 
@@ -57,11 +55,15 @@ def figures(rows: Iterable[Sums], window_seconds: float) -> dict[str, float | in
     }
 
 
-def model_stats(model: str, start: datetime, end: datetime, rows: Sequence[Sums]) -> ModelStats:
-    """Per version, and per device within it, over ``[start, end)``."""
+def model_stats(
+    model: str, start: datetime, end: datetime, rows: Sequence[Sums], ordered: Sequence[str]
+) -> ModelStats:
+    """Per version (in the order ``ordered`` gives), and per device within it, over
+    ``[start, end)``."""
     window = (end - start).total_seconds()
     versions = []
-    for version in sorted({r.version for r in rows}):
+    present = {r.version for r in rows}
+    for version in (v for v in ordered if v in present):
         mine = [r for r in rows if r.version == version]
         devices = tuple(
             DeviceStats(device_id=r.device, **figures([r], window))
@@ -71,19 +73,21 @@ def model_stats(model: str, start: datetime, end: datetime, rows: Sequence[Sums]
     return ModelStats(model=model, window_start=start, window_end=end, versions=tuple(versions))
 
 
-def order_versions(first_seen: dict[str, datetime]) -> list[str]:
-    """Oldest first: by semantic version when every version is one, else by first point."""
-    parsed = {}
-    for version in first_seen:
-        try:
-            parsed[version] = semver.Version.parse(
-                version.removeprefix("v"), optional_minor_and_patch=True
-            )
-        except ValueError:
-            break
-    else:
-        return sorted(first_seen, key=lambda v: parsed[v])
-    return sorted(first_seen, key=lambda v: (first_seen[v], v))
+def order_versions(
+    versions: Iterable[str],
+    sequence: Mapping[str, int],
+    first_seen: Mapping[str, datetime] | None = None,
+) -> list[str]:
+    """Oldest first, in the registry's upload order (``sequence``), which is what
+    "the version before" means everywhere (a hotfix 1.0.1 uploaded after 2.0.0 comes after
+    it). Versions the registry no longer knows (deleted, pruned) come first, by their first
+    point, then by name."""
+    seen = first_seen or {}
+    never = datetime.max.replace(tzinfo=UTC)
+    return sorted(
+        set(versions),
+        key=lambda v: (v in sequence, sequence.get(v, 0), seen.get(v, never), v),
+    )
 
 
 def compare_versions(

@@ -4,8 +4,10 @@ directly from the seeded points, and a regression is announced once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from metrics_support import make_settings, recent
 
 from schemas.config import NatsConfig
 from schemas.events import ModelPerformanceRegressed
+from schemas.registry import CreateVersionRequest, RegistrySubjects, VersionInfo
 from schemas.stats import (
     EVALUATE_SUBJECT,
     STATS_SUBJECT,
@@ -25,9 +28,23 @@ from schemas.stats import (
     StatsRequest,
 )
 from schemas.telemetry import InferenceSample, MetricsBatch
+from services.api.testing import platform_settings
+from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.ingester.domain import batch_lines
+from services.registry import create_registry
 from services.tracker import create_service
+
+
+async def upload(bus: Bus, store: ArtifactStore, model: str, version: str) -> None:
+    async def one() -> AsyncIterator[bytes]:
+        yield os.urandom(100)
+
+    stored = (await store.put(one())).info
+    request = CreateVersionRequest(
+        model=model, version=version, artifact_id=stored.artifact_id, size_bytes=stored.size
+    )
+    await bus.request(RegistrySubjects.CREATE_VERSION, request, VersionInfo)
 
 
 def seed(
@@ -48,7 +65,7 @@ def seed(
                         model=model,
                         version=version,
                         count=count,
-                        errors=rng.randint(0, count // 10) if version == "1.1.0" else 0,
+                        errors=rng.randint(0, count // 10) if version == "1.10.0" else 0,
                         latency_p50_ms=p50,
                         latency_p95_ms=p50 * rng.uniform(1.5, 2.5),
                         latency_p99_ms=p50 * rng.uniform(2.5, 4),
@@ -91,11 +108,17 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
         tmp_path=tmp_path, mosquitto=unused, user=unused, unique_id=unique_id,
         nats_url=nats_server.url, influx_url=influxdb_server.url, database=db,
     )  # fmt: skip
+    registry_settings = platform_settings(tmp_path / "registry", nats_url=nats_server.url)
+    store = ArtifactStore(
+        root=registry_settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=4096
+    )
     start = recent(minutes=60)
-    # 1.0.0 on three devices; 1.1.0 on two of them, about twice as slow and with errors.
+    # 1.9.0 on three devices; 1.10.0 on two of them, about twice as slow and with errors.
+    # The registry knows 1.9.0 as the older upload: "1.10.0" < "1.9.0" as strings must not
+    # make 1.10.0 the baseline.
     plan = {
-        "1.0.0": {"a": 1.0, "b": 1.0, "c": 1.0},
-        "1.1.0": {"a": 2.0, "b": 2.0},
+        "1.9.0": {"a": 1.0, "b": 1.0, "c": 1.0},
+        "1.10.0": {"a": 2.0, "b": 2.0},
     }
     seeded = seed(model, start, plan)
     lines = [
@@ -125,15 +148,18 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
     await nc.subscribe(ModelPerformanceRegressed.SUBJECT, cb=on_event)
     try:
         async with (
+            create_registry(registry_settings),
             create_service(settings),
             Bus(NatsConfig(url=nats_server.url), service="t") as bus,
         ):
+            for version in plan:  # uploaded in this order: sequence 1, then 2
+                await upload(bus, store, model, version)
             stats = await bus.request(
                 STATS_SUBJECT,
                 StatsRequest(model=model, window_seconds=window, end=end),
                 ModelStats,
             )
-            assert [v.version for v in stats.versions] == ["1.0.0", "1.1.0"]
+            assert [v.version for v in stats.versions] == ["1.9.0", "1.10.0"]
             for v in stats.versions:
                 mine = [s for (ver, _), ss in seeded.items() if ver == v.version for s in ss]
                 assert_figures(v, expected(mine, window))
@@ -155,10 +181,10 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
                 EvaluateReply,
             )
             (c,) = reply.comparisons
-            assert (c.version, c.baseline_version, c.devices) == ("1.1.0", "1.0.0", ("a", "b"))
+            assert (c.version, c.baseline_version, c.devices) == ("1.10.0", "1.9.0", ("a", "b"))
             # Compared on the shared devices only: device c does not count for 1.0.0.
-            base = expected(seeded[("1.0.0", "a")] + seeded[("1.0.0", "b")], window)
-            new = expected(seeded[("1.1.0", "a")] + seeded[("1.1.0", "b")], window)
+            base = expected(seeded[("1.9.0", "a")] + seeded[("1.9.0", "b")], window)
+            new = expected(seeded[("1.10.0", "a")] + seeded[("1.10.0", "b")], window)
             assert c.baseline_latency_p95_ms == pytest.approx(base["latency_p95_ms"], rel=1e-9)
             assert c.latency_p95_ms == pytest.approx(new["latency_p95_ms"], rel=1e-9)
             assert "latency_p95_ms" in c.regressed
@@ -173,7 +199,7 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
             await asyncio.sleep(1.0)
             p95 = [e for e in received if e.metric == "latency_p95_ms"]
             assert len(p95) == 1
-            assert (p95[0].version, p95[0].baseline_version) == ("1.1.0", "1.0.0")
+            assert (p95[0].version, p95[0].baseline_version) == ("1.10.0", "1.9.0")
             assert p95[0].value == pytest.approx(new["latency_p95_ms"], rel=1e-9)
             assert len(received) == len(c.regressed)
     finally:
