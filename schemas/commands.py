@@ -14,9 +14,9 @@ parse, and the REST API's codes (``not_found``, ``conflict``, ...) for the rest.
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from schemas._base import WireModel
 from schemas.deployer import CreateDeployment, DeploymentInfo, RequestId, RollbackRequest
@@ -29,12 +29,12 @@ from schemas.registry import (
     VersionInfo,
     VersionMetadata,
 )
+from schemas.rpc import Rpc
 
 __all__ = [
     "COMMANDS",
     "Actor",
-    "CommandSpec",
-    "CommandSubjects",
+    "CommandRpc",
     "CreateDeploymentCommand",
     "DeploymentCommand",
     "RegisterVersionCommand",
@@ -51,18 +51,6 @@ Actor = Annotated[
         description="Who sent the command (a pipeline, a job, a person); kept for lineage.",
     ),
 ]
-
-
-class CommandSubjects:
-    """The subjects commands are sent to."""
-
-    REGISTER_VERSION = "eaf.cmd.model.register_version"
-    SET_ALIAS = "eaf.cmd.model.set_alias"
-    CREATE_DEPLOYMENT = "eaf.cmd.deployment.create"
-    PAUSE_DEPLOYMENT = "eaf.cmd.deployment.pause"
-    RESUME_DEPLOYMENT = "eaf.cmd.deployment.resume"
-    CANCEL_DEPLOYMENT = "eaf.cmd.deployment.cancel"
-    ROLLBACK_DEPLOYMENT = "eaf.cmd.deployment.rollback"
 
 
 class RegisterVersionCommand(WireModel):
@@ -155,42 +143,63 @@ class RollbackCommand(DeploymentCommand):
         return RollbackRequest(deployment_id=self.deployment_id, request_id=self.request_id)
 
 
-class CommandSpec(NamedTuple):
-    """What one command subject takes and answers."""
+class CommandRpc:
+    """The commands, each with the service that owns the action and answers it."""
 
-    request: type[BaseModel]
-    reply: type[BaseModel]
-    summary: str
-    #: The service that owns the action and answers the command.
-    service: str
-
-
-S = CommandSubjects
-#: Every command: subject -> (command, reply, summary, service).
-COMMANDS: dict[str, CommandSpec] = {
-    S.REGISTER_VERSION: CommandSpec(
+    REGISTER_VERSION = Rpc(
+        "eaf.cmd.model.register_version",
         RegisterVersionCommand,
         VersionInfo,
-        "Register an uploaded artifact as a version",
         "registry",
-    ),
-    S.SET_ALIAS: CommandSpec(SetAliasCommand, AliasInfo, "Set or move an alias", "registry"),
-    S.CREATE_DEPLOYMENT: CommandSpec(
-        CreateDeploymentCommand, DeploymentInfo, "Start a deployment", "deployer"
-    ),
-    S.PAUSE_DEPLOYMENT: CommandSpec(
-        DeploymentCommand, DeploymentInfo, "Pause a deployment", "deployer"
-    ),
-    S.RESUME_DEPLOYMENT: CommandSpec(
-        DeploymentCommand, DeploymentInfo, "Resume a paused deployment", "deployer"
-    ),
-    S.CANCEL_DEPLOYMENT: CommandSpec(
-        DeploymentCommand, DeploymentInfo, "Cancel a deployment's unfinished targets", "deployer"
-    ),
-    S.ROLLBACK_DEPLOYMENT: CommandSpec(
+        "Register an uploaded artifact as a version",
+    )
+    SET_ALIAS = Rpc(
+        "eaf.cmd.model.set_alias", SetAliasCommand, AliasInfo, "registry", "Set or move an alias"
+    )
+    CREATE_DEPLOYMENT = Rpc(
+        "eaf.cmd.deployment.create",
+        CreateDeploymentCommand,
+        DeploymentInfo,
+        "deployer",
+        "Start a deployment",
+    )
+    PAUSE_DEPLOYMENT = Rpc(
+        "eaf.cmd.deployment.pause",
+        DeploymentCommand,
+        DeploymentInfo,
+        "deployer",
+        "Pause a deployment",
+    )
+    RESUME_DEPLOYMENT = Rpc(
+        "eaf.cmd.deployment.resume",
+        DeploymentCommand,
+        DeploymentInfo,
+        "deployer",
+        "Resume a paused deployment",
+    )
+    CANCEL_DEPLOYMENT = Rpc(
+        "eaf.cmd.deployment.cancel",
+        DeploymentCommand,
+        DeploymentInfo,
+        "deployer",
+        "Cancel a deployment's unfinished targets",
+    )
+    ROLLBACK_DEPLOYMENT = Rpc(
+        "eaf.cmd.deployment.rollback",
         RollbackCommand,
         DeploymentInfo,
-        "Roll a deployment's devices back (answers the rollback deployment)",
         "deployer",
-    ),
-}
+        "Roll a deployment's devices back (answers the rollback deployment)",
+    )
+
+
+#: Every command, in the order the AsyncAPI document lists them.
+COMMANDS: tuple[Rpc[Any, Any], ...] = (
+    CommandRpc.REGISTER_VERSION,
+    CommandRpc.SET_ALIAS,
+    CommandRpc.CREATE_DEPLOYMENT,
+    CommandRpc.PAUSE_DEPLOYMENT,
+    CommandRpc.RESUME_DEPLOYMENT,
+    CommandRpc.CANCEL_DEPLOYMENT,
+    CommandRpc.ROLLBACK_DEPLOYMENT,
+)

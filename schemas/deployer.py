@@ -18,6 +18,8 @@ from pydantic import AfterValidator, Field, model_validator
 from schemas._base import WireModel
 from schemas.events import DeploymentOutcome, TargetState
 from schemas.ids import DeviceId
+from schemas.registry import VersionsInUseReply, VersionsInUseRequest
+from schemas.rpc import Rpc
 
 __all__ = [
     "SUBJECTS",
@@ -25,6 +27,7 @@ __all__ = [
     "Capabilities",
     "CreateDeployment",
     "CreateEnrollmentToken",
+    "DeployerRpc",
     "DeploymentInfo",
     "DeploymentList",
     "DeploymentRef",
@@ -382,3 +385,49 @@ class KeyedDeploymentInfo(DeploymentInfo):
 
 class DeploymentList(WireModel):
     deployments: tuple[DeploymentInfo, ...]
+
+
+class DeployerRpc:
+    """What the deployer answers on ``eaf.rpc.deployer.*``."""
+
+    CREATE_ENROLLMENT_TOKEN = Rpc.of(
+        "deployer",
+        "create_enrollment_token",
+        CreateEnrollmentToken,
+        EnrollmentToken,
+        "A one-time enrolment token",
+    )
+    ENROLL = Rpc.of("deployer", "enroll", EnrollRequest, EnrollReply, "Enrol a device")
+    LIST_DEVICES = Rpc.of("deployer", "list_devices", ListDevices, DeviceList, "Devices")
+    GET_DEVICE = Rpc.of("deployer", "get_device", DeviceRef, DeviceInfo, "One device")
+    SET_LABELS = Rpc.of("deployer", "set_labels", SetLabels, DeviceInfo, "Set a device's labels")
+    REMOVE_DEVICE = Rpc.of(
+        "deployer", "remove_device", RemoveDevice, DeviceInfo, "Remove a device from the fleet"
+    )
+    CREATE_DEPLOYMENT = Rpc.of(
+        "deployer",
+        "create_deployment",
+        CreateDeployment,
+        KeyedDeploymentInfo,
+        "Start a deployment",
+    )
+    LIST_DEPLOYMENTS = Rpc.of(
+        "deployer", "list_deployments", ListDeployments, DeploymentList, "Deployments"
+    )
+    GET_DEPLOYMENT = Rpc.of(
+        "deployer", "get_deployment", DeploymentRef, DeploymentInfo, "One deployment"
+    )
+    PAUSE = Rpc.of("deployer", "pause", DeploymentRef, DeploymentInfo, "Pause a deployment")
+    RESUME = Rpc.of("deployer", "resume", DeploymentRef, DeploymentInfo, "Resume a deployment")
+    CANCEL = Rpc.of("deployer", "cancel", DeploymentRef, DeploymentInfo, "Cancel a deployment")
+    ROLLBACK = Rpc.of(
+        "deployer", "rollback", RollbackRequest, KeyedDeploymentInfo, "Roll a deployment back"
+    )
+    #: What retention must keep: the registry asks before it prunes or deletes.
+    VERSIONS_IN_USE = Rpc.of(
+        "deployer",
+        "versions_in_use",
+        VersionsInUseRequest,
+        VersionsInUseReply,
+        "Versions deployed or kept for rollback",
+    )

@@ -15,12 +15,11 @@ from pydantic import AwareDatetime, Field
 
 from schemas._base import WireModel
 from schemas.ids import AliasName, ModelName, SemVer, Sha256Hex, VersionRef
+from schemas.rpc import Rpc
 
 __all__ = [
     "MAX_OFFSET",
     "MAX_PAGE_LIMIT",
-    "SUBJECTS",
-    "VERSIONS_IN_USE_SUBJECT",
     "AliasInfo",
     "ApiKeyCreated",
     "ApiKeyInfo",
@@ -46,7 +45,7 @@ __all__ = [
     "Principal",
     "PruneRequest",
     "PruneResult",
-    "RegistrySubjects",
+    "RegistryRpc",
     "RevokeApiKeyRequest",
     "SetAliasRequest",
     "SizeBytes",
@@ -78,30 +77,6 @@ PageLimit = Annotated[
 SizeBytes = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 PropertyKey = Annotated[str, Field(min_length=1, max_length=128)]
-
-
-class RegistrySubjects:
-    """The request/reply subjects the registry serves."""
-
-    CREATE_VERSION = "eaf.rpc.registry.create_version"
-    GET_VERSION = "eaf.rpc.registry.get_version"
-    LIST_VERSIONS = "eaf.rpc.registry.list_versions"
-    GET_MODEL = "eaf.rpc.registry.get_model"
-    LIST_MODELS = "eaf.rpc.registry.list_models"
-    UPDATE_METADATA = "eaf.rpc.registry.update_metadata"
-    SET_ALIAS = "eaf.rpc.registry.set_alias"
-    DELETE_ALIAS = "eaf.rpc.registry.delete_alias"
-    DELETE_VERSION = "eaf.rpc.registry.delete_version"
-    GET_REPORTS = "eaf.rpc.registry.get_reports"
-    PRUNE = "eaf.rpc.registry.prune"
-    AUTHENTICATE = "eaf.rpc.registry.authenticate"
-    CREATE_API_KEY = "eaf.rpc.registry.create_api_key"
-    LIST_API_KEYS = "eaf.rpc.registry.list_api_keys"
-    REVOKE_API_KEY = "eaf.rpc.registry.revoke_api_key"
-
-
-SUBJECTS = RegistrySubjects
-VERSIONS_IN_USE_SUBJECT = "eaf.rpc.deployer.versions_in_use"
 
 
 class VersionStatus(StrEnum):
@@ -373,3 +348,51 @@ class VersionInUse(WireModel):
 
 class VersionsInUseReply(WireModel):
     versions: tuple[VersionInUse, ...] = ()
+
+
+class RegistryRpc:
+    """What the registry answers on ``eaf.rpc.registry.*``."""
+
+    CREATE_VERSION = Rpc.of(
+        "registry", "create_version", CreateVersionRequest, VersionInfo, "Record a stored version"
+    )
+    GET_VERSION = Rpc.of(
+        "registry", "get_version", GetVersionRequest, VersionInfo, "A version or an alias"
+    )
+    LIST_VERSIONS = Rpc.of(
+        "registry", "list_versions", ListVersionsRequest, VersionPage, "A model's versions"
+    )
+    GET_MODEL = Rpc.of("registry", "get_model", GetModelRequest, ModelInfo, "One model")
+    LIST_MODELS = Rpc.of("registry", "list_models", ListModelsRequest, ModelPage, "Models, a page")
+    UPDATE_METADATA = Rpc.of(
+        "registry",
+        "update_metadata",
+        UpdateMetadataRequest,
+        VersionInfo,
+        "Patch a version's metadata",
+    )
+    SET_ALIAS = Rpc.of("registry", "set_alias", SetAliasRequest, AliasInfo, "Set or move an alias")
+    DELETE_ALIAS = Rpc.of(
+        "registry", "delete_alias", DeleteAliasRequest, Deleted, "Remove an alias"
+    )
+    DELETE_VERSION = Rpc.of(
+        "registry", "delete_version", DeleteVersionRequest, Deleted, "Delete a version"
+    )
+    GET_REPORTS = Rpc.of(
+        "registry",
+        "get_reports",
+        GetReportsRequest,
+        VersionReports,
+        "Validation and analysis reports",
+    )
+    PRUNE = Rpc.of("registry", "prune", PruneRequest, PruneResult, "Apply retention now")
+    AUTHENTICATE = Rpc.of(
+        "registry", "authenticate", AuthenticateRequest, Principal, "Who an API key is"
+    )
+    CREATE_API_KEY = Rpc.of(
+        "registry", "create_api_key", CreateApiKeyRequest, ApiKeyCreated, "A new API key"
+    )
+    LIST_API_KEYS = Rpc.of("registry", "list_api_keys", ListApiKeysRequest, ApiKeyList, "API keys")
+    REVOKE_API_KEY = Rpc.of(
+        "registry", "revoke_api_key", RevokeApiKeyRequest, ApiKeyInfo, "Revoke an API key"
+    )

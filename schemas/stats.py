@@ -20,22 +20,20 @@ from typing import Annotated
 from pydantic import AwareDatetime, Field
 
 from schemas._base import WireModel, between
+from schemas.rpc import Rpc
 
 __all__ = [
-    "EVALUATE_SUBJECT",
-    "STATS_SUBJECT",
     "DeviceStats",
     "EvaluateReply",
     "EvaluateRequest",
     "ModelStats",
     "PerformanceFigures",
     "StatsRequest",
+    "TrackerRpc",
     "VersionComparison",
     "VersionStats",
 ]
 
-STATS_SUBJECT = "eaf.rpc.tracker.stats"
-EVALUATE_SUBJECT = "eaf.rpc.tracker.evaluate"
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 #: At most the longest retention we support (10 years), at least one second.
@@ -123,3 +121,12 @@ class VersionComparison(WireModel):
 
 class EvaluateReply(WireModel):
     comparisons: tuple[VersionComparison, ...] = ()
+
+
+class TrackerRpc:
+    """What the tracker answers on ``eaf.rpc.tracker.*``."""
+
+    STATS = Rpc.of(
+        "tracker", "stats", StatsRequest, ModelStats, "A model's performance per version"
+    )
+    EVALUATE = Rpc.of("tracker", "evaluate", EvaluateRequest, EvaluateReply, "Compare versions now")

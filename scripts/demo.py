@@ -49,7 +49,7 @@ from schemas.config import Settings
 from schemas.deployer import DeploymentInfo
 from schemas.events import DeploymentOutcome
 from schemas.registry import VersionInfo, VersionStatus
-from schemas.stats import EVALUATE_SUBJECT, EvaluateReply, EvaluateRequest, VersionComparison
+from schemas.stats import EvaluateReply, EvaluateRequest, TrackerRpc, VersionComparison
 from services.common.bus import parse_reply
 from services.common.config import ConfigError, load_settings
 
@@ -371,8 +371,9 @@ async def _evaluate(settings: Settings, window: float) -> EvaluateReply:
     )
     try:
         body = EvaluateRequest(model=MODEL, window_seconds=window).model_dump_json().encode()
-        message = await client.request(EVALUATE_SUBJECT, body, timeout=10)
-        return parse_reply(EVALUATE_SUBJECT, message.data, EvaluateReply)
+        rpc = TrackerRpc.EVALUATE
+        message = await client.request(rpc.subject, body, timeout=10)
+        return parse_reply(rpc.subject, message.data, rpc.reply)
     finally:
         await client.close()
 

@@ -20,9 +20,9 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
-from schemas.commands import COMMANDS, CommandSpec
+from schemas.commands import COMMANDS
 from schemas.events import EVENT_TYPES, Event
-from schemas.rpc import RpcErrorReply
+from schemas.rpc import Rpc, RpcErrorReply
 
 __all__ = ["asyncapi_document", "asyncapi_json", "main"]
 
@@ -91,17 +91,17 @@ def _broker() -> NatsBroker:
             title=event.SUBJECT,
             description=_describe_event(event),
         )
-    for subject, spec in COMMANDS.items():
+    for spec in COMMANDS:
         broker.subscriber(
-            subject,
+            spec.subject,
             queue=spec.service,
-            title=subject,
+            title=spec.subject,
             description=_describe_command(spec),
         )(_handler(spec.request))
     return broker
 
 
-def _describe_command(spec: CommandSpec) -> str:
+def _describe_command(spec: Rpc[Any, Any]) -> str:
     doc = inspect.getdoc(spec.request) or ""
     return (
         f"{spec.summary}. Answered by the {spec.service}.\n\n{doc}\n\n"
@@ -115,7 +115,7 @@ def _add_replies(doc: dict[str, Any]) -> None:
     schemas = components.setdefault("schemas", {})
     messages = components.setdefault("messages", {})
     channels = doc.setdefault("channels", {})
-    for model in {spec.reply for spec in COMMANDS.values()} | {RpcErrorReply}:
+    for model in {spec.reply for spec in COMMANDS} | {RpcErrorReply}:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, definition in schema.pop("$defs", {}).items():
             schemas.setdefault(name, definition)
@@ -125,7 +125,8 @@ def _add_replies(doc: dict[str, Any]) -> None:
             "contentType": "application/json",
             "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
         }
-    for subject, spec in COMMANDS.items():
+    for spec in COMMANDS:
+        subject = spec.subject
         reply_channel = f"{subject}.reply"
         names = (spec.reply.__name__, RpcErrorReply.__name__)
         channels[reply_channel] = {

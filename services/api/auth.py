@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from schemas.registry import ApiRole, AuthenticateRequest, Principal, RegistrySubjects
+from schemas.registry import ApiRole, AuthenticateRequest, Principal, RegistryRpc
 from services.api.deps import Ctx
 from services.api.errors import Unauthenticated
 from services.common.errors import Forbidden
@@ -35,9 +35,7 @@ async def authenticate(
         raise Unauthenticated("no API key was sent")
     # Every request asks the registry, so a revoked key stops working at once.
     principal = await ctx.call(
-        RegistrySubjects.AUTHENTICATE,
-        AuthenticateRequest(token=credentials.credentials[:512]),
-        Principal,
+        RegistryRpc.AUTHENTICATE, AuthenticateRequest(token=credentials.credentials[:512])
     )
     request.state.principal = principal
     return principal

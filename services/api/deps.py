@@ -9,11 +9,13 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from schemas.config import Settings
+from schemas.rpc import Rpc
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 
 __all__ = ["ApiContext", "Ctx", "get_context"]
 
+Req = TypeVar("Req", bound=BaseModel)
 Resp = TypeVar("Resp", bound=BaseModel)
 
 
@@ -23,9 +25,9 @@ class ApiContext:
     bus: Bus
     artifacts: ArtifactStore
 
-    async def call(self, subject: str, request: BaseModel, response_type: type[Resp]) -> Resp:
+    async def call(self, rpc: Rpc[Req, Resp], request: Req) -> Resp:
         """Request/reply on the bus; a remote ``ServiceError`` is raised as the same class."""
-        return await self.bus.request(subject, request, response_type)
+        return await self.bus.call(rpc, request)
 
 
 def get_context(request: Request) -> ApiContext:

@@ -6,7 +6,8 @@
   is redelivered with back-off; after ``max_deliver`` deliveries, or at once when the
   event does not parse, the message moves to ``eaf.dlq.<durable>`` and the events behind
   it keep flowing.
-- ``rpc`` and ``request`` carry request/reply on core NATS (queue groups, so instances
+- ``serve`` and ``call`` carry request/reply (each subject declared once as an ``Rpc`` in
+  ``schemas``) on core NATS (queue groups, so instances
   share the load), with ``ServiceError`` travelling as an ``RpcErrorReply``.
 
 Request/reply subjects (``eaf.rpc.>``, ``eaf.cmd.>``) are deliberately *not* captured by the
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.config import NatsConfig
 from schemas.events import Event
-from schemas.rpc import Health, HealthRequest, RpcError, RpcErrorReply
+from schemas.rpc import Health, HealthRequest, Rpc, RpcError, RpcErrorReply, health_rpc
 from services.common.errors import ServiceError, from_code
 from services.common.logging import BUS_LOGGER, get_logger
 
@@ -247,41 +248,54 @@ class Bus:
         what of the service's work is broken (``""``: nothing); then it is ``degraded``."""
         instance = f"{socket.gethostname()}:{os.getpid()}"
 
-        @self.rpc(f"eaf.rpc.{self.service}.health", HealthRequest)
+        rpc = health_rpc(self.service)
+
         async def health(_: HealthRequest) -> Health:
             detail = problem() if problem is not None else ""
             status = "degraded" if detail else "ok"
             return Health(service=self.service, instance=instance, status=status, detail=detail)
 
+        self.serve(rpc, health)
+
+    def serve(self, rpc: Rpc[Req, Resp], handler: Callable[[Req], Awaitable[Resp]]) -> None:
+        """Answer ``rpc`` (in queue group = service name) with ``handler``."""
+        subject, request_type = rpc.subject, rpc.request
+
+        @self.broker.subscriber(
+            subject, queue=self.service, title=subject, description=rpc.summary or handler.__doc__
+        )
+        async def _serve(msg: NatsMessage) -> bytes:
+            try:
+                request = request_type.model_validate_json(msg.body or b"{}")
+            except ValidationError as exc:
+                return _error_reply("invalid", 422, _validation_detail(exc))
+            try:
+                reply = await handler(request)
+            except ServiceError as exc:
+                return _error_reply(exc.code, exc.status, exc.detail)
+            except Exception as exc:
+                log.exception("rpc handler failed", subject=subject)
+                return _error_reply("internal", 500, f"internal error: {type(exc).__name__}")
+            return reply.model_dump_json().encode()
+
     def rpc(
         self, subject: str, request_type: type[Req]
     ) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
-        """Serve ``subject`` (in queue group = service name) with ``handler``."""
+        """Serve ``subject`` with ``handler`` (a subject not declared as an ``Rpc``)."""
 
         def decorator(
             handler: Callable[[Req], Awaitable[BaseModel]],
         ) -> Callable[[Req], Awaitable[BaseModel]]:
-            @self.broker.subscriber(
-                subject, queue=self.service, title=subject, description=handler.__doc__
-            )
-            async def _serve(msg: NatsMessage) -> bytes:
-                body = msg.body
-                try:
-                    request = request_type.model_validate_json(body or b"{}")
-                except ValidationError as exc:
-                    return _error_reply("invalid", 422, _validation_detail(exc))
-                try:
-                    reply = await handler(request)
-                except ServiceError as exc:
-                    return _error_reply(exc.code, exc.status, exc.detail)
-                except Exception as exc:
-                    log.exception("rpc handler failed", subject=subject)
-                    return _error_reply("internal", 500, f"internal error: {type(exc).__name__}")
-                return reply.model_dump_json().encode()
-
+            self.serve(Rpc(subject, request_type, BaseModel, self.service), handler)
             return handler
 
         return decorator
+
+    async def call(
+        self, rpc: Rpc[Req, Resp], request: Req, *, timeout: float | None = None
+    ) -> Resp:
+        """Send ``request`` and parse the reply; a remote ``ServiceError`` is re-raised."""
+        return await self.request(rpc.subject, request, rpc.reply, timeout=timeout)
 
     async def request(
         self,
@@ -291,7 +305,7 @@ class Bus:
         *,
         timeout: float | None = None,
     ) -> Resp:
-        """Send ``request`` and parse the reply; a remote ``ServiceError`` is re-raised."""
+        """Send ``request`` to ``subject`` and parse the reply as ``response_type``."""
         try:
             reply = await self.broker.request(
                 request.model_dump_json().encode(),

@@ -16,9 +16,7 @@ from pydantic import ValidationError
 from schemas.registry import (
     GetReportsRequest,
     GetVersionRequest,
-    RegistrySubjects,
-    VersionInfo,
-    VersionReports,
+    RegistryRpc,
 )
 from schemas.reports import DeviceRequirements
 from services.common.bus import Bus
@@ -62,12 +60,10 @@ class RegistryCatalog:
                 f"{model!r}@{ref!r} is not a valid model name and version or alias; "
                 "use the names the registry lists"
             ) from None
-        info = await self.bus.request(RegistrySubjects.GET_VERSION, request, VersionInfo)
+        info = await self.bus.call(RegistryRpc.GET_VERSION, request)
         requirements = None
-        reports = await self.bus.request(
-            RegistrySubjects.GET_REPORTS,
-            GetReportsRequest(model=model, ref=info.version),
-            VersionReports,
+        reports = await self.bus.call(
+            RegistryRpc.GET_REPORTS, GetReportsRequest(model=model, ref=info.version)
         )
         raw = (reports.analysis or {}).get("requirements")
         if raw is not None:

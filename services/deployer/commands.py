@@ -8,7 +8,7 @@ Each command calls the same ``Deployer`` method as the REST route (through
 from __future__ import annotations
 
 from schemas.commands import (
-    CommandSubjects,
+    CommandRpc,
     CreateDeploymentCommand,
     DeploymentCommand,
     RollbackCommand,
@@ -30,9 +30,7 @@ def _plain(info: DeploymentInfo) -> DeploymentInfo:
 
 def register_commands(bus: Bus, deployer: Deployer) -> None:
     """Serve the deployer's commands on ``bus``; call before ``bus.start()``."""
-    s = CommandSubjects
 
-    @bus.rpc(s.CREATE_DEPLOYMENT, CreateDeploymentCommand)
     async def create(cmd: CreateDeploymentCommand) -> DeploymentInfo:
         """Deploy model@version (or an alias) to a device, a group or a label selector.
 
@@ -41,25 +39,21 @@ def register_commands(bus: Bus, deployer: Deployer) -> None:
                  request_id=cmd.request_id)  # fmt: skip
         return _plain(await deployer.create_deployment(cmd.to_request()))
 
-    @bus.rpc(s.PAUSE_DEPLOYMENT, DeploymentCommand)
     async def pause(cmd: DeploymentCommand) -> DeploymentInfo:
         """Stop starting new targets; those in flight finish."""
         log.info("command", command="pause", actor=cmd.actor, deployment=cmd.deployment_id)
         return await deployer.pause(cmd.deployment_id)
 
-    @bus.rpc(s.RESUME_DEPLOYMENT, DeploymentCommand)
     async def resume(cmd: DeploymentCommand) -> DeploymentInfo:
         """Continue a paused deployment."""
         log.info("command", command="resume", actor=cmd.actor, deployment=cmd.deployment_id)
         return await deployer.resume(cmd.deployment_id)
 
-    @bus.rpc(s.CANCEL_DEPLOYMENT, DeploymentCommand)
     async def cancel(cmd: DeploymentCommand) -> DeploymentInfo:
         """Cancel every unfinished target."""
         log.info("command", command="cancel", actor=cmd.actor, deployment=cmd.deployment_id)
         return await deployer.cancel(cmd.deployment_id)
 
-    @bus.rpc(s.ROLLBACK_DEPLOYMENT, RollbackCommand)
     async def rollback(cmd: RollbackCommand) -> DeploymentInfo:
         """Return the deployment's devices to their previous model; answers the rollback
         deployment (a repeat with the same ``request_id``: the same one)."""
@@ -67,3 +61,9 @@ def register_commands(bus: Bus, deployer: Deployer) -> None:
                  request_id=cmd.request_id)  # fmt: skip
         req = cmd.to_request()
         return _plain(await deployer.rollback(req.deployment_id, req.request_id))
+
+    bus.serve(CommandRpc.CREATE_DEPLOYMENT, create)
+    bus.serve(CommandRpc.PAUSE_DEPLOYMENT, pause)
+    bus.serve(CommandRpc.RESUME_DEPLOYMENT, resume)
+    bus.serve(CommandRpc.CANCEL_DEPLOYMENT, cancel)
+    bus.serve(CommandRpc.ROLLBACK_DEPLOYMENT, rollback)

@@ -10,6 +10,7 @@ from typing import Any
 import nats.errors
 
 from schemas.config import Settings
+from schemas.deployer import DeployerRpc
 from schemas.events import (
     ModelAnalyzed,
     ModelRejected,
@@ -18,7 +19,6 @@ from schemas.events import (
     ModelVersionDeleted,
 )
 from schemas.registry import (
-    VERSIONS_IN_USE_SUBJECT,
     AliasInfo,
     ApiKeyCreated,
     ApiKeyInfo,
@@ -40,15 +40,13 @@ from schemas.registry import (
     Principal,
     PruneRequest,
     PruneResult,
-    RegistrySubjects,
+    RegistryRpc,
     RevokeApiKeyRequest,
     SetAliasRequest,
     UpdateMetadataRequest,
     VersionInfo,
     VersionPage,
     VersionReports,
-    VersionsInUseReply,
-    VersionsInUseRequest,
 )
 from services.common.artifacts import (
     ArtifactCorruptError,
@@ -94,23 +92,22 @@ class Registry:
 
     def register(self) -> None:
         """Subscribe every handler; call before ``bus.start()``."""
-        s = RegistrySubjects
-        rpc = self.bus.rpc
-        rpc(s.CREATE_VERSION, CreateVersionRequest)(self.create_version)
-        rpc(s.GET_VERSION, GetVersionRequest)(self.get_version)
-        rpc(s.LIST_VERSIONS, ListVersionsRequest)(self.list_versions)
-        rpc(s.GET_MODEL, GetModelRequest)(self.get_model)
-        rpc(s.LIST_MODELS, ListModelsRequest)(self.list_models)
-        rpc(s.UPDATE_METADATA, UpdateMetadataRequest)(self.update_metadata)
-        rpc(s.SET_ALIAS, SetAliasRequest)(self.set_alias)
-        rpc(s.DELETE_ALIAS, DeleteAliasRequest)(self.delete_alias)
-        rpc(s.DELETE_VERSION, DeleteVersionRequest)(self.delete_version)
-        rpc(s.GET_REPORTS, GetReportsRequest)(self.get_reports)
-        rpc(s.PRUNE, PruneRequest)(self.prune)
-        rpc(s.AUTHENTICATE, AuthenticateRequest)(self.authenticate)
-        rpc(s.CREATE_API_KEY, CreateApiKeyRequest)(self.create_api_key)
-        rpc(s.LIST_API_KEYS, ListApiKeysRequest)(self.list_api_keys)
-        rpc(s.REVOKE_API_KEY, RevokeApiKeyRequest)(self.revoke_api_key)
+        r, serve = RegistryRpc, self.bus.serve
+        serve(r.CREATE_VERSION, self.create_version)
+        serve(r.GET_VERSION, self.get_version)
+        serve(r.LIST_VERSIONS, self.list_versions)
+        serve(r.GET_MODEL, self.get_model)
+        serve(r.LIST_MODELS, self.list_models)
+        serve(r.UPDATE_METADATA, self.update_metadata)
+        serve(r.SET_ALIAS, self.set_alias)
+        serve(r.DELETE_ALIAS, self.delete_alias)
+        serve(r.DELETE_VERSION, self.delete_version)
+        serve(r.GET_REPORTS, self.get_reports)
+        serve(r.PRUNE, self.prune)
+        serve(r.AUTHENTICATE, self.authenticate)
+        serve(r.CREATE_API_KEY, self.create_api_key)
+        serve(r.LIST_API_KEYS, self.list_api_keys)
+        serve(r.REVOKE_API_KEY, self.revoke_api_key)
 
         prefix = self.durable_prefix
         self.bus.consumer(ModelValidated, durable=f"{prefix}-validated")(self.on_validated)
@@ -252,8 +249,9 @@ class Registry:
         "No responders" means no deployer is deployed, so nothing can be in use: empty.
         A timeout or an error means the answer is unknown, and callers must not delete.
         """
-        subject = VERSIONS_IN_USE_SUBJECT
-        payload = VersionsInUseRequest(model=model).model_dump_json().encode()
+        rpc = DeployerRpc.VERSIONS_IN_USE
+        subject = rpc.subject
+        payload = rpc.request(model=model).model_dump_json().encode()
         try:
             # A quarter of the request timeout: a prune request (which may wait behind one
             # background round) then still answers its caller in time.
@@ -266,7 +264,7 @@ class Registry:
             log.warning("deployer did not answer versions_in_use", error=repr(exc))
             return None
         try:
-            reply = parse_reply(subject, msg.data, VersionsInUseReply)
+            reply = parse_reply(subject, msg.data, rpc.reply)
         except (BusError, ServiceError) as exc:
             log.warning("deployer answered versions_in_use with an error", error=str(exc))
             return None

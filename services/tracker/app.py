@@ -17,14 +17,13 @@ from typing import Literal
 
 from schemas.config import Settings
 from schemas.events import ModelPerformanceRegressed
-from schemas.registry import MAX_PAGE_LIMIT, ListVersionsRequest, RegistrySubjects, VersionPage
+from schemas.registry import MAX_PAGE_LIMIT, ListVersionsRequest, RegistryRpc
 from schemas.stats import (
-    EVALUATE_SUBJECT,
-    STATS_SUBJECT,
     EvaluateReply,
     EvaluateRequest,
     ModelStats,
     StatsRequest,
+    TrackerRpc,
     VersionComparison,
 )
 from services.common.bus import Bus, BusError
@@ -55,17 +54,11 @@ class Tracker:
     def register(self) -> None:
         """Serve the RPC subjects (call before ``bus.start``)."""
 
-        @self.bus.rpc(STATS_SUBJECT, StatsRequest)
-        async def stats(request: StatsRequest) -> ModelStats:
-            """A model's performance per version and device over a window."""
-            return await self.stats(request)
-
-        @self.bus.rpc(EVALUATE_SUBJECT, EvaluateRequest)
-        async def evaluate(request: EvaluateRequest) -> EvaluateReply:
-            """Compare each version with the one before it now; publish regressions."""
-            return await self.evaluate(request)
+        self.bus.serve(TrackerRpc.STATS, self.stats)
+        self.bus.serve(TrackerRpc.EVALUATE, self.evaluate)
 
     async def stats(self, request: StatsRequest) -> ModelStats:
+        """A model's performance per version and device over a window."""
         end = request.end or datetime.now(UTC)
         start = end - timedelta(seconds=request.window_seconds)
         rows = await self.influx.sums(request.model, start, end, request.version)
@@ -88,7 +81,7 @@ class Tracker:
         while True:
             request = ListVersionsRequest(model=model, offset=len(order), limit=MAX_PAGE_LIMIT)
             try:
-                page = await self.bus.request(RegistrySubjects.LIST_VERSIONS, request, VersionPage)
+                page = await self.bus.call(RegistryRpc.LIST_VERSIONS, request)
             except NotFound:
                 return order
             order.update((v.version, v.sequence) for v in page.items)
@@ -96,6 +89,7 @@ class Tracker:
                 return order
 
     async def evaluate(self, request: EvaluateRequest) -> EvaluateReply:
+        """Compare each version with the one before it now; publish regressions."""
         end = request.end or datetime.now(UTC)
         window = request.window_seconds or self.config.evaluation_window
         start = end - timedelta(seconds=window)

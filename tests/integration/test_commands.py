@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from edge_runtime import EdgeRuntime
-from schemas.commands import CommandSubjects
+from schemas.commands import CommandRpc
 from schemas.config import NatsConfig, Settings
 from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
@@ -33,7 +33,7 @@ from services.deployer.app import create_app as create_deployer
 from services.registry.app import create_registry
 from services.validator.app import create_service as create_validator
 
-S = CommandSubjects
+S = CommandRpc
 
 
 async def login(nats_server: Any, user: str) -> NatsClient:
@@ -156,7 +156,7 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
         stored = (await p.http.post("/api/v1/artifacts", content=model)).json()
         registered = await command(
             integrator,
-            S.REGISTER_VERSION,
+            S.REGISTER_VERSION.subject,
             {"actor": "ci:train", "model": name, "version": "1.0.0",
              "artifact_id": stored["artifact_id"], "size_bytes": stored["size_bytes"],
              "metadata": {"task": "Regression", "tags": ["nightly"]}},
@@ -171,7 +171,7 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
         await wait_for(validated, "validation")
         alias = await command(
             integrator,
-            S.SET_ALIAS,
+            S.SET_ALIAS.subject,
             {"actor": "ci:release", "model": name, "alias": "production", "version": "1.0.0"},
         )
         assert alias == {"model": name, "alias": "production", "version": "1.0.0",
@@ -191,7 +191,7 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
         assert by_rest.status_code == 201, by_rest.text
         by_cmd = await command(
             integrator,
-            S.CREATE_DEPLOYMENT,
+            S.CREATE_DEPLOYMENT.subject,
             {**spec, "target": {"device_id": cmd_dev}, "actor": "ci:release"},
         )
         assert by_cmd["created_by"] == "ci:release"
@@ -241,24 +241,28 @@ async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
             "size_bytes": stored["size_bytes"],
         }
 
-        not_json = await command(integrator, S.REGISTER_VERSION, b"{not json")
-        no_actor = await command(integrator, S.REGISTER_VERSION, {**good, "actor": ""})
-        unknown_field = await command(integrator, S.REGISTER_VERSION, {**good, "admin": True})
-        wrong_size = await command(integrator, S.REGISTER_VERSION, {**good, "size_bytes": 1})
+        not_json = await command(integrator, S.REGISTER_VERSION.subject, b"{not json")
+        no_actor = await command(integrator, S.REGISTER_VERSION.subject, {**good, "actor": ""})
+        unknown_field = await command(
+            integrator, S.REGISTER_VERSION.subject, {**good, "admin": True}
+        )
+        wrong_size = await command(
+            integrator, S.REGISTER_VERSION.subject, {**good, "size_bytes": 1}
+        )
         no_version = await command(
             integrator,
-            S.CREATE_DEPLOYMENT,
+            S.CREATE_DEPLOYMENT.subject,
             {"actor": "ci", "model": name, "version": "1.0.0", "target": {"device_id": "d1"}},
         )
         creator = await command(
             integrator,
-            S.CREATE_DEPLOYMENT,
+            S.CREATE_DEPLOYMENT.subject,
             {"actor": "ci", "model": name, "version": "1.0.0", "target": {"device_id": "d1"},
              "created_by": "someone-else"},
         )  # fmt: skip
         no_deployment = await command(
             integrator,
-            S.PAUSE_DEPLOYMENT,
+            S.PAUSE_DEPLOYMENT.subject,
             {"actor": "ci", "deployment_id": "00000000-0000-0000-0000-000000000000"},
         )
         for reply in (not_json, no_actor, unknown_field, creator):
@@ -280,11 +284,11 @@ async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
 
         observer._error_cb = on_error  # the client's error callback, set after connecting
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
-            await observer.request(S.REGISTER_VERSION, json.dumps(good).encode(), timeout=1)
+            await observer.request(S.REGISTER_VERSION.subject, json.dumps(good).encode(), timeout=1)
         await observer.close()
 
         served = (await p.http.get("/asyncapi", headers={"Authorization": ""})).json()
-        assert set(served["channels"]) >= {S.CREATE_DEPLOYMENT, S.REGISTER_VERSION}
+        assert set(served["channels"]) >= {S.CREATE_DEPLOYMENT.subject, S.REGISTER_VERSION.subject}
         models = (await p.http.get("/api/v1/models", params={"prefix": name})).json()
         deployments = (await p.http.get("/api/v1/deployments", params={"model": name})).json()
     assert any("permissions violation" in str(e).lower() for e in refused), refused
@@ -410,15 +414,19 @@ async def test_retried_creates_and_rollbacks_start_one_deployment(
 
         # Commands: the same command twice is one deployment, the same answer.
         cmd = {**spec, "actor": "ci:release", "request_id": "release-1"}
-        first = await command(integrator, S.CREATE_DEPLOYMENT, cmd)
-        again = await command(integrator, S.CREATE_DEPLOYMENT, cmd)
+        first = await command(integrator, S.CREATE_DEPLOYMENT.subject, cmd)
+        again = await command(integrator, S.CREATE_DEPLOYMENT.subject, cmd)
         assert "error" not in first, first
         assert again["deployment_id"] == first["deployment_id"]
         assert set(again) == set(first)  # a plain DeploymentInfo, no extra field
-        other = await command(integrator, S.CREATE_DEPLOYMENT, {**cmd, "auto_rollback": True})
+        other = await command(
+            integrator, S.CREATE_DEPLOYMENT.subject, {**cmd, "auto_rollback": True}
+        )
         assert other["error"]["code"] == "conflict", other
         assert "release-1" in other["error"]["detail"]
-        bad_key = await command(integrator, S.CREATE_DEPLOYMENT, {**cmd, "request_id": "a b"})
+        bad_key = await command(
+            integrator, S.CREATE_DEPLOYMENT.subject, {**cmd, "request_id": "a b"}
+        )
         assert bad_key["error"]["code"] == "invalid", bad_key
 
         # REST: 201, then 200 with the same deployment; another body is 409.
@@ -524,12 +532,12 @@ async def test_a_retried_rollback_by_rest_or_command_makes_one_rollback(
         again = await p.http.post(f"/api/v1/deployments/{v2}/rollback", headers=key)
         by_cmd = await command(
             integrator,
-            S.ROLLBACK_DEPLOYMENT,
+            S.ROLLBACK_DEPLOYMENT.subject,
             {"actor": "ci:undo", "deployment_id": v2, "request_id": "undo-v2"},
         )
         other = await command(
             integrator,
-            S.ROLLBACK_DEPLOYMENT,
+            S.ROLLBACK_DEPLOYMENT.subject,
             {"actor": "ci:undo", "deployment_id": v2, "request_id": "undo-v2-b"},
         )
         assert first.status_code == 200, first.text

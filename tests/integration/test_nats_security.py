@@ -24,7 +24,7 @@ from edgeaiforge._servers import (
     nats_environment,
     nats_password_variable,
 )
-from schemas.commands import CommandSubjects
+from schemas.commands import CommandRpc
 from schemas.config import NatsConfig
 from schemas.events import (
     DeploymentTargetUpdated,
@@ -35,7 +35,7 @@ from schemas.events import (
 from schemas.rpc import Health, HealthRequest
 from services.common.bus import Bus
 
-COMMAND = CommandSubjects.CREATE_DEPLOYMENT
+COMMAND = CommandRpc.CREATE_DEPLOYMENT.subject
 
 
 class Login:

@@ -15,25 +15,21 @@ from typing import Any
 import pytest
 
 from schemas.config import Settings
+from schemas.deployer import DeployerRpc
 from schemas.events import ModelAnalyzed, ModelRejected, ModelValidated
 from schemas.registry import (
-    VERSIONS_IN_USE_SUBJECT,
-    AliasInfo,
     CreateVersionRequest,
-    Deleted,
     DeleteVersionRequest,
     GetReportsRequest,
     GetVersionRequest,
     ListVersionsRequest,
     PruneRequest,
     PruneResult,
-    RegistrySubjects,
+    RegistryRpc,
     SetAliasRequest,
     VersionInfo,
     VersionInUse,
     VersionMetadata,
-    VersionPage,
-    VersionReports,
     VersionsInUseReply,
     VersionsInUseRequest,
     VersionStatus,
@@ -45,7 +41,7 @@ from services.common.bus import Bus
 from services.common.errors import BadRequest, Conflict, NotFound
 from services.registry.app import create_registry
 
-S = RegistrySubjects
+S = RegistryRpc
 
 #: The smallest report the analyzer's schema accepts; the registry stores it as it comes.
 ANALYSIS = AnalysisReport.model_validate(
@@ -114,16 +110,14 @@ class Harness:
             metadata=VersionMetadata(task="t", tags=("x",)),
             uploaded_by="tester",
         )
-        return await self.bus.request(S.CREATE_VERSION, req, VersionInfo)
+        return await self.bus.call(S.CREATE_VERSION, req)
 
     async def versions(self, model: str) -> list[str]:
-        page = await self.bus.request(
-            S.LIST_VERSIONS, ListVersionsRequest(model=model), VersionPage
-        )
+        page = await self.bus.call(S.LIST_VERSIONS, ListVersionsRequest(model=model))
         return sorted(v.version for v in page.items)
 
     async def prune(self, model: str) -> PruneResult:
-        return await self.bus.request(S.PRUNE, PruneRequest(model=model), PruneResult)
+        return await self.bus.call(S.PRUNE, PruneRequest(model=model))
 
 
 @pytest.fixture
@@ -145,9 +139,7 @@ async def test_versions_get_growing_sequence_numbers_never_reused(
     a = await harness.create(model, "1.0.0")
     b = await harness.create(model, "1.1.0")
     assert (a.sequence, b.sequence) == (1, 2)
-    await harness.bus.request(
-        S.DELETE_VERSION, DeleteVersionRequest(model=model, version="1.1.0"), Deleted
-    )
+    await harness.bus.call(S.DELETE_VERSION, DeleteVersionRequest(model=model, version="1.1.0"))
     c = await harness.create(model, "1.1.0")  # the same number again gets a new sequence
     assert c.sequence == 3
 
@@ -174,16 +166,14 @@ async def test_unknown_artifact_and_bad_version_are_refused(
         model=unique_id("m"), version="1.0.0", artifact_id="ab" * 32, size_bytes=5
     )
     with pytest.raises(BadRequest, match="not in the artifact store"):
-        await harness.bus.request(S.CREATE_VERSION, req, VersionInfo)
+        await harness.bus.call(S.CREATE_VERSION, req)
     bad = req.model_dump() | {"version": "1.0"}
     raw = await harness.bus.broker.request(
-        json.dumps(bad).encode(), subject=S.CREATE_VERSION, timeout=5
+        json.dumps(bad).encode(), subject=S.CREATE_VERSION.subject, timeout=5
     )
     assert b'"status":422' in raw.body and b"semantic version" in raw.body
     with pytest.raises(NotFound):
-        await harness.bus.request(
-            S.GET_VERSION, GetVersionRequest(model=unique_id("m"), ref="1.0.0"), VersionInfo
-        )
+        await harness.bus.call(S.GET_VERSION, GetVersionRequest(model=unique_id("m"), ref="1.0.0"))
 
 
 async def test_uploaded_event_follows_the_commit(harness: Harness, unique_id: Any) -> None:
@@ -211,9 +201,7 @@ async def test_uploaded_event_follows_the_commit(harness: Harness, unique_id: An
 async def wait_status(h: Harness, model: str, version: str, status: VersionStatus) -> None:
     async with asyncio.timeout(15):
         while True:
-            info = await h.bus.request(
-                S.GET_VERSION, GetVersionRequest(model=model, ref=version), VersionInfo
-            )
+            info = await h.bus.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version))
             if info.status is status:
                 return
             await asyncio.sleep(0.05)
@@ -253,16 +241,12 @@ async def test_reports_arrive_by_events_idempotently_and_in_any_order(
         )
     )
     await wait_status(harness, model, "1.1.0", VersionStatus.REJECTED)
-    reports = await harness.bus.request(
-        S.GET_REPORTS, GetReportsRequest(model=model, ref="1.0.0"), VersionReports
-    )
+    reports = await harness.bus.call(S.GET_REPORTS, GetReportsRequest(model=model, ref="1.0.0"))
     assert reports.status is VersionStatus.ANALYZED
     assert reports.validation is not None
     assert reports.validation["checks"][0]["name"] == "onnx.checker"
     assert reports.analysis is not None
-    rejected = await harness.bus.request(
-        S.GET_REPORTS, GetReportsRequest(model=model, ref="1.1.0"), VersionReports
-    )
+    rejected = await harness.bus.call(S.GET_REPORTS, GetReportsRequest(model=model, ref="1.1.0"))
     assert rejected.rejection_reason == "opset"
     assert rejected.validation is not None
     assert rejected.validation["checks"][0]["outcome"] == "failed"
@@ -274,8 +258,8 @@ async def test_retention_prunes_oldest_unprotected_never_aliased(
     model = unique_id("m")
     for v in ("1.0.0", "1.1.0"):
         await harness.create(model, v)
-    await harness.bus.request(
-        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0"), AliasInfo
+    await harness.bus.call(
+        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0")
     )
     for v in ("1.2.0", "1.3.0", "1.4.0"):
         await harness.create(model, v)
@@ -290,7 +274,6 @@ async def test_retention_keeps_versions_in_use_and_never_prunes_blind(
     mode = {"answer": "in_use"}
     deployer = Bus(harness.settings.nats, service="deployer-standin")
 
-    @deployer.rpc(VERSIONS_IN_USE_SUBJECT, VersionsInUseRequest)
     async def in_use(req: VersionsInUseRequest) -> VersionsInUseReply:
         if mode["answer"] == "slow":
             await asyncio.sleep(harness.settings.nats.request_timeout / 4 + 0.5)
@@ -298,6 +281,7 @@ async def test_retention_keeps_versions_in_use_and_never_prunes_blind(
             versions=(VersionInUse(model=model, version="1.0.0", reason="rollback_target"),)
         )
 
+    deployer.serve(DeployerRpc.VERSIONS_IN_USE, in_use)
     async with deployer:
         for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
             await harness.create(model, v)
@@ -306,8 +290,8 @@ async def test_retention_keeps_versions_in_use_and_never_prunes_blind(
         assert result.skipped == {}
         # Deleting by hand what a device uses is refused too.
         with pytest.raises(Conflict, match="in use"):
-            await harness.bus.request(
-                S.DELETE_VERSION, DeleteVersionRequest(model=model, version="1.0.0"), Deleted
+            await harness.bus.call(
+                S.DELETE_VERSION, DeleteVersionRequest(model=model, version="1.0.0")
             )
         # A deployer that does not answer in time: nothing is deleted.
         mode["answer"] = "slow"
@@ -343,9 +327,7 @@ async def test_orphan_artifacts_and_stale_temp_files_are_collected_after_the_gra
         assert store.exists(kept) and store.exists(new_orphan)
         assert not stale_temp.exists() and fresh_temp.exists()
         # The version still reads its artifact.
-        info = await bus.request(
-            S.GET_VERSION, GetVersionRequest(model=model, ref="1.0.0"), VersionInfo
-        )
+        info = await bus.call(S.GET_VERSION, GetVersionRequest(model=model, ref="1.0.0"))
         assert info.artifact_id == kept
 
         # A crash between hiding an artifact and deleting it: the next round puts it back.
@@ -400,20 +382,19 @@ async def test_an_alias_cannot_name_a_rejected_version(harness: Harness, unique_
     model = unique_id("m")
     good = await harness.create(model, "1.0.0")
     bad = await harness.create(model, "1.0.1")
-    await harness.bus.request(
-        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0"), AliasInfo
+    await harness.bus.call(
+        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0")
     )
     await _reject(harness, bad, "opset 99 is newer than the runtime's 21")
     with pytest.raises(Conflict, match=r"rejected: opset: opset 99 is newer") as refused:
-        await harness.bus.request(
+        await harness.bus.call(
             S.SET_ALIAS,
             SetAliasRequest(model=model, alias="production", version="1.0.1"),
-            AliasInfo,
         )
     assert "1.0.1" in str(refused.value) and "production" in str(refused.value)
     # Nothing moved: the alias still names the good version.
-    current = await harness.bus.request(
-        S.GET_VERSION, GetVersionRequest(model=model, ref="production"), VersionInfo
+    current = await harness.bus.call(
+        S.GET_VERSION, GetVersionRequest(model=model, ref="production")
     )
     assert current.version == good.version
 
@@ -425,24 +406,18 @@ async def test_an_alias_set_while_validating_goes_when_the_version_is_rejected(
     await harness.create(model, "1.0.0")
     pending = await harness.create(model, "1.1.0")
     for alias in ("candidate", "staging"):
-        await harness.bus.request(
-            S.SET_ALIAS, SetAliasRequest(model=model, alias=alias, version="1.1.0"), AliasInfo
+        await harness.bus.call(
+            S.SET_ALIAS, SetAliasRequest(model=model, alias=alias, version="1.1.0")
         )
-    await harness.bus.request(
-        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0"), AliasInfo
+    await harness.bus.call(
+        S.SET_ALIAS, SetAliasRequest(model=model, alias="production", version="1.0.0")
     )
     await _reject(harness, pending, "bad")
     for alias in ("candidate", "staging"):
         with pytest.raises(NotFound):
-            await harness.bus.request(
-                S.GET_VERSION, GetVersionRequest(model=model, ref=alias), VersionInfo
-            )
+            await harness.bus.call(S.GET_VERSION, GetVersionRequest(model=model, ref=alias))
     # Other versions' aliases stay.
-    kept = await harness.bus.request(
-        S.GET_VERSION, GetVersionRequest(model=model, ref="production"), VersionInfo
-    )
+    kept = await harness.bus.call(S.GET_VERSION, GetVersionRequest(model=model, ref="production"))
     assert kept.version == "1.0.0"
-    rejected = await harness.bus.request(
-        S.GET_VERSION, GetVersionRequest(model=model, ref="1.1.0"), VersionInfo
-    )
+    rejected = await harness.bus.call(S.GET_VERSION, GetVersionRequest(model=model, ref="1.1.0"))
     assert rejected.aliases == ()

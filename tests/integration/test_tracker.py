@@ -18,14 +18,11 @@ from metrics_support import make_settings, recent
 
 from schemas.config import NatsConfig
 from schemas.events import ModelPerformanceRegressed
-from schemas.registry import CreateVersionRequest, RegistrySubjects, VersionInfo
+from schemas.registry import CreateVersionRequest, RegistryRpc
 from schemas.stats import (
-    EVALUATE_SUBJECT,
-    STATS_SUBJECT,
-    EvaluateReply,
     EvaluateRequest,
-    ModelStats,
     StatsRequest,
+    TrackerRpc,
 )
 from schemas.telemetry import InferenceSample, MetricsBatch
 from services.api.testing import platform_settings
@@ -44,7 +41,7 @@ async def upload(bus: Bus, store: ArtifactStore, model: str, version: str) -> No
     request = CreateVersionRequest(
         model=model, version=version, artifact_id=stored.artifact_id, size_bytes=stored.size
     )
-    await bus.request(RegistrySubjects.CREATE_VERSION, request, VersionInfo)
+    await bus.call(RegistryRpc.CREATE_VERSION, request)
 
 
 def seed(
@@ -154,10 +151,9 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
         ):
             for version in plan:  # uploaded in this order: sequence 1, then 2
                 await upload(bus, store, model, version)
-            stats = await bus.request(
-                STATS_SUBJECT,
+            stats = await bus.call(
+                TrackerRpc.STATS,
                 StatsRequest(model=model, window_seconds=window, end=end),
-                ModelStats,
             )
             assert [v.version for v in stats.versions] == ["1.9.0", "1.10.0"]
             for v in stats.versions:
@@ -168,17 +164,15 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
                     assert_figures(d, expected(seeded[(v.version, d.device_id)], window))
 
             # A window that holds no points of the model: empty, not an error.
-            empty = await bus.request(
-                STATS_SUBJECT,
+            empty = await bus.call(
+                TrackerRpc.STATS,
                 StatsRequest(model=model, window_seconds=60, end=start),
-                ModelStats,
             )
             assert empty.versions == ()
 
-            reply = await bus.request(
-                EVALUATE_SUBJECT,
+            reply = await bus.call(
+                TrackerRpc.EVALUATE,
                 EvaluateRequest(model=model, window_seconds=window, end=end),
-                EvaluateReply,
             )
             (c,) = reply.comparisons
             assert (c.version, c.baseline_version, c.devices) == ("1.10.0", "1.9.0", ("a", "b"))
@@ -191,10 +185,9 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
             assert ("error_rate" in c.regressed) == (new["error_rate"] - base["error_rate"] > 0.02)
 
             # Asked again: the same verdict, but no second announcement.
-            await bus.request(
-                EVALUATE_SUBJECT,
+            await bus.call(
+                TrackerRpc.EVALUATE,
                 EvaluateRequest(model=model, window_seconds=window, end=end),
-                EvaluateReply,
             )
             await asyncio.sleep(1.0)
             p95 = [e for e in received if e.metric == "latency_p95_ms"]

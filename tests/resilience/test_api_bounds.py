@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas.deployer import SUBJECTS as DEPLOYER
-from schemas.registry import RegistrySubjects
+from schemas.registry import RegistryRpc
 from services.common.bus import Bus
 
 #: Values far outside any bound: one past int64, past uint64, and beyond both.
@@ -230,10 +230,10 @@ def test_the_bus_refuses_out_of_range_paging_before_sql(api_platform) -> None:  
     """The registry's and deployer's own request models hold the bounds: a service calling
     them on NATS gets a 422 naming the field, as REST callers do."""
     asks = [
-        (RegistrySubjects.LIST_MODELS, {"offset": 2**63}, "offset"),
-        (RegistrySubjects.LIST_MODELS, {"offset": -1}, "offset"),
-        (RegistrySubjects.LIST_VERSIONS, {"model": MODEL, "offset": 10**20}, "offset"),
-        (RegistrySubjects.LIST_VERSIONS, {"model": MODEL, "limit": 2**64}, "limit"),
+        (RegistryRpc.LIST_MODELS.subject, {"offset": 2**63}, "offset"),
+        (RegistryRpc.LIST_MODELS.subject, {"offset": -1}, "offset"),
+        (RegistryRpc.LIST_VERSIONS.subject, {"model": MODEL, "offset": 10**20}, "offset"),
+        (RegistryRpc.LIST_VERSIONS.subject, {"model": MODEL, "limit": 2**64}, "limit"),
         (DEPLOYER["list_deployments"], {"limit": 2**63}, "limit"),
     ]
 

@@ -14,7 +14,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
     DeploymentInfo,
     DeploymentList,
@@ -25,7 +24,11 @@ from schemas.deployer import (
     ListDeployments,
     RollbackRequest,
 )
+from schemas.deployer import (
+    DeployerRpc as D,
+)
 from schemas.ids import DeploymentId, DeviceId, ModelName
+from schemas.rpc import Rpc
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
 
@@ -73,7 +76,7 @@ async def create_deployment(
 
     With ``Idempotency-Key``, a retry answers the deployment the first attempt started."""
     req = CreateDeployment(**dict(body), created_by=principal.name, request_id=idempotency_key)
-    reply = await ctx.call(SUBJECTS["create_deployment"], req, KeyedDeploymentInfo)
+    reply = await ctx.call(D.CREATE_DEPLOYMENT, req)
     return _answer(reply, response)
 
 
@@ -87,35 +90,35 @@ async def list_deployments(
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> DeploymentList:
     req = ListDeployments(model=model, status=status, device_id=device_id, limit=limit)
-    return await ctx.call(SUBJECTS["list_deployments"], req, DeploymentList)
+    return await ctx.call(D.LIST_DEPLOYMENTS, req)
 
 
 @router.get("/{deployment_id}", response_model=DeploymentInfo)
 async def get_deployment(ctx: Ctx, _: Viewer, deployment_id: IdPath) -> DeploymentInfo:
     """The deployment with every target's state and transfer progress."""
     ref = DeploymentRef(deployment_id=deployment_id)
-    return await ctx.call(SUBJECTS["get_deployment"], ref, DeploymentInfo)
+    return await ctx.call(D.GET_DEPLOYMENT, ref)
 
 
-async def _act(ctx: Ctx, verb: str, deployment_id: str) -> DeploymentInfo:
-    return await ctx.call(
-        SUBJECTS[verb], DeploymentRef(deployment_id=deployment_id), DeploymentInfo
-    )
+async def _act(
+    ctx: Ctx, rpc: Rpc[DeploymentRef, DeploymentInfo], deployment_id: str
+) -> DeploymentInfo:
+    return await ctx.call(rpc, DeploymentRef(deployment_id=deployment_id))
 
 
 @router.post("/{deployment_id}/pause", response_model=DeploymentInfo)
 async def pause(ctx: Ctx, _: Deployer, deployment_id: IdPath) -> DeploymentInfo:
-    return await _act(ctx, "pause", deployment_id)
+    return await _act(ctx, D.PAUSE, deployment_id)
 
 
 @router.post("/{deployment_id}/resume", response_model=DeploymentInfo)
 async def resume(ctx: Ctx, _: Deployer, deployment_id: IdPath) -> DeploymentInfo:
-    return await _act(ctx, "resume", deployment_id)
+    return await _act(ctx, D.RESUME, deployment_id)
 
 
 @router.post("/{deployment_id}/cancel", response_model=DeploymentInfo)
 async def cancel(ctx: Ctx, _: Deployer, deployment_id: IdPath) -> DeploymentInfo:
-    return await _act(ctx, "cancel", deployment_id)
+    return await _act(ctx, D.CANCEL, deployment_id)
 
 
 @router.post("/{deployment_id}/rollback", response_model=DeploymentInfo)
@@ -130,5 +133,5 @@ async def rollback(
 
     With ``Idempotency-Key``, a retry answers the rollback the first attempt started."""
     req = RollbackRequest(deployment_id=deployment_id, request_id=idempotency_key)
-    reply = await ctx.call(SUBJECTS["rollback"], req, KeyedDeploymentInfo)
+    reply = await ctx.call(D.ROLLBACK, req)
     return _answer(reply, response)

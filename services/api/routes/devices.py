@@ -10,7 +10,6 @@ from pydantic import Field
 
 from schemas._base import WireModel
 from schemas.deployer import (
-    SUBJECTS,
     CreateEnrollmentToken,
     DeviceInfo,
     DeviceList,
@@ -21,6 +20,9 @@ from schemas.deployer import (
     ListDevices,
     RemoveDevice,
     SetLabels,
+)
+from schemas.deployer import (
+    DeployerRpc as D,
 )
 from schemas.ids import DeviceId
 from services.api.auth import Admin, Deployer, Viewer
@@ -51,7 +53,7 @@ async def create_enrollment_token(
 ) -> EnrollmentToken:
     """A one-time token for ``edge-runtime enroll`` (shown once)."""
     req = CreateEnrollmentToken(**body.model_dump(), created_by=principal.name)
-    return await ctx.call(SUBJECTS["create_enrollment_token"], req, EnrollmentToken)
+    return await ctx.call(D.CREATE_ENROLLMENT_TOKEN, req)
 
 
 @router.post("/enroll", response_model=EnrollReply)
@@ -62,7 +64,7 @@ async def enroll(ctx: Ctx, body: EnrollRequest) -> EnrollReply:
     published as ``eaf.device.enrolled`` with ``reenrolled``); a token without one enrols
     only a new id (403 otherwise, the token left unused). An all-zero or low-order X25519
     ``public_key`` is 422."""
-    return await ctx.call(SUBJECTS["enroll"], body, EnrollReply)
+    return await ctx.call(D.ENROLL, body)
 
 
 @router.get("", response_model=DeviceList)
@@ -78,12 +80,12 @@ async def list_devices(
 ) -> DeviceList:
     labels = dict(item.split("=", 1) for item in label or [] if "=" in item) or None
     req = ListDevices(group=group, online=online, labels=labels, include_removed=include_removed)
-    return await ctx.call(SUBJECTS["list_devices"], req, DeviceList)
+    return await ctx.call(D.LIST_DEVICES, req)
 
 
 @router.get("/{device_id}", response_model=DeviceInfo)
 async def get_device(ctx: Ctx, _: Viewer, device_id: DeviceIdPath) -> DeviceInfo:
-    return await ctx.call(SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo)
+    return await ctx.call(D.GET_DEVICE, DeviceRef(device_id=device_id))
 
 
 @router.put("/{device_id}/labels", response_model=DeviceInfo)
@@ -92,7 +94,7 @@ async def set_labels(
 ) -> DeviceInfo:
     """Replace the device's labels (and its group, if given)."""
     req = SetLabels(device_id=device_id, labels=body.labels, group=body.group)
-    return await ctx.call(SUBJECTS["set_labels"], req, DeviceInfo)
+    return await ctx.call(D.SET_LABELS, req)
 
 
 @router.delete("/{device_id}", response_model=DeviceInfo)
@@ -107,4 +109,4 @@ async def remove_device(
     its history stays. A repeat answers the same. Only a new enrolment token made for this
     device id enrols it again. Admin, like the enrolment tokens that let devices in."""
     req = RemoveDevice(device_id=device_id, removed_by=principal.name, reason=reason)
-    return await ctx.call(SUBJECTS["remove_device"], req, DeviceInfo)
+    return await ctx.call(D.REMOVE_DEVICE, req)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from schemas.api import ApiHealth
-from schemas.rpc import Health, HealthRequest
+from schemas.rpc import HealthRequest, health_rpc
 from services.api.deps import Ctx
 
 __all__ = ["router"]
@@ -18,7 +18,7 @@ router = APIRouter(tags=["health"])
 async def healthz(ctx: Ctx) -> JSONResponse:
     """200 while the API runs and the registry answers on the bus; 503 otherwise."""
     try:
-        await ctx.bus.request("eaf.rpc.registry.health", HealthRequest(), Health, timeout=2.0)
+        await ctx.bus.call(health_rpc("registry"), HealthRequest(), timeout=2.0)
         registry = "ok"
     except Exception:
         registry = "unreachable"

@@ -14,7 +14,7 @@ from schemas.registry import (
     CreateApiKeyRequest,
     ListApiKeysRequest,
     Principal,
-    RegistrySubjects,
+    RegistryRpc,
     RevokeApiKeyRequest,
 )
 from services.api.auth import Admin, Viewer
@@ -23,7 +23,7 @@ from services.api.deps import Ctx
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
-S = RegistrySubjects
+S = RegistryRpc
 
 
 @router.get("/whoami", response_model=Principal)
@@ -36,16 +36,14 @@ async def whoami(principal: Viewer) -> Principal:
 async def create_key(ctx: Ctx, principal: Admin, body: NewApiKey) -> ApiKeyCreated:
     """A new key; the token is in this answer only (the registry keeps its hash)."""
     req = CreateApiKeyRequest(name=body.name, role=body.role, created_by=principal.name)
-    return await ctx.call(S.CREATE_API_KEY, req, ApiKeyCreated)
+    return await ctx.call(S.CREATE_API_KEY, req)
 
 
 @router.get("/keys", response_model=ApiKeyList)
 async def list_keys(
     ctx: Ctx, _: Admin, include_revoked: Annotated[bool, Query()] = False
 ) -> ApiKeyList:
-    return await ctx.call(
-        S.LIST_API_KEYS, ListApiKeysRequest(include_revoked=include_revoked), ApiKeyList
-    )
+    return await ctx.call(S.LIST_API_KEYS, ListApiKeysRequest(include_revoked=include_revoked))
 
 
 @router.delete("/keys/{key_id}", response_model=ApiKeyInfo)
@@ -53,4 +51,4 @@ async def revoke_key(
     ctx: Ctx, _: Admin, key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 ) -> ApiKeyInfo:
     """Revoke at once: the next request with that key gets 401."""
-    return await ctx.call(S.REVOKE_API_KEY, RevokeApiKeyRequest(key_id=key_id), ApiKeyInfo)
+    return await ctx.call(S.REVOKE_API_KEY, RevokeApiKeyRequest(key_id=key_id))

@@ -24,7 +24,7 @@ from schemas.registry import (
     ListVersionsRequest,
     ModelInfo,
     ModelPage,
-    RegistrySubjects,
+    RegistryRpc,
     SetAliasRequest,
     UpdateMetadataRequest,
     VersionInfo,
@@ -42,7 +42,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
-S = RegistrySubjects
+S = RegistryRpc
 ModelPath = Annotated[ModelName, Path(description="Model name")]
 AliasPath = Annotated[AliasName, Path(description="Alias name")]
 VersionPath = Annotated[SemVer, Path(description="Semantic version, e.g. 1.0.0")]
@@ -127,7 +127,7 @@ async def upload_version(
         reference_artifact_id=reference_artifact_id,
     )
     try:
-        await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version), VersionInfo)
+        await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version))
     except NotFound:
         pass
     else:
@@ -142,7 +142,7 @@ async def upload_version(
         update={"artifact_id": stored.info.artifact_id, "size_bytes": stored.info.size}
     )
     try:
-        return await ctx.call(S.CREATE_VERSION, req, VersionInfo)
+        return await ctx.call(S.CREATE_VERSION, req)
     except ServiceError:
         if stored.created:
             # Only this request knew these bytes: do not leave an orphan behind.
@@ -163,13 +163,12 @@ async def list_models(
     return await ctx.call(
         S.LIST_MODELS,
         ListModelsRequest(offset=offset, limit=limit, prefix=prefix, task=task, tag=tag),
-        ModelPage,
     )
 
 
 @router.get("/{model}", response_model=ModelInfo, summary="Get a model")
 async def get_model(ctx: Ctx, _: Viewer, model: ModelPath) -> ModelInfo:
-    return await ctx.call(S.GET_MODEL, GetModelRequest(model=model), ModelInfo)
+    return await ctx.call(S.GET_MODEL, GetModelRequest(model=model))
 
 
 @router.get("/{model}/versions", response_model=VersionPage, summary="List a model's versions")
@@ -186,14 +185,13 @@ async def list_versions(
     return await ctx.call(
         S.LIST_VERSIONS,
         ListVersionsRequest(model=model, offset=offset, limit=limit, status=status, tag=tag),
-        VersionPage,
     )
 
 
 @router.get("/{model}/versions/{ref}", response_model=VersionInfo, summary="Get a version")
 async def get_version(ctx: Ctx, _: Viewer, model: ModelPath, ref: RefPath) -> VersionInfo:
     """By version number or by alias."""
-    return await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo)
+    return await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref))
 
 
 @router.head("/{model}/versions/{ref}/artifact", include_in_schema=False)
@@ -210,7 +208,7 @@ async def download_version(
 
     ``X-Content-SHA256`` and ``Repr-Digest`` carry the whole file's SHA-256.
     """
-    info = await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref), VersionInfo)
+    info = await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=ref))
     return await serve_plaintext(
         request, ctx.artifacts, info.artifact_id, filename=f"{info.model}-{info.version}.onnx"
     )
@@ -224,7 +222,7 @@ async def update_metadata(
     req = UpdateMetadataRequest(
         model=model, version=version, **patch.model_dump(exclude_unset=True)
     )
-    return await ctx.call(S.UPDATE_METADATA, req, VersionInfo)
+    return await ctx.call(S.UPDATE_METADATA, req)
 
 
 @router.delete("/{model}/versions/{version}", response_model=Deleted, summary="Delete a version")
@@ -233,13 +231,13 @@ async def delete_version(
 ) -> Deleted:
     """Refused (409) while an alias points to it or devices use it."""
     req = DeleteVersionRequest(model=model, version=version, deleted_by=principal.name)
-    return await ctx.call(S.DELETE_VERSION, req, Deleted)
+    return await ctx.call(S.DELETE_VERSION, req)
 
 
 @router.get("/{model}/versions/{ref}/reports", response_model=VersionReports, summary="Get reports")
 async def get_reports(ctx: Ctx, _: Viewer, model: ModelPath, ref: RefPath) -> VersionReports:
     """The validation and analysis reports, as the validator and analyzer produced them."""
-    return await ctx.call(S.GET_REPORTS, GetReportsRequest(model=model, ref=ref), VersionReports)
+    return await ctx.call(S.GET_REPORTS, GetReportsRequest(model=model, ref=ref))
 
 
 @router.put("/{model}/aliases/{alias}", response_model=AliasInfo, summary="Set or move an alias")
@@ -248,12 +246,12 @@ async def set_alias(
 ) -> AliasInfo:
     """Atomic: readers see the old target or the new one, never none."""
     req = SetAliasRequest(model=model, alias=alias, version=body.version)
-    return await ctx.call(S.SET_ALIAS, req, AliasInfo)
+    return await ctx.call(S.SET_ALIAS, req)
 
 
 @router.delete(
     "/{model}/aliases/{alias}", status_code=204, response_class=Response, summary="Remove an alias"
 )
 async def delete_alias(ctx: Ctx, _: Deployer, model: ModelPath, alias: AliasPath) -> Response:
-    await ctx.call(S.DELETE_ALIAS, DeleteAliasRequest(model=model, alias=alias), Deleted)
+    await ctx.call(S.DELETE_ALIAS, DeleteAliasRequest(model=model, alias=alias))
     return Response(status_code=204)

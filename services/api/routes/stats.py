@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from schemas.ids import ModelName, SemVer
-from schemas.stats import STATS_SUBJECT, ModelStats, StatsRequest
+from schemas.stats import ModelStats, StatsRequest, TrackerRpc
 from services.api.auth import Viewer
 from services.api.deps import Ctx
 
@@ -38,4 +38,4 @@ async def model_stats(
     percentiles (see docs/metrics.md).
     """
     request = StatsRequest(model=model, window_seconds=window, end=end, version=version)
-    return await ctx.call(STATS_SUBJECT, request, ModelStats)
+    return await ctx.call(TrackerRpc.STATS, request)
