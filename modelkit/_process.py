@@ -13,6 +13,8 @@ from pathlib import Path
 
 from schemas.config import SandboxLimits
 
+__all__ = ["MAX_ANSWER", "StderrTail", "header", "kill", "spawn"]
+
 #: Modules a worker may run a task of: modelkit's own and the services' task modules
 #: (a task name comes from code, never from an upload; this keeps it that way).
 _TASK_PREFIXES = ("modelkit.", "services.")

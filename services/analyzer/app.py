@@ -39,6 +39,8 @@ __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
 log = get_logger(__name__)
 
 CONSUMER = "analyzer"
+#: The validator's namespace too (the two once shared the derivation): an event handled
+#: again after an upgrade gets the id it had, and the stream drops the duplicate.
 _EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
 
 
