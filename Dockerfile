@@ -12,6 +12,7 @@ WORKDIR /app
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md LICENSE ./
 COPY schemas/ schemas/
+COPY modelkit/ modelkit/
 COPY services/ services/
 COPY edge_runtime/ edge_runtime/
 COPY edgeaiforge/ edgeaiforge/

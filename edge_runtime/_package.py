@@ -6,7 +6,7 @@ Unpacking applies the same rules as the validator: no absolute paths, no ``..``,
 symbolic links, no member larger than it declares, and a bounded expanded size.
 
 A plain ``.onnx`` with large embedded weights gets the same directory: its weights are
-moved once into a file beside it that onnxruntime memory-maps (``_external``), so they
+moved once into a file beside it that onnxruntime memory-maps (``modelkit.external``), so they
 are not resident twice while the session is created.
 """
 
@@ -18,9 +18,9 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from edge_runtime._external import externalize
 from edge_runtime._state import sync_directory
 from edge_runtime.errors import InferenceError
+from modelkit.external import externalize
 
 __all__ = ["PackageError", "discard_unpacked", "is_package", "model_file", "unpacked_dir"]
 

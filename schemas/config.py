@@ -215,7 +215,8 @@ class ValidatorConfig(_Section):
 
 
 class AnalyzerConfig(_Section):
-    """How the analyzer measures a model."""
+    """How the analyzer measures a model, and how it runs its sandbox (the validator's
+    keys of the same names, with the same defaults, for the analyzer's workers)."""
 
     #: onnxruntime intra-op threads for the latency measurement.
     threads: PositiveInt = 1
@@ -223,6 +224,16 @@ class AnalyzerConfig(_Section):
     runs: PositiveInt = 50
     #: Per-node costs kept in a report (the costliest); totals always cover every node.
     max_nodes_in_report: PositiveInt = 500
+    #: Value of a dynamic dimension in the profile and the latency inputs, unless named in
+    #: dynamic_dims.
+    dynamic_dim_default: PositiveInt = 1
+    dynamic_dims: dict[str, PositiveInt] = Field(default_factory=dict)
+    #: Largest artifact the analyzer unpacks (the .onnx file, or the ZIP's contents).
+    max_file_size: PositiveInt = 2 * 1024**3
+    #: Refuse to start when the worker cannot be put in its own network namespace.
+    require_network_isolation: bool = True
+    #: Where decrypted models are placed for the workers (private temp dirs); "" = $TMPDIR.
+    work_dir: str = ""
     #: Keep one pair of workers started for the next model (as ``validator.prestart_workers``).
     prestart_workers: bool = True
     sandbox: SandboxLimits = SandboxLimits(cpu_seconds=300, wall_seconds=300.0)

@@ -9,51 +9,58 @@ derived from the incoming one, so handling an event twice publishes one report.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.config import Settings
+from modelkit.ahead import StartedAhead
+from modelkit.files import ZIP_MAGIC, hand_over, readable, write_stream
+from modelkit.outcome import TaskOutcome
+from modelkit.probe import SANDBOX_FIX, SELFTEST_MODEL, prove_sandbox
+from modelkit.sandbox import Worker, Workers, run_task, start_workers
+from schemas.config import AnalyzerConfig, Settings
 from schemas.events import ModelAnalyzed, ModelValidated
 from schemas.reports import AnalysisReport, LatencyStats
+from services.analyzer.artifacts import ArtifactSource, open_artifacts
 from services.analyzer.domain import diff_reports, latency_warning
-from services.analyzer.errors import AnalysisFailedError
+from services.analyzer.errors import AnalysisFailedError, ArtifactUnavailableError
 from services.analyzer.store import previous_analysis, save_analysis
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
 from services.common.bus import Bus
 from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
-from services.validator.app import (
-    SANDBOX_FIX,
-    SELFTEST_MODEL,
-    derived_event_id,
-    ensure_sandbox,
-)
-from services.validator.artifacts import ArtifactSource, open_artifacts
-from services.validator.errors import ArtifactUnavailableError
-from services.validator.pipeline import ZIP_MAGIC, readable, write_stream
-from services.validator.sandbox import (
-    StartedAhead,
-    TaskOutcome,
-    Worker,
-    Workers,
-    hand_over,
-    run_task,
-    start_workers,
-)
 
 __all__ = ["CONSUMER", "AnalyzerService", "create_service"]
 
 log = get_logger(__name__)
 
 CONSUMER = "analyzer"
+#: The validator's namespace too (the two once shared the derivation): an event handled
+#: again after an upgrade gets the id it had, and the stream drops the duplicate.
+_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
+    """The id of the event ``consumer`` publishes in answer to event ``source``."""
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
+
+
+async def ensure_sandbox(config: AnalyzerConfig) -> str:
+    """Start one worker to prove it can confine itself; returns the isolation it got."""
+    return await prove_sandbox(
+        work_dir=config.work_dir,
+        memory_mb=config.sandbox.memory_mb,
+        require_isolation=config.require_network_isolation,
+        section="analyzer",
+    )
 
 
 class AnalysisWorkers(Workers):
@@ -98,14 +105,14 @@ class AnalyzerService:
 
     async def _start_workers(self, stack: AsyncExitStack) -> AnalysisWorkers:
         # The timer first: its session, then the measurement, are the longer way.
-        vcfg = self.settings.validator
+        cfg = self.config
         return await start_workers(
             stack,
             [("services.analyzer.timing:time_model", 2), ("services.analyzer.tasks:profile", 1)],
             kind=AnalysisWorkers,
-            work_dir=vcfg.work_dir,
-            limits=self.config.sandbox,
-            require_isolation=vcfg.require_network_isolation,
+            work_dir=cfg.work_dir,
+            limits=cfg.sandbox,
+            require_isolation=cfg.require_network_isolation,
         )
 
     async def handle_validated(self, event: ModelValidated) -> None:
@@ -147,7 +154,7 @@ class AnalyzerService:
 
     async def analyze(self, artifact_id: str) -> AnalysisReport:
         """Profile and time the artifact in sandboxed workers."""
-        vcfg, acfg = self.settings.validator, self.config
+        acfg = self.config
         try:
             # Opened before workers are taken: a missing artifact costs no worker start.
             chunks = await readable(self.artifacts.iter_plaintext(artifact_id))
@@ -159,7 +166,7 @@ class AnalyzerService:
             workdir = workers.workdir
             upload = workdir / "upload"
             try:
-                await write_stream(chunks, upload, limit=vcfg.max_file_size)
+                await write_stream(chunks, upload, limit=acfg.max_file_size)
             except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
                 raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
             model, package = await self._model_file(upload, workdir)
@@ -186,8 +193,8 @@ class AnalyzerService:
     ) -> tuple[AnalysisReport, TaskOutcome]:
         """Profile ``model`` (a file in ``workers.workdir``) and time it: the report (its
         latency still empty) and what the timer answered."""
-        vcfg, acfg = self.settings.validator, self.config
-        dims = {"dim_default": vcfg.dynamic_dim_default, "dims": dict(vcfg.dynamic_dims)}
+        acfg = self.config
+        dims = {"dim_default": acfg.dynamic_dim_default, "dims": dict(acfg.dynamic_dims)}
         timer, profiler = workers.timer, workers.profiler
         # The timer creates its session beside the profile; it measures only when
         # asked, below, once the profile worker is gone.
@@ -243,15 +250,16 @@ class AnalyzerService:
             upload.rename(target)  # noqa: ASYNC240 - a rename within one directory
             return target, False
         outcome = await run_task(
-            "services.validator.tasks:unpack_archive",
+            "modelkit.tasks:unpack_archive",
             {
                 "archive": str(upload),
                 "target": str(model_dir),
-                "max_bytes": self.settings.validator.max_file_size,
+                "max_bytes": self.config.max_file_size,
+                "setting": "analyzer.max_file_size",
             },
             limits=self.config.sandbox,
             workdir=workdir,
-            require_isolation=self.settings.validator.require_network_isolation,
+            require_isolation=self.config.require_network_isolation,
         )
         if not outcome.ok or not outcome.value.get("passed"):
             raise AnalysisFailedError(str(upload), "the archive cannot be unpacked")
@@ -265,7 +273,7 @@ async def create_service(
     """Start the analyzer (bus, health subject, database, consumer); stop it on exit."""
     from services.analyzer.handlers import register
 
-    await ensure_sandbox(settings.validator)
+    await ensure_sandbox(settings.analyzer)
     bus = Bus(settings.nats, service="analyzer")
     services: list[AnalyzerService] = []  # the one made below, once it exists
     bus.serve_health(lambda: services[0].problem and f"{services[0].problem}; {SANDBOX_FIX}")

@@ -15,6 +15,17 @@ from dataclasses import dataclass
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
 
+from modelkit.onnx_utils import (
+    concrete_input_dims,
+    dtype_bits,
+    dtype_name,
+    graph_inputs,
+    iter_graphs,
+    op_key,
+    stored_bytes,
+    tensor_numel,
+    type_string,
+)
 from schemas.reports import (
     AnalysisReport,
     DeviceRequirements,
@@ -25,17 +36,6 @@ from schemas.reports import (
     TensorSignature,
     VersionDiff,
     normalize_domain,
-)
-from services.validator.onnx_utils import (
-    concrete_input_dims,
-    dtype_bits,
-    dtype_name,
-    graph_inputs,
-    iter_graphs,
-    op_key,
-    stored_bytes,
-    tensor_numel,
-    type_string,
 )
 
 __all__ = [

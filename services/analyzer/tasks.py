@@ -1,5 +1,5 @@
 """The analyzer's work on a model file, run by a sandboxed worker (see
-``services.validator.sandbox``): the structural profile. The latency measurement is
+``modelkit.sandbox``): the structural profile. The latency measurement is
 ``services.analyzer.timing``'s, in a worker of its own.
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelkit.onnx_utils import load_model
 from services.analyzer.domain import analyze
-from services.validator.onnx_utils import load_model
 
 __all__ = ["profile"]
 

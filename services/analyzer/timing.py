@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.random  # the generated inputs' generator, imported lazily by numpy otherwise
 
-from edge_runtime._external import maps_weights
-from services.validator.inputs import generate_feeds
-from services.validator.runtime import new_session
+from modelkit.external import maps_weights
+from modelkit.inputs import generate_feeds
+from modelkit.sessions import new_session
 
 __all__ = ["measure", "time_model"]
 

@@ -1,8 +1,9 @@
 """The model validator: every upload is checked in a sandbox before anything ships.
 
 The service lives in ``services.validator.app`` (``create_service``). This package
-imports nothing on purpose: the sandboxed worker starts from it and should not pay for
-the service's imports. See ``docs/validation.md``.
+imports nothing on purpose: a sandboxed worker imports its check modules and should not
+pay for the service's imports. The sandbox itself is ``modelkit``'s. See
+``docs/validation.md``.
 """
 
 __all__: list[str] = []

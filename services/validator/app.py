@@ -16,7 +16,10 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.config import SandboxLimits, Settings, ValidatorConfig
+from modelkit.ahead import StartedAhead
+from modelkit.files import readable, write_stream
+from modelkit.probe import SANDBOX_FIX, SELFTEST_MODEL, prove_sandbox
+from schemas.config import Settings, ValidatorConfig
 from schemas.events import ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
@@ -24,23 +27,17 @@ from services.common.bus import Bus
 from services.common.db import claim_event, create_engine, is_processed
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
-from services.validator._selftest import MODEL as SELFTEST_MODEL
 from services.validator.artifacts import ArtifactSource, open_artifacts
-from services.validator.errors import ArtifactUnavailableError, SandboxUnavailableError
+from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import (
     CheckWorkers,
-    readable,
     rejected_at,
     start_check_workers,
     validate_upload,
-    write_stream,
 )
-from services.validator.sandbox import StartedAhead, private_workdir, run_task
 
 __all__ = [
     "CONSUMER",
-    "SANDBOX_FIX",
-    "SELFTEST_MODEL",
     "ValidatorService",
     "check_validation",
     "create_service",
@@ -52,14 +49,6 @@ log = get_logger(__name__)
 
 CONSUMER = "validator"
 _EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
-#: What an operator can do when the start-up self-test fails (docs/validation.md).
-SANDBOX_FIX = (
-    "the sandbox's workers run as user nobody when the service runs as root: install the "
-    "project and its virtualenv where nobody may read them (not inside a directory of mode "
-    "0700 such as /root or one made by mktemp -d), allow the service mount namespaces "
-    "(it then shows them to the workers itself), or run the service as another user; "
-    "the worker's last words are in the service's log (docs/validation.md, 'The sandbox')"
-)
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -73,24 +62,12 @@ def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
 
 async def ensure_sandbox(config: ValidatorConfig) -> str:
     """Start one worker to prove it can confine itself; returns the isolation it got."""
-    async with private_workdir(config.work_dir) as workdir:
-        outcome = await run_task(
-            "services.validator.tasks:probe",
-            {},
-            limits=SandboxLimits(
-                cpu_seconds=30, memory_mb=config.sandbox.memory_mb, wall_seconds=60
-            ),
-            workdir=workdir,
-            require_isolation=config.require_network_isolation,
-        )
-    if not outcome.ok:
-        raise SandboxUnavailableError(outcome.detail or outcome.status.value)
-    if outcome.isolation == "none":
-        log.warning(
-            "sandbox workers run WITHOUT network isolation",
-            setting="validator.require_network_isolation",
-        )
-    return outcome.isolation
+    return await prove_sandbox(
+        work_dir=config.work_dir,
+        memory_mb=config.sandbox.memory_mb,
+        require_isolation=config.require_network_isolation,
+        section="validator",
+    )
 
 
 async def check_validation(config: ValidatorConfig) -> str:

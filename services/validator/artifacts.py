@@ -1,5 +1,4 @@
-"""Where the validator and the analyzer read uploads from, and how they unpack them into
-a private work directory for the sandboxed workers."""
+"""Where the validator reads uploads from."""
 
 from __future__ import annotations
 

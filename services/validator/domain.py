@@ -14,9 +14,9 @@ from pathlib import Path, PurePosixPath
 import onnx
 from onnx import TensorProto
 
+from modelkit.onnx_utils import dtype_bits, iter_graphs, iter_tensors, tensor_numel
 from schemas.config import ValidatorConfig
 from schemas.reports import normalize_domain
-from services.validator.onnx_utils import dtype_bits, iter_graphs, iter_tensors, tensor_numel
 
 __all__ = [
     "declared_shape_problems",

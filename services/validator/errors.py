@@ -1,24 +1,12 @@
-"""Errors of the validator and the analyzer services."""
+"""Errors of the validator service (the sandbox's own are ``modelkit.errors``)."""
 
 from __future__ import annotations
 
-__all__ = ["ArtifactUnavailableError", "SandboxUnavailableError", "ValidatorError"]
+__all__ = ["ArtifactUnavailableError", "ValidatorError"]
 
 
 class ValidatorError(Exception):
-    """Root of the validator's (and the analyzer's) errors."""
-
-
-class SandboxUnavailableError(ValidatorError):
-    """Workers cannot be confined as the configuration demands; the service will not start."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(
-            f"the sandbox cannot isolate workers from the network ({reason}); run the service "
-            "as root or where unprivileged user namespaces are allowed, or set "
-            "validator.require_network_isolation = false to accept models without it"
-        )
+    """Root of the validator's errors."""
 
 
 class ArtifactUnavailableError(ValidatorError):

@@ -9,37 +9,26 @@ that crashes, runs out of memory or time fails the check it was running with tha
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from modelkit.files import ZIP_MAGIC, hand_over
+from modelkit.outcome import SandboxStatus, TaskOutcome
+from modelkit.sandbox import Worker, Workers, start_worker, start_workers
 from schemas.config import ValidatorConfig
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
 from services.common.logging import get_logger
-from services.validator.sandbox import (
-    SandboxStatus,
-    TaskOutcome,
-    Worker,
-    Workers,
-    hand_over,
-    start_worker,
-    start_workers,
-)
 
 __all__ = [
     "CHECKS",
     "RUNTIME_CHECKS",
     "STRUCTURE_CHECKS",
-    "ZIP_MAGIC",
     "CheckWorkers",
-    "readable",
     "rejected_at",
     "start_check_workers",
     "validate_upload",
-    "write_stream",
 ]
 
 log = get_logger(__name__)
@@ -55,7 +44,6 @@ CHECKS = (
     "trial_inference",
     "reference",
 )
-ZIP_MAGIC = b"PK\x03\x04"
 #: The checks the structure worker runs (the onnx side), in order.
 STRUCTURE_CHECKS = ("load", "external_data", "policy", "checker", "shape_inference")
 #: The checks the runtime worker runs on its onnxruntime session, in order.
@@ -63,39 +51,6 @@ RUNTIME_CHECKS = ("trial_inference", "reference")
 _RUN_CHECKS = "services.validator.tasks:run_checks"
 #: Imports numpy and onnxruntime only, so that its worker is ready soon.
 _RUN_RUNTIME_CHECKS = "services.validator.runtime:run_runtime_checks"
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def readable(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``chunks`` again once its first piece is read: an artifact that is missing or
-    unreadable raises here, before any worker is taken for it."""
-    first = await anext(chunks, None)
-
-    async def again() -> AsyncIterator[bytes]:
-        if first is not None:
-            yield first
-            async for piece in chunks:
-                yield piece
-
-    return again()
-
-
-async def write_stream(chunks: AsyncIterable[bytes], dest: Path, *, limit: int) -> int:
-    """Write a byte stream to a new file ``dest``; stops (and returns ``limit + 1``) past
-    ``limit``. An existing ``dest`` (or a symbolic link there) is an error, never followed."""
-    written = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with open(fd, "wb") as out:  # noqa: ASYNC230 - small writes of already-decrypted chunks
-        async for piece in chunks:
-            written += len(piece)
-            if written > limit:
-                return limit + 1
-            out.write(piece)
-    hand_over(dest)
-    return written
 
 
 def rejected_at(results: list[CheckResult], failed_at: str) -> ValidationReport:
@@ -236,7 +191,7 @@ async def validate_upload(
     if magic == ZIP_MAGIC:
         check, value = await _sandboxed(
             "file",
-            "services.validator.tasks:unpack_archive",
+            "modelkit.tasks:unpack_archive",
             {"archive": str(upload), "target": str(model_dir), "max_bytes": config.max_file_size},
             config,
             workdir,

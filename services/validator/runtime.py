@@ -3,7 +3,7 @@ and ``reference`` on one session.
 
 It imports numpy and onnxruntime only (no onnx, no pydantic), so that its worker is ready
 soon; the validator's settings come as plain arguments. Results are
-``{"passed": bool, "message": str}`` (``services.validator.results``).
+``{"passed": bool, "message": str}`` (``modelkit.results``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.lib.format
 import numpy.random  # the generated inputs' generator, imported lazily by numpy otherwise
-import onnxruntime as ort
 
-from services.validator.inputs import generate_feeds, non_finite
-from services.validator.results import Result, failed, passed, problems
+from modelkit.inputs import generate_feeds, non_finite
+from modelkit.results import Result, failed, passed, problems
+from modelkit.sessions import new_session
 
 __all__ = ["RuntimeSettings", "Session", "run_runtime_checks"]
 
@@ -38,21 +38,6 @@ class RuntimeSettings:
         self.dynamic_dims = dynamic_dims
         self.reference_atol = reference_atol
         self.reference_rtol = reference_rtol
-
-
-def new_session(model: str, threads: int = 1, *, prepack: bool = False) -> Any:
-    """A sequential CPU session. Pre-packing rewrites every MatMul/Conv/Gemm weight into
-    the layout its kernel prefers, which pays off over many runs; the validator runs the
-    model once or twice (for a 100 MB MatMul it is a third of the session's creation
-    time), so it is off unless asked for (the analyzer's latency run, as devices do)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    if not prepack:
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class Session:

@@ -6,29 +6,28 @@ the runtime checks are ``services.validator.runtime``'s, in a worker of their ow
 ``check_*`` functions run one check on a model file. Every function takes
 JSON-able keyword arguments (paths inside the worker's private directory, the validator's
 settings as a dict); a check's result is ``{"passed": bool, "message": str}``. They are
-imported only inside the worker, after it has confined itself.
+imported only inside the worker, after it has confined itself. The tasks every sandbox
+user runs (unpacking an archive, the start-up probe) are ``modelkit.tasks``'.
 """
 
 from __future__ import annotations
 
-import stat
-import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import onnx
 
+from modelkit import results
+from modelkit.onnx_utils import concrete_input_dims, load_model, stored_bytes
+from modelkit.results import Result
 from schemas.config import ValidatorConfig
-from services.validator import results
 from services.validator.domain import (
     declared_shape_problems,
     external_data_problems,
     external_tensors,
     policy_problems,
 )
-from services.validator.onnx_utils import concrete_input_dims, load_model, stored_bytes
-from services.validator.results import Result
 
 __all__ = [
     "check_checker",
@@ -36,9 +35,7 @@ __all__ = [
     "check_load",
     "check_policy",
     "check_shape_inference",
-    "probe",
     "run_checks",
-    "unpack_archive",
 ]
 
 #: Initializers larger than this are left out of the model given to shape inference.
@@ -47,62 +44,6 @@ _DETACH_BYTES = 65536
 
 def _load(model: str) -> onnx.ModelProto:
     return load_model(model)
-
-
-def probe() -> Result:
-    """Nothing: lets the service check at start-up that workers can confine themselves."""
-    return results.passed("the sandbox works")
-
-
-def unpack_archive(archive: str, target: str, max_bytes: int) -> Result:
-    """Extract a ZIP upload (a model with external data) into ``target``, refusing
-    members with absolute paths, ``..``, symbolic links or a total size above ``max_bytes``.
-    The archive must hold exactly one ``.onnx`` file at its top level."""
-    root = Path(target)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        return results.failed(f"the upload looks like a ZIP archive but cannot be read: {exc}")
-    with zf:
-        members = zf.infolist()
-        total = sum(m.file_size for m in members)
-        if total > max_bytes:
-            return results.failed(
-                f"the archive expands to {total} bytes, more than validator.max_file_size "
-                f"= {max_bytes}"
-            )
-        models = []
-        for m in members:
-            name = m.filename
-            path = PurePosixPath(name)
-            mode = m.external_attr >> 16
-            if path.is_absolute() or name.startswith(("/", "\\")) or "\\" in name:
-                return results.failed(f"archive member {name!r} has an absolute path")
-            if ".." in path.parts:
-                return results.failed(f"archive member {name!r} escapes the archive ('..')")
-            if stat.S_ISLNK(mode):
-                return results.failed(f"archive member {name!r} is a symbolic link")
-            if m.is_dir():
-                (root / path).mkdir(parents=True, exist_ok=True)
-                continue
-            if name.endswith(".onnx") and len(path.parts) == 1:
-                models.append(name)
-            dest = root / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(m) as src, open(dest, "xb") as out:
-                written = 0
-                while block := src.read(1 << 20):
-                    written += len(block)
-                    if written > m.file_size:
-                        return results.failed(f"archive member {name!r} is larger than it declares")
-                    out.write(block)
-    if len(models) != 1:
-        return results.failed(
-            f"the archive must hold exactly one .onnx file at its top level, found {len(models)}"
-        )
-    return results.passed(
-        f"archive of {len(members)} members, {total} bytes, model {models[0]!r}", model=models[0]
-    )
 
 
 class _Model:

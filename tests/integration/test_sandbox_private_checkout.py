@@ -33,8 +33,12 @@ import pytest
 from model_zoo import cnn_model, to_bytes
 
 import edge_runtime
+import modelkit
 import schemas
 import services
+from modelkit.files import NOBODY, private_workdir
+from modelkit.outcome import PLATFORM_FAULT
+from modelkit.sandbox import run_task
 from schemas.config import SandboxLimits, Settings
 from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import AnalysisReport
@@ -44,10 +48,9 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.validator.app import create_service as create_validator
-from services.validator.sandbox import NOBODY, PLATFORM_FAULT, private_workdir, run_task
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
-_PACKAGES = (services, schemas, edge_runtime)
+_PACKAGES = (services, schemas, modelkit, edge_runtime)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -124,7 +127,7 @@ async def test_a_lazy_import_after_the_drop_reads_the_private_checkout(
 ) -> None:
     async with private_workdir() as workdir:
         outcome = await run_task(
-            "services.validator._selftest:lazy_import",
+            "modelkit._selftest:lazy_import",
             {"module": "numpy.ma"},
             limits=LIMITS,
             workdir=workdir,

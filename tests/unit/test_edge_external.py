@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_runtime import _package
-from edge_runtime._external import ALIGN, WEIGHTS, externalize
 from edge_runtime._model import ModelHost
 from edge_runtime._package import model_file, unpacked_dir
 from edge_runtime.cli import _parser
 from edge_runtime.errors import InferenceError
+from modelkit.external import ALIGN, WEIGHTS, externalize
 from schemas.transfer import ActiveModel
 
 SMALL = {"min_tensor": 1024, "min_total": 0}
@@ -257,7 +257,7 @@ def test_many_fields_round_trip_and_a_bound_on_the_walk(
     parsed.ParseFromString(original.read_bytes())
     assert inlined(rewritten) == parsed.SerializeToString(deterministic=True)
 
-    monkeypatch.setattr("edge_runtime._external._MAX_FIELDS", 1000)
+    monkeypatch.setattr("modelkit.external._MAX_FIELDS", 1000)
     assert externalize(original, tmp_path / "capped", **SMALL) is None
 
 
@@ -293,10 +293,10 @@ def test_prepacking_of_mapped_weights_follows_the_setting(
 
 
 def test_the_walker_imports_without_the_runtime_and_public_names_stay_functions() -> None:
-    # The analyzer's latency worker imports edge_runtime._external: it must not pull in
-    # onnxruntime, MQTT and crypto with it; and the package's names resolve as before.
+    # The analyzer's latency worker imports modelkit.external: it must not pull in
+    # onnxruntime, MQTT and crypto with it; and the device's package names resolve.
     code = (
-        "import sys, edge_runtime._external\n"
+        "import sys, modelkit.external\n"
         "heavy = {'onnxruntime', 'aiomqtt', 'cryptography', 'pydantic'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
         "import edge_runtime._enroll\n"

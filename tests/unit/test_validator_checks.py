@@ -1,6 +1,6 @@
 """The validator's rules on real model files: external data, policy, reference outputs.
 
-These call the check functions directly; ``test_validator_sandbox.py`` covers the worker
+These call the check functions directly; ``test_sandbox.py`` covers the worker
 that runs them, ``tests/integration/test_validation_pipeline.py`` the whole service.
 """
 
@@ -22,10 +22,10 @@ from model_zoo import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
+from modelkit.onnx_utils import load_model
 from schemas.config import ValidatorConfig
 from services.validator import runtime, tasks
 from services.validator.domain import external_data_problems, policy_problems
-from services.validator.onnx_utils import load_model
 
 BIAS = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
 

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from modelkit import ahead
+from modelkit.ahead import StartedAhead
+from modelkit.files import private_workdir
+from modelkit.outcome import SandboxStatus
+from modelkit.sandbox import Worker, start_worker
 from schemas.config import SandboxLimits
-from services.validator import sandbox
-from services.validator.sandbox import (
-    SandboxStatus,
-    StartedAhead,
-    Worker,
-    private_workdir,
-    start_worker,
-)
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 
@@ -41,7 +38,7 @@ class OneWorker:
 class Sets:
     """A ``StartedAhead`` of one ``pid`` worker each, counting the sets it started."""
 
-    def __init__(self, task: str = "services.validator._selftest:pid") -> None:
+    def __init__(self, task: str = "modelkit._selftest:pid") -> None:
         self.task = task
         self.made: list[OneWorker] = []
         self.pool = StartedAhead(self.prepare)
@@ -91,7 +88,7 @@ async def test_a_job_gets_the_set_that_waited_and_every_job_its_own() -> None:
 async def test_the_next_set_starts_once_the_service_has_been_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sandbox, "IDLE_BEFORE_START", 0.3)
+    monkeypatch.setattr(ahead, "IDLE_BEFORE_START", 0.3)
     sets = Sets()
     sets.pool.start()
     assert await sets.pool.ready()
@@ -112,7 +109,7 @@ async def test_the_next_set_starts_once_the_service_has_been_idle(
 async def test_a_pool_nobody_started_keeps_nothing_ahead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sandbox, "IDLE_BEFORE_START", 0.1)
+    monkeypatch.setattr(ahead, "IDLE_BEFORE_START", 0.1)
     sets = Sets()
     async with sets.pool.take() as only:  # none ready: the job starts its own
         await run(only)
@@ -182,7 +179,7 @@ async def test_stopping_kills_the_waiting_set_and_removes_its_directory() -> Non
 
 
 async def test_a_worker_that_cannot_start_says_so_instead_of_ready() -> None:
-    sets = Sets(task="services.validator._selftest:no_such_task")
+    sets = Sets(task="modelkit._selftest:no_such_task")
     sets.pool.start()
     assert not await sets.pool.ready()
     async with sets.pool.take() as broken:
@@ -200,10 +197,11 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
 
     from schemas.config import Settings
     from schemas.events import ModelUploaded
+    from services.analyzer import errors as analyzer_errors
     from services.analyzer.app import AnalyzerService
     from services.common.artifacts import ArtifactStore
+    from services.validator import errors as validator_errors
     from services.validator.app import ValidatorService
-    from services.validator.errors import ArtifactUnavailableError
 
     settings = Settings()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=1 << 16)
@@ -218,7 +216,8 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
         return await prepare(stack)
 
     service.workers._prepare = counted  # type: ignore[method-assign]
-    with pytest.raises(ArtifactUnavailableError):
+    errors = validator_errors if service_kind == "validator" else analyzer_errors
+    with pytest.raises(errors.ArtifactUnavailableError):
         if isinstance(service, ValidatorService):
             event = ModelUploaded(
                 event_id=uuid.uuid4(), model="m", version="1.0.0", artifact_id=missing,

@@ -3,7 +3,8 @@
 Floats are drawn from a seeded standard normal (the same inputs every time, so runs are
 comparable); integers are zeros, which are valid indices, lengths and class ids for most
 models; booleans are False; strings are ``"a"``. Dynamic dimensions take
-``validator.dynamic_dims[symbol]``, else ``validator.dynamic_dim_default``.
+``named[symbol]``, else ``default`` (the service's ``dynamic_dims`` and
+``dynamic_dim_default``).
 """
 
 from __future__ import annotations

@@ -13,21 +13,15 @@ import numpy as np
 import pytest
 from model_zoo import tiny_model, to_bytes
 
+from modelkit import _selftest
+from modelkit.files import NOBODY, private_workdir, write_stream
+from modelkit.outcome import PLATFORM_FAULT, SandboxStatus
+from modelkit.sandbox import run_task, start_worker
 from schemas.config import SandboxLimits
 from services.analyzer.domain import latency_warning
-from services.validator import _selftest
-from services.validator.pipeline import write_stream
-from services.validator.sandbox import (
-    NOBODY,
-    PLATFORM_FAULT,
-    SandboxStatus,
-    private_workdir,
-    run_task,
-    start_worker,
-)
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
-SELF = "services.validator._selftest:"
+SELF = "modelkit._selftest:"
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
 """Diagnostic tasks that prove the sandbox's confinement (used by its tests and by
-operators checking a host): each tries something a hostile model might. ``MODEL`` is the
-built-in model the services' start-up self-tests validate and time (``ensure_*``)."""
+operators checking a host): each tries something a hostile model might. The services'
+start-up self-tests are ``modelkit.probe``'s."""
 
 from __future__ import annotations
 
-import base64
 import importlib
 import os
 import socket
@@ -14,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
-    "MODEL",
     "abort",
     "allocate",
     "connect",
@@ -27,15 +25,6 @@ __all__ = [
     "spin",
     "steps",
 ]
-
-
-#: y = x @ w + b, x of shape [n, 4] (opset 17, 188 bytes): what the start-up self-tests
-#: validate and time, through the same workers and code as an uploaded model.
-MODEL = base64.b64decode(
-    "CAgSFGVkZ2VhaWZvcmdlLXNlbGZ0ZXN0OpsBChIKAXgKAXcSAnkwIgZNYXRNdWwKDwoCeTAKAWISAXkiA0Fk"
-    "ZBIIc2VsZnRlc3QqKwgECAIQAUIBd0ogAAAAPwAAAD8AAAA/AAAAPwAAAD8AAAA/AAAAPwAAAD8qEQgCEAFC"
-    "AWJKCAAAgD8AAIA/WhQKAXgSDwoNCAESCQoDEgFuCgIIBGIUCgF5Eg8KDQgBEgkKAxIBbgoCCAJCBAoAEBE="
-)
 
 
 def lazy_import(module: str) -> dict[str, Any]:

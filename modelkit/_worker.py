@@ -1,5 +1,5 @@
-"""The sandboxed worker: ``python -I -m services.validator._worker`` (started by
-``services.validator.sandbox``, never by hand).
+"""The sandboxed worker: ``python -I -m modelkit._worker`` (started by
+``modelkit.sandbox``, never by hand).
 
 It reads one JSON task from stdin, confines itself (limits, network namespace,
 ``nobody``) before importing anything that parses the untrusted files, reads the task's

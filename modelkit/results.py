@@ -1,6 +1,5 @@
-"""What a validation check returns, for the sandboxed check modules
-(``services.validator.tasks``, ``services.validator.runtime``): ``{"passed": bool,
-"message": str}``, with at most five problems spelled out."""
+"""What a sandboxed check returns (``modelkit.tasks``, the validator's checks):
+``{"passed": bool, "message": str}``, with at most five problems spelled out."""
 
 from __future__ import annotations
 

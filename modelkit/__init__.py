@@ -1,0 +1,14 @@
+"""What the validator, the analyzer and the device share about running ONNX models.
+
+The sandbox that runs untrusted models in confined worker processes (``sandbox``,
+``ahead``, ``files``, ``outcome``, ``probe``), the tasks both services run in it
+(``tasks``), the ONNX and onnxruntime helpers (``onnx_utils``, ``inputs``, ``sessions``,
+``results``) and the device's external-data rewrite (``external``). It imports only
+``schemas`` and third-party libraries, never ``services`` or ``edge_runtime``.
+
+This package imports nothing on purpose: the sandboxed worker (``python -I -m
+modelkit._worker``) starts from it, and the device imports ``modelkit.external`` alone;
+neither should pay for the rest. See ``docs/validation.md`` ("modelkit").
+"""
+
+__all__: list[str] = []
