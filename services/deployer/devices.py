@@ -51,6 +51,26 @@ log = get_logger(__name__)
 REVOKED = "revoked: device removed"
 
 
+def _device_info(d: Device, removal: DeviceRemoval | None = None) -> DeviceInfo:
+    return DeviceInfo(
+        device_id=d.device_id,
+        group=d.group,
+        labels=dict(d.labels or {}),
+        capabilities=Capabilities.model_validate(d.capabilities or {"onnxruntime_version": ""}),
+        online=bool(d.online) and removal is None,
+        last_seen=aware(d.last_seen),
+        enrolled_at=aware(d.enrolled_at) or utcnow(),
+        active_model=d.active_model,
+        active_version=d.active_version,
+        previous_model=d.previous_model,
+        previous_version=d.previous_version,
+        last_rejection=d.last_rejection,
+        removed_at=aware(removal.removed_at) if removal is not None else None,
+        removed_by=removal.removed_by if removal is not None else None,
+        removal_reason=removal.reason if removal is not None else None,
+    )
+
+
 class Devices:
     """Enrolled devices: what they run, whether they are there, taking one out of the fleet."""
 
@@ -69,25 +89,6 @@ class Devices:
         self.grants = grants
         self.supervisor = supervisor
 
-    def info(self, d: Device, removal: DeviceRemoval | None = None) -> DeviceInfo:
-        return DeviceInfo(
-            device_id=d.device_id,
-            group=d.group,
-            labels=dict(d.labels or {}),
-            capabilities=Capabilities.model_validate(d.capabilities or {"onnxruntime_version": ""}),
-            online=bool(d.online) and removal is None,
-            last_seen=aware(d.last_seen),
-            enrolled_at=aware(d.enrolled_at) or utcnow(),
-            active_model=d.active_model,
-            active_version=d.active_version,
-            previous_model=d.previous_model,
-            previous_version=d.previous_version,
-            last_rejection=d.last_rejection,
-            removed_at=aware(removal.removed_at) if removal is not None else None,
-            removed_by=removal.removed_by if removal is not None else None,
-            removal_reason=removal.reason if removal is not None else None,
-        )
-
     async def list_devices(self, req: ListDevices) -> DeviceList:
         async with self.ctx.sessions() as s:
             rows = (await s.scalars(select(Device).order_by(Device.device_id))).all()
@@ -102,7 +103,7 @@ class Devices:
                 continue
             if req.labels and any((d.labels or {}).get(k) != v for k, v in req.labels.items()):
                 continue
-            out.append(self.info(d, removed.get(d.device_id)))
+            out.append(_device_info(d, removed.get(d.device_id)))
         return DeviceList(devices=tuple(out))
 
     async def get_device(self, device_id: str) -> DeviceInfo:
@@ -111,7 +112,7 @@ class Devices:
             d = await s.get(Device, device_id)
             if d is None:
                 raise DeviceNotFound(device_id)
-            return self.info(d, await s.get(DeviceRemoval, device_id))
+            return _device_info(d, await s.get(DeviceRemoval, device_id))
 
     async def set_labels(self, req: SetLabels) -> DeviceInfo:
         async with self.ctx.sessions.begin() as s:
@@ -123,7 +124,7 @@ class Devices:
             d.labels = dict(req.labels)
             if req.group is not None:
                 d.group = req.group or None
-            return self.info(d)
+            return _device_info(d)
 
     async def remove_device(self, req: RemoveDevice) -> DeviceInfo:
         """Take a device out of the fleet (see docs/deployment.md); a repeat is safe.
@@ -170,7 +171,7 @@ class Devices:
                 affected = {t.deployment_id for t in unfinished}
                 log.info("device removed", device=device_id, by=req.removed_by,
                          cancelled_targets=len(unfinished))  # fmt: skip
-            info = self.info(d, removal)
+            info = _device_info(d, removal)
             removed = DeviceRemoved(
                 event_id=uuid.UUID(removal.event_id),
                 occurred_at=aware(removal.removed_at) or utcnow(),
