@@ -240,17 +240,10 @@ class FakePlatform:
 async def fake_platform(
     config: MqttConfig, store: ArtifactStore, signing_key: Ed25519PrivateKey
 ) -> AsyncIterator[FakePlatform]:
-    holder: dict[str, ChunkServer] = {}
-
-    async def on_message(message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else b""
-        holder["server"].handle(str(message.topic), payload, message.properties)
-
     link = MqttLink(
         config,
         client_id=f"fake-platform-{uuid.uuid4().hex[:8]}",
         subscriptions=[f"$share/deployer/{PREFIX}/artifacts/+/get"],
-        on_message=on_message,
     )
     publisher = TamperingPublisher(link)
     platform = FakePlatform(store, link, None, publisher, signing_key)  # type: ignore[arg-type]
@@ -260,8 +253,12 @@ async def fake_platform(
 
     server = ChunkServer(store=store, topics=TOPICS, publisher=publisher, authorize=authorize)
     platform.server = server
-    holder["server"] = server
-    await link.start()
+
+    async def on_message(message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        server.handle(str(message.topic), payload, message.properties)
+
+    await link.start(on_message=on_message)
     try:
         yield platform
     finally:

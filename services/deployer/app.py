@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from schemas.config import Settings
+from schemas.topics import Topics
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.db import create_engine
@@ -26,6 +27,7 @@ from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
 from services.deployer.commands import register_commands
 from services.deployer.handlers import register
+from services.deployer.manifests import ChunkGrants
 from services.deployer.mqtt import MqttLink
 from services.deployer.service import Deployer
 
@@ -70,16 +72,7 @@ async def create_app(
         username=admin_user or "",
         password=admin_password.get_secret_value() if admin_password else "",
     )
-    deployer = Deployer(
-        settings=settings,
-        sessions=sessions,
-        store=store,
-        signing_key=signing_key,
-        bus=bus,
-        catalog=catalog or RegistryCatalog(bus),
-        admin=admin,
-    )
-    topics = deployer.topics
+    topics = Topics(settings.mqtt.topic_prefix)
     link = MqttLink(
         settings.mqtt,
         client_id=f"eaf-deployer-{os.getpid()}-{os.urandom(3).hex()}",
@@ -91,16 +84,21 @@ async def create_app(
                 topics.all_devices("online"),
             )
         ],
-        on_message=deployer.on_mqtt_message,
     )
-    chunks = ChunkServer(
+    grants = ChunkGrants(sessions)
+    chunks = ChunkServer(store=store, topics=topics, publisher=link, authorize=grants.authorize)
+    deployer = Deployer(
+        settings=settings,
+        sessions=sessions,
         store=store,
-        topics=deployer.topics,
-        publisher=link,
-        authorize=deployer.authorize_chunks,
+        signing_key=signing_key,
+        bus=bus,
+        catalog=catalog or RegistryCatalog(bus),
+        admin=admin,
+        link=link,
+        chunks=chunks,
+        grants=grants,
     )
-    deployer.link = link
-    deployer.chunks = chunks
     bus.serve_health()
     register(bus, deployer)
     register_commands(bus, deployer)
@@ -117,7 +115,7 @@ async def create_app(
         stack.push_async_callback(engine.dispose)
         await admin.__aenter__()
         stack.push_async_exit(admin.__aexit__)
-        await link.start()
+        await link.start(on_message=deployer.on_mqtt_message)
         stack.push_async_callback(link.stop)
         stack.push_async_callback(chunks.close)
         stack.push_async_callback(deployer.close)

@@ -7,11 +7,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
-from schemas.deployer import Capabilities
+from schemas.deployer import Capabilities, DeploymentStatus
 from schemas.events import DeploymentOutcome, TargetState
 from schemas.reports import DeviceRequirements
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "FAILED_STATES",
     "WaveVerdict",
     "advances",
@@ -23,6 +24,8 @@ __all__ = [
     "preflight",
 ]
 
+#: Statuses of a deployment that is not finished.
+ACTIVE_STATUSES = (DeploymentStatus.RUNNING.value, DeploymentStatus.PAUSED.value)
 #: Terminal states that count against a wave's error threshold.
 FAILED_STATES = frozenset({TargetState.FAILED, TargetState.ROLLED_BACK, TargetState.TIMED_OUT})
 _ORDER = {

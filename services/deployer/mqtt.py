@@ -65,13 +65,12 @@ class MqttLink:
         *,
         client_id: str,
         subscriptions: Sequence[str] = (),
-        on_message: MessageHandler | None = None,
         max_inflight: int = 256,
     ) -> None:
         self.config = config
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
-        self.on_message = on_message
+        self.on_message: MessageHandler | None = None
         self.max_inflight = max_inflight
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -79,7 +78,11 @@ class MqttLink:
         self._handlers: set[asyncio.Task[None]] = set()
         self.connections = 0
 
-    async def start(self, *, wait: float | None = 10.0) -> None:
+    async def start(
+        self, *, on_message: MessageHandler | None = None, wait: float | None = 10.0
+    ) -> None:
+        """Connect in the background; the subscriptions' messages go to ``on_message``."""
+        self.on_message = on_message
         self._task = asyncio.create_task(self._loop())
         if wait:
             await self.wait_connected(wait)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ModelSequence",
     "RequestKey",
     "Target",
+    "live_device",
     "utcnow",
 ]
 
@@ -166,3 +168,13 @@ class RequestKey(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+
+
+async def live_device(s: AsyncSession, device_id: str) -> Device | None:
+    """The device, unless it is unknown or was removed (its reports are ignored)."""
+    found = await s.scalar(
+        select(Device)
+        .outerjoin(DeviceRemoval, DeviceRemoval.device_id == Device.device_id)
+        .where(Device.device_id == device_id, DeviceRemoval.device_id.is_(None))
+    )
+    return found

@@ -31,11 +31,17 @@ from services.deployer.store import Base, DeviceRemoval, RequestKey
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def env(request: pytest.FixtureRequest, make_env: EnvFactory) -> Env:  # noqa: F811
+def database_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
-        return await make_env()
+        return None
     url: str = request.getfixturevalue("postgres_url")
-    return await make_env(database_url=url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def env(database_url: str | None, make_env: EnvFactory) -> Env:  # noqa: F811
+    # The database before the deployer: it is dropped only after the deployer has stopped.
+    return await make_env(database_url=database_url)
 
 
 async def create(env: Env, req: CreateDeployment) -> DeploymentInfo:

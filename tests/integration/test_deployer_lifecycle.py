@@ -262,8 +262,9 @@ async def test_offline_device_is_retried_then_timed_out(make_env: EnvFactory, un
 
 
 async def test_deployer_on_postgresql_deploys_to_a_device(  # type: ignore[no-untyped-def]
-    make_env: EnvFactory, postgres_url: str, unique_id
+    postgres_url: str, make_env: EnvFactory, unique_id
 ) -> None:
+    # postgres_url first: its database is dropped only after the deployer has stopped.
     url = postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1)
     env = await make_env(database_url=url)
     assert env.settings.database.url.startswith("postgresql+asyncpg://")

@@ -164,9 +164,8 @@ async def test_deployer_link_stops_although_a_handler_absorbed_the_cancellation(
         service_mqtt(mosquitto_server, *user),
         client_id=unique_id("link-"),
         subscriptions=[topic],
-        on_message=on_message,
     )
-    await link.start()
+    await link.start(on_message=on_message)
     try:
         await link.publish(topic, b"{}", qos=1)
         await asyncio.wait_for(handling.wait(), 10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.events import TargetState
 from schemas.transfer import ActiveModel, DeploymentProgress, DeviceState
-from services.deployer.service import _only_progress
+from services.deployer.reports import _only_progress
 
 
 def state(step: TargetState, chunks: int, *, deployment: str = "d1", **kw: object) -> DeviceState:
