@@ -24,13 +24,11 @@ from bench._common import Servers
 from edge_runtime import complete, prepare
 from schemas.config import Settings
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
     CreateEnrollmentToken,
+    DeployerRpc,
     DeploymentInfo,
-    DeviceInfo,
     DeviceRef,
-    EnrollmentToken,
     EnrollReply,
     TargetSelector,
 )
@@ -105,14 +103,13 @@ class Platform:
 
     async def enroll(self, device_id: str, *, group: str | None = None) -> EnrollReply:
         """What ``edge-runtime enroll`` does, with the REST hop replaced by the RPC."""
-        token = await self.bus.request(
-            SUBJECTS["create_enrollment_token"],
+        token = await self.bus.call(
+            DeployerRpc.CREATE_ENROLLMENT_TOKEN,
             CreateEnrollmentToken(device_id=device_id, group=group),
-            EnrollmentToken,
         )
         state_dir = self.state_dir(device_id)
         request = prepare(state_dir, device_id=device_id, token=token.token)
-        reply: EnrollReply = await self.bus.request(SUBJECTS["enroll"], request, EnrollReply)
+        reply: EnrollReply = await self.bus.call(DeployerRpc.ENROLL, request)
         complete(state_dir, reply)
         return reply
 
@@ -120,10 +117,9 @@ class Platform:
         return self.workdir / "devices" / device_id
 
     async def deploy(self, model: str, version: str, target: TargetSelector) -> DeploymentInfo:
-        info: DeploymentInfo = await self.bus.request(
-            SUBJECTS["create_deployment"],
+        info: DeploymentInfo = await self.bus.call(
+            DeployerRpc.CREATE_DEPLOYMENT,
             CreateDeployment(model=model, version=version, target=target),
-            DeploymentInfo,
         )
         return info
 
@@ -267,7 +263,7 @@ async def device_process(
 async def _wait_online(p: Platform, device: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        info = await p.bus.request(SUBJECTS["get_device"], DeviceRef(device_id=device), DeviceInfo)
+        info = await p.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device))
         if info.online:
             return
         await asyncio.sleep(0.2)

@@ -1,7 +1,7 @@
 """Request/reply models of the deployer (``eaf.rpc.deployer.<verb>``).
 
 Enrolment, the device registry and deployments. The REST API maps its routes onto these
-subjects one to one; ``SUBJECTS`` lists them.
+subjects one to one; ``DeployerRpc`` declares them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from schemas.registry import VersionsInUseReply, VersionsInUseRequest
 from schemas.rpc import Rpc
 
 __all__ = [
-    "SUBJECTS",
     "X25519_LOW_ORDER_POINTS",
     "Capabilities",
     "CreateDeployment",
@@ -75,23 +74,6 @@ RequestId = Annotated[
         ),
     ),
 ]
-
-SUBJECTS = {
-    "create_enrollment_token": "eaf.rpc.deployer.create_enrollment_token",
-    "enroll": "eaf.rpc.deployer.enroll",
-    "list_devices": "eaf.rpc.deployer.list_devices",
-    "get_device": "eaf.rpc.deployer.get_device",
-    "set_labels": "eaf.rpc.deployer.set_labels",
-    "remove_device": "eaf.rpc.deployer.remove_device",
-    "create_deployment": "eaf.rpc.deployer.create_deployment",
-    "list_deployments": "eaf.rpc.deployer.list_deployments",
-    "get_deployment": "eaf.rpc.deployer.get_deployment",
-    "pause": "eaf.rpc.deployer.pause",
-    "resume": "eaf.rpc.deployer.resume",
-    "cancel": "eaf.rpc.deployer.cancel",
-    "rollback": "eaf.rpc.deployer.rollback",
-    "versions_in_use": "eaf.rpc.deployer.versions_in_use",
-}
 
 
 # ---- enrolment ------------------------------------------------------------------------

@@ -391,17 +391,16 @@ async def enroll_via_rpc(
     labels: dict[str, str] | None = None, capabilities: Any = None,
 ) -> EnrollReply:  # fmt: skip
     """Enrolment as ``edge-runtime enroll`` does it, with the REST hop replaced by the RPC."""
-    from schemas.deployer import SUBJECTS, CreateEnrollmentToken, EnrollmentToken
+    from schemas.deployer import CreateEnrollmentToken, DeployerRpc
 
-    token = await bus.request(
-        SUBJECTS["create_enrollment_token"],
+    token = await bus.call(
+        DeployerRpc.CREATE_ENROLLMENT_TOKEN,
         CreateEnrollmentToken(device_id=device_id, group=group, labels=labels or {}),
-        EnrollmentToken,
     )
     request = prepare(state_dir, device_id=device_id, token=token.token)
     if capabilities is not None:
         request = request.model_copy(update={"capabilities": capabilities})
-    reply: EnrollReply = await bus.request(SUBJECTS["enroll"], request, EnrollReply)
+    reply: EnrollReply = await bus.call(DeployerRpc.ENROLL, request)
     complete(state_dir, reply)
     return reply
 

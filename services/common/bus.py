@@ -278,19 +278,6 @@ class Bus:
                 return _error_reply("internal", 500, f"internal error: {type(exc).__name__}")
             return reply.model_dump_json().encode()
 
-    def rpc(
-        self, subject: str, request_type: type[Req]
-    ) -> Callable[[Callable[[Req], Awaitable[BaseModel]]], Callable[[Req], Awaitable[BaseModel]]]:
-        """Serve ``subject`` with ``handler`` (a subject not declared as an ``Rpc``)."""
-
-        def decorator(
-            handler: Callable[[Req], Awaitable[BaseModel]],
-        ) -> Callable[[Req], Awaitable[BaseModel]]:
-            self.serve(Rpc(subject, request_type, BaseModel, self.service), handler)
-            return handler
-
-        return decorator
-
     async def call(
         self, rpc: Rpc[Req, Resp], request: Req, *, timeout: float | None = None
     ) -> Resp:

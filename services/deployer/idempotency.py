@@ -26,7 +26,7 @@ from schemas.deployer import DeploymentInfo, KeyedDeploymentInfo
 from services.common.errors import Conflict
 from services.deployer.store import RequestKey
 
-__all__ = ["REQUEST_KEY_TTL", "Key", "RequestKeyConflict", "claim", "run_once"]
+__all__ = ["REQUEST_KEY_TTL", "Key", "RequestKeyConflict", "claim", "first", "run_once"]
 
 #: How long a key is remembered; a retry after that starts a new deployment.
 REQUEST_KEY_TTL = timedelta(hours=24)
@@ -115,6 +115,11 @@ async def run_once(
             if known is None:
                 raise
         else:
-            return KeyedDeploymentInfo.model_validate({**made.model_dump(), "replayed": False})
+            return first(made)
     info = await get(known)
     return KeyedDeploymentInfo.model_validate({**info.model_dump(), "replayed": True})
+
+
+def first(info: DeploymentInfo) -> KeyedDeploymentInfo:
+    """``info`` as the answer to a request seen for the first time (``replayed`` false)."""
+    return KeyedDeploymentInfo.model_validate({**info.model_dump(), "replayed": False})

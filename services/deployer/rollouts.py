@@ -15,6 +15,7 @@ from schemas.deployer import (
     DeploymentList,
     DeploymentStatus,
     DeploymentStrategy,
+    KeyedDeploymentInfo,
     ListDeployments,
     TargetInfo,
     TargetSelector,
@@ -80,13 +81,13 @@ class Rollouts:
         wanted = target.labels or {}
         return [d for d in rows if all((d.labels or {}).get(k) == v for k, v in wanted.items())]
 
-    async def create_deployment(self, req: CreateDeployment) -> DeploymentInfo:
+    async def create_deployment(self, req: CreateDeployment) -> KeyedDeploymentInfo:
         """Start a deployment; with ``request_id``, a repeat answers the one it started
-        (a ``KeyedDeploymentInfo``, see ``idempotency.py``)."""
+        (``replayed``, see ``idempotency.py``)."""
         fields = req.model_dump(mode="json", exclude={"request_id"})
         key = idempotency.Key.of("create", req.request_id, fields)
         if key is None:
-            return await self._create_deployment(req, None)
+            return idempotency.first(await self._create_deployment(req, None))
         return await idempotency.run_once(
             self.ctx.sessions, key, lambda k: self._create_deployment(req, k), self.get_deployment
         )
@@ -288,11 +289,13 @@ class Rollouts:
         await self.ctx.events.emit(events)
         return await self.get_deployment(deployment_id)
 
-    async def rollback(self, deployment_id: str, request_id: str | None = None) -> DeploymentInfo:
+    async def rollback(
+        self, deployment_id: str, request_id: str | None = None
+    ) -> KeyedDeploymentInfo:
         """Roll back; with ``request_id``, a repeat answers the rollback it started."""
         key = idempotency.Key.of("rollback", request_id, {"deployment_id": deployment_id})
         if key is None:
-            return await self._rollback(deployment_id, None)
+            return idempotency.first(await self._rollback(deployment_id, None))
         return await idempotency.run_once(
             self.ctx.sessions, key, lambda k: self._rollback(deployment_id, k), self.get_deployment
         )

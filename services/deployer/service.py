@@ -23,6 +23,7 @@ from schemas.deployer import (
     EnrollmentToken,
     EnrollReply,
     EnrollRequest,
+    KeyedDeploymentInfo,
     ListDeployments,
     ListDevices,
     RemoveDevice,
@@ -118,7 +119,7 @@ class Deployer:
 
     # ---- rollouts ------------------------------------------------------------------------
 
-    async def create_deployment(self, req: CreateDeployment) -> DeploymentInfo:
+    async def create_deployment(self, req: CreateDeployment) -> KeyedDeploymentInfo:
         return await self.rollouts.create_deployment(req)
 
     async def list_deployments(self, req: ListDeployments) -> DeploymentList:
@@ -136,7 +137,9 @@ class Deployer:
     async def cancel(self, deployment_id: str) -> DeploymentInfo:
         return await self.rollouts.cancel(deployment_id)
 
-    async def rollback(self, deployment_id: str, request_id: str | None = None) -> DeploymentInfo:
+    async def rollback(
+        self, deployment_id: str, request_id: str | None = None
+    ) -> KeyedDeploymentInfo:
         return await self.rollouts.rollback(deployment_id, request_id)
 
     # ---- supervisor ----------------------------------------------------------------------

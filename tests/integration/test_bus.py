@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from schemas.config import NatsConfig
 from schemas.events import ModelUploaded
+from schemas.rpc import Rpc
 from services.common.bus import DLQ_PREFIX, Bus
 from services.common.errors import NotFound
 
@@ -177,20 +178,20 @@ class Pong(BaseModel):
 
 
 async def test_request_reply_and_errors(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
-    subject = f"eaf.rpc.{unique_id('svc')}.ping"
+    rpc = Rpc.of(unique_id("svc"), "ping", Ping, Pong)
     server = Bus(config(nats_server.url), service="server")
 
-    @server.rpc(subject, Ping)
     async def ping(req: Ping) -> Pong:
         if req.name == "nobody":
             raise NotFound("no such name: nobody")
         return Pong(greeting=f"hello {req.name}")
 
+    server.serve(rpc, ping)
     async with server, Bus(config(nats_server.url), service="client") as client:
-        assert (await client.request(subject, Ping(name="x"), Pong)).greeting == "hello x"
+        assert (await client.call(rpc, Ping(name="x"))).greeting == "hello x"
         with pytest.raises(NotFound, match="no such name"):
-            await client.request(subject, Ping(name="nobody"), Pong)
-        reply = await client.broker.request(b'{"name": 5}', subject=subject, timeout=5)
+            await client.call(rpc, Ping(name="nobody"))
+        reply = await client.broker.request(b'{"name": 5}', subject=rpc.subject, timeout=5)
         assert b'"invalid"' in reply.body
 
 

@@ -23,20 +23,17 @@ from deploy_support import (
 from edge_runtime import EdgeRuntime, capabilities
 from schemas.config import Settings
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
     CreateEnrollmentToken,
+    DeployerRpc,
     DeploymentInfo,
     DeploymentRef,
     DeploymentStatus,
-    DeviceInfo,
     DeviceRef,
-    EnrollmentToken,
-    EnrollReply,
     TargetSelector,
 )
 from schemas.events import DeploymentOutcome, TargetState
-from schemas.registry import VersionsInUseReply, VersionsInUseRequest
+from schemas.registry import VersionsInUseRequest
 from schemas.reports import DeviceRequirements
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
@@ -56,8 +53,8 @@ class Env:
     tmp: Path
 
     async def deployment(self, deployment_id: str) -> DeploymentInfo:
-        return await self.bus.request(
-            SUBJECTS["get_deployment"], DeploymentRef(deployment_id=deployment_id), DeploymentInfo
+        return await self.bus.call(
+            DeployerRpc.GET_DEPLOYMENT, DeploymentRef(deployment_id=deployment_id)
         )
 
     async def wait_completed(self, deployment_id: str, timeout: float = 60) -> DeploymentInfo:
@@ -107,27 +104,22 @@ async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id)
     model = unique_id("big-")
     env.catalog.add(model, "1.0.0", info, aliases=("production",))
     async with devices([EdgeRuntime(state_dir)]):
-        created = await env.bus.request(
-            SUBJECTS["create_deployment"],
+        created = await env.bus.call(
+            DeployerRpc.CREATE_DEPLOYMENT,
             CreateDeployment(
                 model=model, version="@production", target=TargetSelector(device_id=device_id)
             ),
-            DeploymentInfo,
         )
         assert created.version == "1.0.0"
         done = await env.wait_completed(created.deployment_id, timeout=120)
         # Asked while the device still runs: once it stops it is rightly reported offline.
-        device = await env.bus.request(
-            SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
-        )
+        device = await env.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
     assert done.outcome is DeploymentOutcome.SUCCEEDED
     assert [t.state for t in done.targets] == [TargetState.ACTIVE]
     assert done.targets[0].bytes_received == len(data)
     assert (state_dir / "models" / f"{info.artifact_id}.onnx").read_bytes() == data
     assert (device.active_model, device.active_version, device.online) == (model, "1.0.0", True)
-    in_use = await env.bus.request(
-        SUBJECTS["versions_in_use"], VersionsInUseRequest(model=model), VersionsInUseReply
-    )
+    in_use = await env.bus.call(DeployerRpc.VERSIONS_IN_USE, VersionsInUseRequest(model=model))
     assert [(v.version, v.reason) for v in in_use.versions] == [("1.0.0", "active")]
 
 
@@ -142,8 +134,8 @@ async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None: 
     model = unique_id("m-")
     env.catalog.add(model, "2.0.0", info)
     async with devices(runtimes):
-        created = await env.bus.request(
-            SUBJECTS["create_deployment"],
+        created = await env.bus.call(
+            DeployerRpc.CREATE_DEPLOYMENT,
             CreateDeployment(
                 model=model,
                 version="2.0.0",
@@ -151,7 +143,6 @@ async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None: 
                 strategy="waves",
                 waves=("1", "10%", "50%", "100%"),
             ),
-            DeploymentInfo,
         )
         assert created.waves == (1, 2, 10, 20)
         done = await env.wait_completed(created.deployment_id, timeout=120)
@@ -173,14 +164,10 @@ async def test_wave_past_error_threshold_stops_the_rollout(env: Env, unique_id) 
     model = unique_id("m-")
     env.catalog.add(model, "1.0.0", info)
     async with devices(runtimes):
-        created = await env.bus.request(
-            SUBJECTS["create_deployment"],
-            CreateDeployment(
+        created = await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, CreateDeployment(
                 model=model, version="1.0.0", target=TargetSelector(group=group),
                 strategy="waves", waves=("2", "100%"), error_threshold=0.4,
-            ),
-            DeploymentInfo,
-        )  # fmt: skip
+            ))  # fmt: skip
         done = await env.wait_completed(created.deployment_id)
     assert done.outcome is DeploymentOutcome.STOPPED
     states = {t.device_id: t.state for t in done.targets}
@@ -209,12 +196,10 @@ async def test_preflight_refuses_a_device_that_cannot_run_the_model(env: Env, un
         model=model, version="1.0.0", target=TargetSelector(device_id=device_id)
     )
     with pytest.raises(Conflict, match="opset 17"):
-        await env.bus.request(SUBJECTS["create_deployment"], request, DeploymentInfo)
+        await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, request)
     with pytest.raises(Conflict, match="only validated or analyzed"):
-        await env.bus.request(
-            SUBJECTS["create_deployment"],
-            request.model_copy(update={"version": "0.9.0"}),
-            DeploymentInfo,
+        await env.bus.call(
+            DeployerRpc.CREATE_DEPLOYMENT, request.model_copy(update={"version": "0.9.0"})
         )
 
 
@@ -222,12 +207,10 @@ async def test_enrolment_token_works_once(env: Env, unique_id) -> None:  # type:
     from edge_runtime import prepare
 
     device_id = unique_id("dev-")
-    token = await env.bus.request(
-        SUBJECTS["create_enrollment_token"], CreateEnrollmentToken(), EnrollmentToken
-    )
+    token = await env.bus.call(DeployerRpc.CREATE_ENROLLMENT_TOKEN, CreateEnrollmentToken())
     request = prepare(env.tmp / device_id, device_id=device_id, token=token.token)
-    reply = await env.bus.request(SUBJECTS["enroll"], request, EnrollReply)
+    reply = await env.bus.call(DeployerRpc.ENROLL, request)
     assert reply.mqtt.username == device_id
     assert (env.tmp / device_id / "device.key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(Forbidden, match="used already"):
-        await env.bus.request(SUBJECTS["enroll"], request, EnrollReply)
+        await env.bus.call(DeployerRpc.ENROLL, request)

@@ -16,10 +16,9 @@ from test_deployer import Env, devices
 from test_deployer_lifecycle import EnvFactory, fleet, make_env  # noqa: F401 (fixture)
 
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
+    DeployerRpc,
     DeploymentInfo,
-    DeploymentList,
     KeyedDeploymentInfo,
     ListDeployments,
     RollbackRequest,
@@ -45,14 +44,11 @@ async def env(database_url: str | None, make_env: EnvFactory) -> Env:  # noqa: F
 
 
 async def create(env: Env, req: CreateDeployment) -> DeploymentInfo:
-    reply: type[DeploymentInfo] = DeploymentInfo if req.request_id is None else KeyedDeploymentInfo
-    return await env.bus.request(SUBJECTS["create_deployment"], req, reply)
+    return await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, req)
 
 
 async def deployments_of(env: Env, model: str) -> list[DeploymentInfo]:
-    found = await env.bus.request(
-        SUBJECTS["list_deployments"], ListDeployments(model=model), DeploymentList
-    )
+    found = await env.bus.call(DeployerRpc.LIST_DEPLOYMENTS, ListDeployments(model=model))
     return list(found.deployments)
 
 
@@ -94,10 +90,8 @@ async def test_the_same_key_with_another_request_is_refused(env: Env, unique_id)
         with pytest.raises(Conflict, match="already used .* different fields"):
             await create(env, other)
     with pytest.raises(Conflict, match="already used"):
-        await env.bus.request(
-            SUBJECTS["rollback"],
-            RollbackRequest(deployment_id=first.deployment_id, request_id=key),
-            KeyedDeploymentInfo,
+        await env.bus.call(
+            DeployerRpc.ROLLBACK, RollbackRequest(deployment_id=first.deployment_id, request_id=key)
         )
     assert [d.deployment_id for d in await deployments_of(env, model)] == [first.deployment_id]
 
@@ -186,7 +180,7 @@ async def test_a_retried_rollback_makes_one_rollback(env: Env, unique_id) -> Non
         replies = await asyncio.gather(
             *(env.app.deployer.rollback(req.deployment_id, req.request_id) for _ in range(3))
         )
-        later = await env.bus.request(SUBJECTS["rollback"], req, KeyedDeploymentInfo)
+        later = await env.bus.call(DeployerRpc.ROLLBACK, req)
         await env.wait_completed(replies[0].deployment_id)
     assert len({r.deployment_id for r in (*replies, later)}) == 1
     assert sorted(isinstance(r, KeyedDeploymentInfo) and r.replayed for r in replies) == [

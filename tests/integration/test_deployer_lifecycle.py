@@ -21,16 +21,13 @@ from test_deployer import Env, devices
 from edge_runtime import EdgeRuntime
 from edge_runtime._http import create_http_app
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
     CreateEnrollmentToken,
+    DeployerRpc,
     DeploymentInfo,
-    DeploymentList,
     DeploymentRef,
     DeploymentStatus,
-    DeviceInfo,
     DeviceRef,
-    EnrollmentToken,
     ListDeployments,
     TargetSelector,
 )
@@ -87,17 +84,15 @@ async def fleet(env: Env, prefix: str, count: int) -> list[EdgeRuntime]:
 
 
 async def deploy(env: Env, model: str, version: str, target: TargetSelector, **kw: Any):  # type: ignore[no-untyped-def]
-    return await env.bus.request(
-        SUBJECTS["create_deployment"],
+    return await env.bus.call(
+        DeployerRpc.CREATE_DEPLOYMENT,
         CreateDeployment(model=model, version=version, target=target, **kw),
-        DeploymentInfo,
     )
 
 
 async def control(env: Env, action: str, deployment_id: str) -> DeploymentInfo:
-    return await env.bus.request(
-        SUBJECTS[action], DeploymentRef(deployment_id=deployment_id), DeploymentInfo
-    )
+    rpc = getattr(DeployerRpc, action.upper())
+    return await env.bus.call(rpc, DeploymentRef(deployment_id=deployment_id))
 
 
 async def wait_target(
@@ -194,8 +189,8 @@ async def test_manual_rollback_returns_devices_to_the_previous_version(  # type:
         assert (rollback.kind, rollback.rollback_of) == ("rollback", v2.deployment_id)
         assert rollback.version == "1.0.0"
         done = await env.wait_completed(rollback.deployment_id)
-        device = await env.bus.request(
-            SUBJECTS["get_device"], DeviceRef(device_id=runtimes[0].device_id), DeviceInfo
+        device = await env.bus.call(
+            DeployerRpc.GET_DEVICE, DeviceRef(device_id=runtimes[0].device_id)
         )
         # The device answers with version 1's bias again.
         y = await runtimes[0].infer({"x": np.zeros((1, 4), dtype=np.float32)})
@@ -227,8 +222,8 @@ async def test_wave_past_threshold_with_auto_rollback_restores_previous_model(  
         )  # fmt: skip
         stopped = await env.wait_completed(v2.deployment_id)
         assert stopped.outcome is DeploymentOutcome.STOPPED
-        rollbacks = await env.bus.request(
-            SUBJECTS["list_deployments"], ListDeployments(device_id=good.device_id), DeploymentList
+        rollbacks = await env.bus.call(
+            DeployerRpc.LIST_DEPLOYMENTS, ListDeployments(device_id=good.device_id)
         )
         rollback = [d for d in rollbacks.deployments if d.rollback_of == v2.deployment_id]
         assert len(rollback) == 1 and rollback[0].kind == "rollback"
@@ -274,9 +269,7 @@ async def test_deployer_on_postgresql_deploys_to_a_device(  # type: ignore[no-un
     async with devices([device]):
         created = await deploy(env, model, "1.0.0", TargetSelector(device_id=device.device_id))
         done = await env.wait_completed(created.deployment_id)
-        info = await env.bus.request(
-            SUBJECTS["get_device"], DeviceRef(device_id=device.device_id), DeviceInfo
-        )
+        info = await env.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device.device_id))
     assert done.outcome is DeploymentOutcome.SUCCEEDED
     assert [t.state for t in done.targets] == [TargetState.ACTIVE]
     assert device.active is not None and device.active.version == "1.0.0"
@@ -347,11 +340,7 @@ async def test_enrolment_tokens_can_be_given_on_the_command_line(  # type: ignor
 ) -> None:
     env = await make_env()
     tokens = [
-        (
-            await env.bus.request(
-                SUBJECTS["create_enrollment_token"], CreateEnrollmentToken(), EnrollmentToken
-            )
-        ).token
+        (await env.bus.call(DeployerRpc.CREATE_ENROLLMENT_TOKEN, CreateEnrollmentToken())).token
         for _ in range(300)
     ]
     # `edge-runtime enroll --token X` would read a token starting with "-" as an option

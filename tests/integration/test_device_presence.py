@@ -25,7 +25,7 @@ from deploy_support import (
 
 from edge_runtime import ConnectionState, EdgeRuntime
 from edgeaiforge._servers import MosquittoServer, NatsServer
-from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef
+from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef
 from schemas.topics import Topics
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
@@ -35,7 +35,7 @@ TOPICS = Topics("eaf/v1")
 
 
 async def device(bus: Bus, device_id: str) -> DeviceInfo:
-    return await bus.request(SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo)
+    return await bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
 
 
 async def until_online(bus: Bus, device_id: str, online: bool, timeout: float) -> DeviceInfo:

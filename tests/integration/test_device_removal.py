@@ -23,16 +23,14 @@ from deploy_support import (
 from edge_runtime import EdgeRuntime, prepare
 from schemas.config import Settings
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
     CreateEnrollmentToken,
+    DeployerRpc,
     DeploymentInfo,
     DeploymentRef,
     DeploymentStatus,
     DeviceInfo,
-    DeviceList,
     DeviceRef,
-    EnrollmentToken,
     EnrollReply,
     ListDevices,
     RemoveDevice,
@@ -66,26 +64,21 @@ class Env:
         )
 
     async def remove(self, device_id: str, reason: str = "") -> DeviceInfo:
-        return await self.bus.request(
-            SUBJECTS["remove_device"],
+        return await self.bus.call(
+            DeployerRpc.REMOVE_DEVICE,
             RemoveDevice(device_id=device_id, removed_by="test", reason=reason),
-            DeviceInfo,
         )
 
     async def device(self, device_id: str) -> DeviceInfo:
-        return await self.bus.request(
-            SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
-        )
+        return await self.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
 
     async def listed(self, **filters: object) -> set[str]:
-        found = await self.bus.request(
-            SUBJECTS["list_devices"], ListDevices.model_validate(filters), DeviceList
-        )
+        found = await self.bus.call(DeployerRpc.LIST_DEVICES, ListDevices.model_validate(filters))
         return {d.device_id for d in found.devices}
 
     async def deployment(self, deployment_id: str) -> DeploymentInfo:
-        return await self.bus.request(
-            SUBJECTS["get_deployment"], DeploymentRef(deployment_id=deployment_id), DeploymentInfo
+        return await self.bus.call(
+            DeployerRpc.GET_DEPLOYMENT, DeploymentRef(deployment_id=deployment_id)
         )
 
     async def last_removed_event(self) -> DeviceRemoved:
@@ -169,19 +162,15 @@ async def test_only_a_token_made_after_the_removal_enrols_it_again(env: Env, uni
     device_id = unique_id("dev-")
     state_dir = env.tmp / device_id
     await enroll_via_rpc(env.bus, state_dir, device_id)
-    made_before = await env.bus.request(
-        SUBJECTS["create_enrollment_token"],
-        CreateEnrollmentToken(device_id=device_id),
-        EnrollmentToken,
+    made_before = await env.bus.call(
+        DeployerRpc.CREATE_ENROLLMENT_TOKEN, CreateEnrollmentToken(device_id=device_id)
     )
-    anyone = await env.bus.request(
-        SUBJECTS["create_enrollment_token"], CreateEnrollmentToken(), EnrollmentToken
-    )
+    anyone = await env.bus.call(DeployerRpc.CREATE_ENROLLMENT_TOKEN, CreateEnrollmentToken())
     await env.remove(device_id)
     for token, why in ((made_before, "revoked"), (anyone, "only a token made for this device")):
         request = prepare(env.tmp / f"{device_id}-again", device_id=device_id, token=token.token)
         with pytest.raises(Forbidden, match=why):
-            await env.bus.request(SUBJECTS["enroll"], request, EnrollReply)
+            await env.bus.call(DeployerRpc.ENROLL, request)
     reply = await enroll_via_rpc(env.bus, env.tmp / f"{device_id}-new", device_id)
     await connect_as(reply)
     back = await env.device(device_id)
@@ -202,14 +191,10 @@ async def test_removal_cancels_its_target_and_the_deployment_completes(
     model = unique_id("m-")
     env.catalog.add(model, "1.0.0", info)
     async with running(EdgeRuntime(env.tmp / live)):
-        created = await env.bus.request(
-            SUBJECTS["create_deployment"],
-            CreateDeployment(
+        created = await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, CreateDeployment(
                 model=model, version="1.0.0", target=TargetSelector(group=group),
                 device_timeout=300,
-            ),
-            DeploymentInfo,
-        )  # fmt: skip
+            ))  # fmt: skip
         async with asyncio.timeout(60):
             while True:
                 progress = await env.deployment(created.deployment_id)
@@ -231,10 +216,9 @@ async def test_removal_cancels_its_target_and_the_deployment_completes(
     assert states == {live: TargetState.ACTIVE, gone: TargetState.CANCELLED}
     assert done.outcome is DeploymentOutcome.SUCCEEDED
     # A removed device is no target any more.
-    again = await env.bus.request(
-        SUBJECTS["create_deployment"],
+    again = await env.bus.call(
+        DeployerRpc.CREATE_DEPLOYMENT,
         CreateDeployment(model=model, version="1.0.0", target=TargetSelector(group=group)),
-        DeploymentInfo,
     )
     assert [t.device_id for t in again.targets] == [live]
 
@@ -251,12 +235,12 @@ async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, u
     env.catalog.add(model, "1.0.0", info)
     await env.remove(gone)
     # The live device is offline for now: the deployment cannot complete before the race.
-    created = await env.bus.request(
-        SUBJECTS["create_deployment"],
-        CreateDeployment(model=model, version="1.0.0", target=TargetSelector(group=group),
-                         device_timeout=300),
-        DeploymentInfo,
-    )  # fmt: skip
+    created = await env.bus.call(
+        DeployerRpc.CREATE_DEPLOYMENT,
+        CreateDeployment(
+            model=model, version="1.0.0", target=TargetSelector(group=group), device_timeout=300
+        ),
+    )
     assert [t.device_id for t in created.targets] == [live]
     # As if the deployment had selected the device just before its removal committed.
     async with env.app.deployer.sessions.begin() as s:

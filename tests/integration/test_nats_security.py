@@ -32,7 +32,7 @@ from schemas.events import (
     ModelPerformanceRegressed,
     TargetState,
 )
-from schemas.rpc import Health, HealthRequest
+from schemas.rpc import Health, HealthRequest, health_rpc
 from services.common.bus import Bus
 
 COMMAND = CommandRpc.CREATE_DEPLOYMENT.subject
@@ -247,7 +247,7 @@ async def test_services_with_their_own_users_consume_publish_and_answer(
         await tracker.publish(regressed)  # waits for the stream's acknowledgement
         await asyncio.wait_for(asyncio.gather(*got.values()), 20)
         for service in ("ingester", "tracker"):
-            health = await admin.request(f"eaf.rpc.{service}.health", HealthRequest(), Health)
+            health = await admin.call(health_rpc(service), HealthRequest())
             assert health.service == service
         reply = await integrator.nc.request("eaf.rpc.tracker.health", b"{}", timeout=5)
         assert Health.model_validate_json(reply.data).service == "tracker"

@@ -29,7 +29,7 @@ from deploy_support import (
 
 from edge_runtime import EdgeRuntime
 from edgeaiforge._servers import MosquittoServer, free_port
-from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef, RemoveDevice
+from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef, RemoveDevice
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin
 from services.deployer.app import create_app
@@ -91,9 +91,7 @@ class Env:
         self.tmp = tmp
 
     async def device(self, device_id: str) -> DeviceInfo:
-        return await self.bus.request(
-            SUBJECTS["get_device"], DeviceRef(device_id=device_id), DeviceInfo
-        )
+        return await self.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
 
     async def until_online(self, device_id: str, online: bool, timeout: float) -> DeviceInfo:
         deadline = time.monotonic() + timeout
@@ -148,10 +146,9 @@ async def test_a_removed_device_says_not_authorized_and_stops_at_once_from_its_b
     device = Device(state_dir, tmp_path / "runtime.log")
     try:
         await env.until_online(device_id, True, 20)
-        await env.bus.request(
-            SUBJECTS["remove_device"], RemoveDevice(device_id=device_id, removed_by="test"),
-            DeviceInfo,
-        )  # fmt: skip
+        await env.bus.call(
+            DeployerRpc.REMOVE_DEVICE, RemoveDevice(device_id=device_id, removed_by="test")
+        )
 
         def refused() -> bool:
             connection = device.status()["connection"]
@@ -175,8 +172,8 @@ async def test_refusals_are_logged_once_and_retried_slower_than_network_errors(
     device_id = unique_id("dev-")
     state_dir = tmp_path / device_id
     await enroll_via_rpc(env.bus, state_dir, device_id)
-    await env.bus.request(
-        SUBJECTS["remove_device"], RemoveDevice(device_id=device_id, removed_by="test"), DeviceInfo
+    await env.bus.call(
+        DeployerRpc.REMOVE_DEVICE, RemoveDevice(device_id=device_id, removed_by="test")
     )
     lines: list[str] = []
     runtime = EdgeRuntime(state_dir, reconnect_min=0.05, reconnect_max=0.05, log=lines.append)

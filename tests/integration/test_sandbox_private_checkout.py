@@ -42,7 +42,7 @@ from modelkit.sandbox import run_task
 from schemas.config import SandboxLimits, Settings
 from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import AnalysisReport
-from schemas.rpc import Health, HealthRequest
+from schemas.rpc import HealthRequest, health_rpc
 from services.analyzer.app import create_service as create_analyzer
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
@@ -188,7 +188,7 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
             )
             bus = await stack.enter_async_context(Bus(settings.nats, service="test"))
             for service in ("validator", "analyzer"):  # their start-up self-tests passed
-                health = await bus.request(f"eaf.rpc.{service}.health", HealthRequest(), Health)
+                health = await bus.call(health_rpc(service), HealthRequest())
                 assert (health.status, health.detail) == ("ok", ""), service
             data = to_bytes(cnn_model())
             put = await store.put(_chunks(data))
@@ -228,7 +228,7 @@ async def test_a_broken_installation_is_reported_at_start_and_never_blamed_on_th
         )
         bus = await stack.enter_async_context(Bus(settings.nats, service="test"))
         # Said at start, by the service's health, before any model is analysed.
-        health = await bus.request("eaf.rpc.analyzer.health", HealthRequest(), Health)
+        health = await bus.call(health_rpc("analyzer"), HealthRequest())
         assert health.status == "degraded"
         assert "latency measurement is broken" in health.detail
         assert PLATFORM_FAULT in health.detail and "numpy.ma" in health.detail

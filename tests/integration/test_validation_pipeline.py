@@ -36,7 +36,7 @@ from model_zoo import (
 
 from schemas.config import Settings
 from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
-from schemas.rpc import Health, HealthRequest
+from schemas.rpc import HealthRequest, health_rpc
 from services.analyzer.app import create_service as create_analyzer
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
@@ -261,7 +261,7 @@ async def test_hostile_models_are_rejected_and_the_service_still_answers(
         assert text in failure.message, (label, failure.message)
         assert rejected.reason.startswith(f"{check}: ")
     # The validator is alive: it answers its health subject and accepts the next model.
-    health = await pipeline.bus.request("eaf.rpc.validator.health", HealthRequest(), Health)
+    health = await pipeline.bus.call(health_rpc("validator"), HealthRequest())
     assert health.service == "validator"
     name = unique_id("after-")
     await pipeline.upload(name, to_bytes(tiny_model()))

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from schemas.deployer import SUBJECTS as DEPLOYER
+from schemas.deployer import DeployerRpc
 from schemas.registry import RegistryRpc
 from services.common.bus import Bus
 
@@ -234,7 +234,7 @@ def test_the_bus_refuses_out_of_range_paging_before_sql(api_platform) -> None:  
         (RegistryRpc.LIST_MODELS.subject, {"offset": -1}, "offset"),
         (RegistryRpc.LIST_VERSIONS.subject, {"model": MODEL, "offset": 10**20}, "offset"),
         (RegistryRpc.LIST_VERSIONS.subject, {"model": MODEL, "limit": 2**64}, "limit"),
-        (DEPLOYER["list_deployments"], {"limit": 2**63}, "limit"),
+        (DeployerRpc.LIST_DEPLOYMENTS.subject, {"limit": 2**63}, "limit"),
     ]
 
     async def main() -> list[dict[str, Any]]:

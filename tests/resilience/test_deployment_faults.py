@@ -25,8 +25,8 @@ from edge_runtime import EdgeRuntime
 from edgeaiforge._servers import MosquittoServer
 from schemas.config import Settings
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
+    DeployerRpc,
     DeploymentInfo,
     DeploymentRef,
     DeploymentStatus,
@@ -56,10 +56,9 @@ async def deployer(settings: Settings) -> AsyncIterator[tuple[Bus, ArtifactStore
 async def wait_completed(bus: Bus, deployment_id: str, timeout: float) -> DeploymentInfo:
     async with asyncio.timeout(timeout):
         while True:
-            info = await bus.request(
-                SUBJECTS["get_deployment"], DeploymentRef(deployment_id=deployment_id),
-                DeploymentInfo,
-            )  # fmt: skip
+            info = await bus.call(
+                DeployerRpc.GET_DEPLOYMENT, DeploymentRef(deployment_id=deployment_id)
+            )
             if info.status is DeploymentStatus.COMPLETED:
                 return info
             await asyncio.sleep(0.2)
@@ -71,9 +70,7 @@ async def deploy(bus: Bus, model: str, version: str, **target: Any) -> Deploymen
         model=model, version=version, target=TargetSelector(**target),
         **({"strategy": "waves", "waves": waves} if waves else {}),
     )  # fmt: skip
-    created: DeploymentInfo = await bus.request(
-        SUBJECTS["create_deployment"], request, DeploymentInfo
-    )
+    created: DeploymentInfo = await bus.call(DeployerRpc.CREATE_DEPLOYMENT, request)
     return created
 
 

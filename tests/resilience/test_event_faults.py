@@ -27,9 +27,8 @@ from edge_runtime import EdgeRuntime
 from edgeaiforge._servers import NatsServer
 from schemas.config import NatsConfig
 from schemas.deployer import (
-    SUBJECTS,
     CreateDeployment,
-    DeploymentInfo,
+    DeployerRpc,
     DeploymentRef,
     DeploymentStatus,
     TargetSelector,
@@ -89,12 +88,12 @@ async def test_nats_restarted_during_a_rollout_loses_no_event_and_applies_none_t
                 await asyncio.wait_for(
                     asyncio.gather(*(rt.wait_connected() for rt in runtimes)), 30
                 )
-                created = await app.bus.request(
-                    SUBJECTS["create_deployment"],
-                    CreateDeployment(model=model, version="1.0.0",
-                                     target=TargetSelector(group=group)),
-                    DeploymentInfo,
-                )  # fmt: skip
+                created = await app.bus.call(
+                    DeployerRpc.CREATE_DEPLOYMENT,
+                    CreateDeployment(
+                        model=model, version="1.0.0", target=TargetSelector(group=group)
+                    ),
+                )
                 # NATS goes away: the rollout goes on over MQTT, and every state change and
                 # the completion happen while the deployer cannot publish.
                 await asyncio.to_thread(nats.stop)
@@ -107,10 +106,9 @@ async def test_nats_restarted_during_a_rollout_loses_no_event_and_applies_none_t
                 async with asyncio.timeout(60):
                     while True:
                         try:
-                            done = await app.bus.request(
-                                SUBJECTS["get_deployment"],
+                            done = await app.bus.call(
+                                DeployerRpc.GET_DEPLOYMENT,
                                 DeploymentRef(deployment_id=created.deployment_id),
-                                DeploymentInfo,
                             )
                         except Exception:  # the bus is still reconnecting
                             done = None

@@ -1,11 +1,19 @@
-"""The deployer's RPC table serves each subject of ``schemas.deployer`` once."""
+"""The deployer serves each subject ``schemas.deployer.DeployerRpc`` declares, once."""
 
 from __future__ import annotations
 
-from schemas.deployer import SUBJECTS
-from services.deployer.handlers import RPCS
+from schemas.config import NatsConfig
+from schemas.deployer import DeployerRpc
+from schemas.rpc import Rpc
+from services.common.bus import Bus
+from services.deployer.handlers import register
+from services.deployer.service import Deployer
 
 
-def test_every_deployer_subject_is_served_once_with_a_description() -> None:
-    assert sorted(rpc.subject for rpc in RPCS) == sorted(SUBJECTS.values())
-    assert all(rpc.doc for rpc in RPCS)
+def test_every_declared_deployer_subject_is_served_once_with_a_description() -> None:
+    declared = [v for v in vars(DeployerRpc).values() if isinstance(v, Rpc)]
+    bus = Bus(NatsConfig(), service="deployer")  # never started: only the subscriptions
+    register(bus, Deployer.__new__(Deployer))
+    served = [s.subject.broker_address for s in bus.broker.subscribers]
+    assert sorted(served) == sorted(r.subject for r in declared)
+    assert all(r.summary for r in declared)
