@@ -30,7 +30,13 @@ from services.common.db import create_engine
 from services.registry.app import create_registry
 from services.registry.store import RegistryStore
 
-__all__ = ["create_api_key", "free_port", "platform_settings", "serve_in_thread"]
+__all__ = [
+    "create_api_key",
+    "free_port",
+    "new_api_key",
+    "platform_settings",
+    "serve_in_thread",
+]
 
 
 def free_port() -> int:
@@ -81,13 +87,28 @@ async def _create_key(settings: Settings, role: ApiRole, name: str) -> str:
 
 
 def create_api_key(settings: Settings, *, role: ApiRole, name: str = "") -> str:
-    """Create an API key straight in the registry's database; returns its token."""
-    token: str = _run_coroutine_in_thread(_create_key(settings, role, name or f"{role}-key"))
-    return token
+    """Create an API key straight in the registry's database; returns its token.
+
+    Not from inside a running event loop: blocking it while a service on that loop holds
+    SQLite's write lock would wait for a lock that is never released. Await
+    ``new_api_key`` there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        token: str = _run_coroutine_in_thread(_create_key(settings, role, name or f"{role}-key"))
+        return token
+    raise RuntimeError("create_api_key blocks the running event loop: await new_api_key()")
+
+
+async def new_api_key(settings: Settings, *, role: ApiRole, name: str = "") -> str:
+    """``create_api_key`` for async code."""
+    return await _create_key(settings, role, name or f"{role}-key")
 
 
 def _run_coroutine_in_thread(coro: Any) -> Any:
-    # Safe to call from inside a running event loop (async tests) as well as outside.
+    # Its own loop in its own thread: callable while the caller's thread runs a loop
+    # that serves the API in another thread.
     box: dict[str, Any] = {}
 
     def target() -> None:

@@ -26,7 +26,7 @@ from schemas.commands import CommandRpc
 from schemas.config import NatsConfig, Settings
 from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
-from services.api.testing import create_api_key
+from services.api.testing import new_api_key
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
@@ -92,7 +92,7 @@ async def platform(
         admin_bus = await stack.enter_async_context(
             Bus(NatsConfig(url=nats_server.url), service="test-admin")
         )
-        token = create_api_key(base, role="admin", name="rest-user")
+        token = await new_api_key(base, role="admin", name="rest-user")
         http = await stack.enter_async_context(
             httpx.AsyncClient(
                 base_url=f"http://{base.api.host}:{base.api.port}",

@@ -29,7 +29,7 @@ from schemas.deployer import EnrollReply
 from schemas.events import DeviceEnrolled
 from schemas.manifest import SignedManifest
 from schemas.topics import Topics
-from services.api.testing import create_api_key, serve_in_thread
+from services.api.testing import new_api_key, serve_in_thread
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
@@ -139,8 +139,8 @@ async def platform(  # type: ignore[no-untyped-def]
             )
             yield Platform(
                 url=url, settings=settings, app=app, catalog=catalog, store=store,
-                tmp=tmp_path, http=http, admin=create_api_key(settings, role="admin"),
-                deployer=create_api_key(settings, role="deployer"),
+                tmp=tmp_path, http=http, admin=await new_api_key(settings, role="admin"),
+                deployer=await new_api_key(settings, role="deployer"),
             )  # fmt: skip
 
 
