@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from edgeaiforge._servers import InfluxServer, MosquittoServer, NatsServer
+from edgeaiforge_stack.servers import InfluxServer, MosquittoServer, NatsServer
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 
 import pytest
 
-from edgeaiforge._servers import (
+from edgeaiforge_stack.servers import (
     InfluxServer,
     MosquittoServer,
     NatsServer,

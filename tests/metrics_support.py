@@ -14,7 +14,7 @@ from typing import Any
 import aiomqtt
 import httpx
 
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack.servers import free_port
 from schemas.config import Settings
 from schemas.events import DeviceEnrolled
 from schemas.telemetry import InferenceSample, MetricsBatch

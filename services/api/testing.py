@@ -35,7 +35,7 @@ __all__ = ["create_api_key", "free_port", "platform_settings", "serve_in_thread"
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
-    from edgeaiforge._servers import free_port as _free_port
+    from edgeaiforge_stack.servers import free_port as _free_port
 
     return _free_port()
 

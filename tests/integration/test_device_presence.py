@@ -24,7 +24,7 @@ from deploy_support import (
 )
 
 from edge_runtime import ConnectionState, EdgeRuntime
-from edgeaiforge._servers import MosquittoServer, NatsServer
+from edgeaiforge_stack.servers import MosquittoServer, NatsServer
 from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef
 from schemas.topics import Topics
 from services.common.bus import Bus

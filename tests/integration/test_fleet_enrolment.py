@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from deploy_support import platform_on_broker
 
 from edgeaiforge import ModelManager
-from edgeaiforge._fleet import enroll_fleet, run_fleet
+from edgeaiforge_stack.fleet import enroll_fleet, run_fleet
 from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer

@@ -28,7 +28,7 @@ from metrics_support import (
     wait_until,
 )
 
-from edgeaiforge._servers import InfluxServer
+from edgeaiforge_stack.servers import InfluxServer
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
 

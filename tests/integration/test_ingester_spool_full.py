@@ -9,7 +9,7 @@ import aiomqtt
 from metrics_support import batch, make_settings, metrics_topic, publish_all, recent, wait_until
 from prometheus_client import generate_latest
 
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack.servers import free_port
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester

@@ -28,7 +28,7 @@ from deploy_support import (
 )
 
 from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import MosquittoServer, free_port
+from edgeaiforge_stack.servers import MosquittoServer, free_port
 from schemas.deployer import SUBJECTS, DeviceInfo, DeviceRef, RemoveDevice
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin

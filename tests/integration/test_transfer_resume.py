@@ -24,7 +24,7 @@ from deploy_support import (
 )
 
 from edge_runtime import EdgeRuntime, StateDir
-from edgeaiforge._servers import MosquittoServer
+from edgeaiforge_stack.servers import MosquittoServer
 from schemas.events import TargetState
 from services.common.artifacts import ArtifactStore
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform

@@ -22,7 +22,7 @@ from deploy_support import (
 from resilience_support import wait_until
 
 from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import MosquittoServer
+from edgeaiforge_stack.servers import MosquittoServer
 from schemas.config import Settings
 from schemas.deployer import (
     SUBJECTS,

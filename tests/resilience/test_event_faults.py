@@ -24,7 +24,7 @@ from deploy_support import (
 from resilience_support import REPO, apply_once, ledger_rows, open_ledger, wait_until
 
 from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import NatsServer
+from edgeaiforge_stack.servers import NatsServer
 from schemas.config import NatsConfig
 from schemas.deployer import (
     SUBJECTS,

@@ -21,7 +21,7 @@ from deploy_support import bias_model
 from resilience_support import REPO
 
 from edge_runtime import StateDir
-from edgeaiforge._servers import NatsServer
+from edgeaiforge_stack.servers import NatsServer
 from services.api.testing import create_api_key, free_port, platform_settings
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
