@@ -60,13 +60,13 @@ def _not_installed(name: str, reason: str) -> Callable[..., None]:
     def command() -> None:
         err_console.print(
             f"[red]error:[/red] `edgeaiforge {name}` needs the platform, which is not "
-            f"installed ({escape(reason)}): {PLATFORM_INSTALL}",
+            f"installed ({escape(reason)}): {escape(PLATFORM_INSTALL)}",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(1)
 
-    command.__doc__ = f"Needs the platform: {PLATFORM_INSTALL}"
+    command.__doc__ = f"Needs the platform: {escape(PLATFORM_INSTALL)}"
     return command
 
 
