@@ -15,13 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
-from deploy_support import (
-    StaticCatalog,
-    deployer_settings,
-    enroll_via_rpc,
-    forget_device,
-    running,
-)
 
 from edge_runtime import ConnectionState, EdgeRuntime
 from edgeaiforge_stack.servers import MosquittoServer, NatsServer
@@ -30,6 +23,13 @@ from schemas.topics import Topics
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app
+from tests.support.deploy import (
+    StaticCatalog,
+    deployer_settings,
+    enroll_via_rpc,
+    forget_device,
+    running,
+)
 
 TOPICS = Topics("eaf/v1")
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from model_zoo import cnn_model, to_bytes
 
 import edge_runtime
 import schemas
@@ -45,6 +44,7 @@ from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.validator.app import create_service as create_validator
 from services.validator.sandbox import NOBODY, PLATFORM_FAULT, private_workdir, run_task
+from tests.support.models import cnn_model, to_bytes
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 _PACKAGES = (services, schemas, edge_runtime)

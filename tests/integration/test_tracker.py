@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import httpx
 import nats
 import pytest
-from metrics_support import make_settings, recent
 
 from schemas.config import NatsConfig
 from schemas.events import ModelPerformanceRegressed
@@ -28,6 +27,7 @@ from schemas.telemetry import InferenceSample, MetricsBatch
 from services.common.bus import Bus
 from services.ingester.domain import batch_lines
 from services.tracker import create_service
+from tests.support.metrics import make_settings, recent
 
 
 def seed(

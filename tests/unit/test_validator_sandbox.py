@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_zoo import tiny_model, to_bytes
 
 from schemas.config import SandboxLimits
 from services.analyzer.domain import latency_warning
@@ -25,6 +24,7 @@ from services.validator.sandbox import (
     run_task,
     start_worker,
 )
+from tests.support.models import tiny_model, to_bytes
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 SELF = "services.validator._selftest:"
