@@ -16,7 +16,9 @@ COPY modelkit/ modelkit/
 COPY services/ services/
 COPY edge_runtime/ edge_runtime/
 COPY edgeaiforge/ edgeaiforge/
-RUN pip install . \
+COPY edgeaiforge_stack/ edgeaiforge_stack/
+# The platform install: the services, the stack's set-up steps and the device runtime.
+RUN pip install '.[platform]' \
     && useradd --system --uid 10001 --home-dir /var/lib/edgeaiforge --create-home eaf \
     && install -d -o eaf -g eaf /var/lib/edgeaiforge/models /var/lib/edgeaiforge/keys \
        /var/lib/edgeaiforge/cache /var/lib/edgeaiforge/ingester /var/lib/edgeaiforge/stack

@@ -1,77 +1,18 @@
-"""Shared pieces of the benchmarks: servers, timing, MQTT users, the results table."""
+"""Shared pieces of the benchmarks: timing, the machine, the results table. The servers come
+from ``tests.support.servers``, like the tests'."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import platform
-import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from edgeaiforge._servers import InfluxServer, MosquittoServer, NatsServer
-from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
-
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Servers:
-    nats: NatsServer
-    mosquitto: MosquittoServer
-    influx: InfluxServer
-    service_user: tuple[str, str] = ("", "")
-
-    async def mqtt_user(
-        self, roles: list[str] | None = None, acls: list[Any] | None = None
-    ) -> tuple[str, str]:
-        """A fresh broker account with the given roles (default: the services' role)."""
-        name = f"bench-{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(16)
-        async with MqttAdmin(
-            hostname=self.mosquitto.host,
-            port=self.mosquitto.port,
-            username=self.mosquitto.admin_username,
-            password=self.mosquitto.admin_password,
-        ) as admin:
-            if acls:
-                await admin.create_role(name, acls=acls)
-                roles = [*(roles or []), name]
-            await admin.create_client(
-                name,
-                password,
-                roles=[{"rolename": r} for r in (roles if roles is not None else [SERVICE_ROLE])],
-            )
-        return name, password
-
-
-@contextmanager
-def servers(workdir: Path) -> Iterator[Servers]:
-    with (
-        NatsServer(data_dir=workdir / "nats") as nats,
-        MosquittoServer(data_dir=workdir / "mosquitto") as mosquitto,
-        InfluxServer(data_dir=workdir / "influxdb") as influx,
-    ):
-
-        async def provision() -> None:
-            async with MqttAdmin(
-                hostname=mosquitto.host,
-                port=mosquitto.port,
-                username=mosquitto.admin_username,
-                password=mosquitto.admin_password,
-            ) as admin:
-                await provision_platform(admin)
-
-        asyncio.run(provision())
-        s = Servers(nats, mosquitto, influx)
-        s.service_user = asyncio.run(s.mqtt_user())
-        yield s
 
 
 class Stopwatch:

@@ -20,7 +20,6 @@ import aiomqtt
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from bench._common import Servers
 from edge_runtime import complete, prepare
 from schemas.config import Settings
 from schemas.deployer import (
@@ -40,6 +39,8 @@ from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp, create_app
 from services.deployer.catalog import VersionToDeploy
 from services.deployer.mqtt import cancel_and_wait
+from tests.support.servers import Servers
+from tests.support.settings import platform_settings
 
 PREFIX = "eaf/v1"
 
@@ -126,27 +127,12 @@ class Platform:
 
 def settings_for(servers: Servers, workdir: Path, service_user: tuple[str, str]) -> Settings:
     """The deployer's settings: the shipped defaults, on the benchmark's servers."""
-    return Settings.model_validate(
-        {
-            "model_repository": {"storage_path": str(workdir / "models")},
-            "security": {
-                "encryption_key_path": str(workdir / "keys" / "kek.key"),
-                "signing_key_path": str(workdir / "keys" / "signing.pem"),
-                "dev_mode": True,
-            },
-            "nats": {"url": servers.nats.url},
-            "mqtt": {
-                "host": servers.mosquitto.host,
-                "port": servers.mosquitto.port,
-                "username": service_user[0],
-                "password": service_user[1],
-            },
-            "deployer": {
-                "admin_username": servers.mosquitto.admin_username,
-                "admin_password": servers.mosquitto.admin_password,
-            },
-            "database": {"url": f"sqlite+aiosqlite:///{workdir / 'deployer.db'}"},
-        }
+    return platform_settings(
+        workdir,
+        nats_url=servers.nats.url,
+        database_file="deployer.db",
+        broker=servers.mosquitto,
+        mqtt_user=service_user,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baselines
-from bench._common import Result, Servers
+from bench._common import Result
 from bench._platform import matmul_model
 from schemas.config import Settings
 from schemas.events import ModelUploaded
@@ -18,6 +18,7 @@ from services.analyzer.app import AnalyzerService
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
 from services.validator.app import ValidatorService, ensure_sandbox
+from tests.support.servers import Servers
 
 MB = 1_000_000
 MiB = 1 << 20

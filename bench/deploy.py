@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench import baselines
-from bench._common import Result, Servers
+from bench._common import Result
 from bench._platform import Platform, StateWatcher, device_process, matmul_model, platform
 from edge_runtime import EdgeRuntime
 from schemas.deployer import TargetSelector
+from tests.support.servers import Servers
 
 MB = 1_000_000
 MiB = 1 << 20

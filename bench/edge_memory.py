@@ -6,10 +6,11 @@ import asyncio
 import re
 from pathlib import Path
 
-from bench._common import Result, Servers
+from bench._common import Result
 from bench._platform import StateWatcher, device_process, matmul_model, platform
 from bench.deploy import MB, MiB, deploy_and_wait
 from schemas.deployer import TargetSelector
+from tests.support.servers import Servers
 
 
 def _vm(pid: int, field: str) -> int:

@@ -18,11 +18,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import baselines
-from bench._common import Result, Servers
+from bench._common import Result
 from schemas.config import Settings
 from schemas.telemetry import DeviceSample, InferenceSample, MetricsBatch
 from services.ingester.app import Ingester
 from services.ingester.domain import batch_lines
+from tests.support.servers import Servers
 
 PREFIX = "eaf/v1"
 

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import analyze, deploy, edge_memory, ingest, upload
-from bench._common import ROOT, Result, Servers, machine, print_table, servers, write_results
+from bench._common import ROOT, Result, machine, print_table, write_results
+from tests.support.servers import Servers, servers
 
 Bench = Callable[[Servers, Path], Awaitable[Result]]
 

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 from bench import baselines
-from bench._common import Result, Servers
-from services.api.testing import api_process, create_api_key, platform_settings, serve_in_thread
+from bench._common import Result
+from tests.support.api import api_process, create_api_key, serve_in_thread
+from tests.support.servers import Servers
+from tests.support.settings import platform_settings
 
 MB = 1_000_000
 MiB = 1 << 20

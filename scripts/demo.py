@@ -43,8 +43,8 @@ from edgeaiforge import Model, ModelManager, ModelMetadata
 from edgeaiforge._cli.deploy import progress_table
 from edgeaiforge._cli.reports import report_tables
 from edgeaiforge._errors import AuthenticationError, EdgeAIForgeError, NotFoundError
-from edgeaiforge._servers import free_port
-from edgeaiforge._stack import StackError, StackLayout, api_url, up
+from edgeaiforge_stack.servers import free_port
+from edgeaiforge_stack.stack import StackError, StackLayout, api_url, up
 from schemas.config import Settings
 from schemas.deployer import DeploymentInfo
 from schemas.events import DeploymentOutcome

@@ -18,7 +18,7 @@ import pytest
 from test_stack import ROOT, clean_env, eaf, leftovers, stack_config
 
 from edgeaiforge import ModelManager
-from edgeaiforge._stack import StackLayout, api_url, down
+from edgeaiforge_stack.stack import StackLayout, api_url, down
 from services.common.config import load_settings
 
 pytestmark = pytest.mark.slow

@@ -10,16 +10,15 @@ import hashlib
 import time
 from contextlib import AsyncExitStack
 
-from deploy_support import forget_device, padded_model, platform_on_broker
-
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
 from schemas.events import DeploymentOutcome, TargetState
-from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 from services.validator.app import create_service as create_validator
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.deploy import forget_device, padded_model, platform_on_broker
 
 
 async def test_deploy_model_through_the_api(

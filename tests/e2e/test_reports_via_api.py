@@ -9,15 +9,15 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from model_zoo import cnn_model, to_bytes
-
 from edgeaiforge import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
 from schemas.registry import VersionReports
 from schemas.reports import AnalysisReport, ValidationReport
 from services.analyzer.app import create_service as create_analyzer
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.validator.app import create_service as create_validator
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.models import cnn_model, to_bytes
+from tests.support.settings import platform_settings
 
 
 def _wait_for_reports(

@@ -21,17 +21,17 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from deploy_support import bias_model, forget_device, platform_on_broker
 
 from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import Model, ModelManager, ModelMetadata
 from schemas.events import DeploymentOutcome
-from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 from services.ingester import create_service as create_ingester
 from services.tracker import create_service as create_tracker
 from services.validator.app import create_service as create_validator
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.deploy import bias_model, forget_device, platform_on_broker
 
 
 async def test_seed_usage_add_deploy_stats(

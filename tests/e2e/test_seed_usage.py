@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from model_zoo import tiny_model, to_bytes
 
 from edgeaiforge import ConfigurationError, Model, ModelFileError, ModelManager, ModelMetadata
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.models import tiny_model, to_bytes
+from tests.support.settings import platform_settings
 
 
 def test_seed_usage_example(

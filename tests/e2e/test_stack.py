@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeaiforge._servers import free_port
-from edgeaiforge._stack import (
+from edgeaiforge_stack.servers import free_port
+from edgeaiforge_stack.stack import (
     SERVERS,
     SERVICES,
     StackLayout,

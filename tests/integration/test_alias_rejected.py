@@ -20,8 +20,9 @@ from schemas.config import Settings
 from schemas.events import ModelRejected
 from schemas.registry import VersionInfo
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.common.bus import Bus
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.settings import platform_settings
 
 REASON = "opset: the model needs opset 99; the newest supported is 21"
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import new_unique_id
 
 from edgeaiforge import (
     AuthenticationError,
@@ -26,8 +25,10 @@ from edgeaiforge import (
     PermissionDeniedError,
 )
 from schemas.config import Settings
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.common.artifacts import HEADER_LEN
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.fixtures import new_unique_id
+from tests.support.settings import platform_settings
 
 MAX_UPLOAD = 4 * 1024 * 1024
 CHUNK = 262_144

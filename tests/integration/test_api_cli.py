@@ -10,7 +10,8 @@ from typing import Any
 from typer.testing import CliRunner
 
 from edgeaiforge.cli import app
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.settings import platform_settings
 
 
 def test_model_commands_end_to_end(tmp_path: Path, nats_server: Any, unique_id: Any) -> None:

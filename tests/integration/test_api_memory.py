@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from edgeaiforge import Model, ModelManager, ModelMetadata
-from services.api.testing import api_process as own_process
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
+from tests.support.api import api_process as own_process
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.settings import platform_settings
 
 SIZE = 50 * 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from edgeaiforge import Model, ModelManager, ModelMetadata
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.common.keys import load_kek
 from services.common.remote_artifacts import (
     RemoteArtifactError,
     RemoteArtifactIntegrityError,
     RemoteArtifacts,
 )
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.settings import platform_settings
 
 CHUNK = 262_144
 

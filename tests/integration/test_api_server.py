@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from services.api.app import create_api_server
-from services.api.testing import platform_settings
+from tests.support.settings import platform_settings
 
 
 async def test_accepted_connections_have_tcp_nodelay(tmp_path: Path, nats_server: Any) -> None:

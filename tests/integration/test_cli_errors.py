@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from deploy_support import platform_on_broker
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -22,9 +21,10 @@ from edge_runtime.cli import main as edge_runtime_main
 from edgeaiforge import Model, ModelManager, ModelMetadata
 from edgeaiforge._deploy import DeploymentTimeoutError
 from edgeaiforge.cli import app
-from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.deploy import platform_on_broker
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PROGRAMS = ("edgeaiforge", "edge-runtime")

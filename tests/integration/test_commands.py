@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from deploy_support import bias_model, enroll_via_rpc, platform_on_broker, running
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -26,12 +25,13 @@ from schemas.commands import CommandRpc
 from schemas.config import NatsConfig, Settings
 from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
-from services.api.testing import new_api_key
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
 from services.registry.app import create_registry
 from services.validator.app import create_service as create_validator
+from tests.support.api import new_api_key
+from tests.support.deploy import bias_model, enroll_via_rpc, platform_on_broker, running
 
 S = CommandRpc
 

@@ -10,15 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_support import (
-    StaticCatalog,
-    bias_model,
-    deployer_settings,
-    enroll_via_rpc,
-    forget_device,
-    padded_model,
-    put,
-)
 
 from edge_runtime import EdgeRuntime, capabilities
 from schemas.config import Settings
@@ -41,6 +32,15 @@ from services.common.errors import Conflict, Forbidden
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp, create_app
+from tests.support.deploy import (
+    StaticCatalog,
+    bias_model,
+    deployer_settings,
+    enroll_via_rpc,
+    forget_device,
+    padded_model,
+    put,
+)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from deploy_support import bias_model, put
 from sqlalchemy import inspect, update
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_deployer import Env, devices
@@ -27,6 +26,7 @@ from schemas.deployer import (
 from schemas.events import DeploymentOutcome
 from services.common.errors import Conflict
 from services.deployer.store import Base, DeviceRemoval, RequestKey
+from tests.support.deploy import bias_model, put
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -15,7 +15,6 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from deploy_support import StaticCatalog, bias_model, deployer_settings, enroll_via_rpc, put
 from test_deployer import Env, devices
 
 from edge_runtime import EdgeRuntime
@@ -37,6 +36,7 @@ from services.common.errors import Conflict
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app
+from tests.support.deploy import StaticCatalog, bias_model, deployer_settings, enroll_via_rpc, put
 
 EnvFactory = Callable[..., Awaitable[Env]]
 

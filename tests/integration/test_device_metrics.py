@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 
 import aiomqtt
-from metrics_support import influx_query, make_settings, wait_until
 
 from edge_runtime.metrics import MetricsCollector, MetricsReporter
 from edge_runtime.spool import MetricsSpool
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack.servers import free_port
 from schemas.telemetry import MetricsBatch, timestamp_ns
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_acls
 from services.ingester import Ingester
+from tests.support.metrics import influx_query, make_settings, wait_until
 
 
 async def test_offline_device_sends_spooled_batches_with_original_timestamps(

@@ -15,21 +15,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
-from deploy_support import (
+
+from edge_runtime import ConnectionState, EdgeRuntime
+from edgeaiforge_stack.servers import MosquittoServer, NatsServer
+from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef
+from schemas.topics import Topics
+from services.common.bus import Bus
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.deployer.app import create_app
+from tests.support.deploy import (
     StaticCatalog,
     deployer_settings,
     enroll_via_rpc,
     forget_device,
     running,
 )
-
-from edge_runtime import ConnectionState, EdgeRuntime
-from edgeaiforge._servers import MosquittoServer, NatsServer
-from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef
-from schemas.topics import Topics
-from services.common.bus import Bus
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app
 
 TOPICS = Topics("eaf/v1")
 

@@ -10,15 +10,6 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from deploy_support import (
-    StaticCatalog,
-    bias_model,
-    deployer_settings,
-    enroll_via_rpc,
-    forget_device,
-    put,
-    running,
-)
 
 from edge_runtime import EdgeRuntime, prepare
 from schemas.config import Settings
@@ -44,6 +35,15 @@ from services.common.errors import Forbidden, NotFound
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_name
 from services.deployer.app import DeployerApp, create_app
+from tests.support.deploy import (
+    StaticCatalog,
+    bias_model,
+    deployer_settings,
+    enroll_via_rpc,
+    forget_device,
+    put,
+    running,
+)
 
 TOPICS = Topics("eaf/v1")
 

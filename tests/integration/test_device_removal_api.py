@@ -10,16 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
-from deploy_support import platform_on_broker
 from typer.testing import CliRunner
 
 from edge_runtime import enroll
 from edgeaiforge import ModelManager
 from edgeaiforge._errors import NotFoundError, PermissionDeniedError
 from edgeaiforge.cli import app
-from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.deploy import platform_on_broker
 
 
 async def test_remove_through_rest_sdk_and_cli(

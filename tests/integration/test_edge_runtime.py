@@ -9,7 +9,12 @@ from collections import Counter
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime
+from schemas.events import TargetState
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import (
     TOPICS,
     bias_model,
     device_public_key,
@@ -21,11 +26,6 @@ from deploy_support import (
     running,
     service_mqtt,
 )
-
-from edge_runtime import EdgeRuntime
-from schemas.events import TargetState
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE
 
 
 async def test_device_cannot_touch_another_devices_topics(

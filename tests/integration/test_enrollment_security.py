@@ -20,7 +20,6 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from deploy_support import StaticCatalog, bias_model, platform_on_broker, put, running
 
 from edge_runtime import EdgeRuntime, StateDir, enroll, prepare
 from schemas import crypto
@@ -29,13 +28,14 @@ from schemas.deployer import EnrollReply
 from schemas.events import DeviceEnrolled
 from schemas.manifest import SignedManifest
 from schemas.topics import Topics
-from services.api.testing import new_api_key, serve_in_thread
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp
 from services.deployer.app import create_app as create_deployer
 from services.deployer.store import Device
+from tests.support.api import new_api_key, serve_in_thread
+from tests.support.deploy import StaticCatalog, bias_model, platform_on_broker, put, running
 
 TOPICS = Topics("eaf/v1")
 P = 2**255 - 19

@@ -10,13 +10,12 @@ import contextlib
 import time
 from contextlib import AsyncExitStack
 
-from deploy_support import platform_on_broker
-
 from edgeaiforge import ModelManager
-from edgeaiforge._fleet import enroll_fleet, run_fleet
-from services.api.testing import create_api_key, serve_in_thread
+from edgeaiforge_stack.fleet import enroll_fleet, run_fleet
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app as create_deployer
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.deploy import platform_on_broker
 
 
 async def test_a_removed_device_is_enrolled_again_and_comes_online(

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from metrics_support import batch, recent
 
 from schemas.events import DeploymentTargetUpdated, TargetState
 from schemas.telemetry import DeviceSample, MetricsBatch
 from services.ingester.domain import batch_lines, deployment_line
+from tests.support.metrics import batch, recent
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "edgeaiforge.json"

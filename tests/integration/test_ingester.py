@@ -9,7 +9,11 @@ from datetime import timedelta
 
 import aiomqtt
 import httpx
-from metrics_support import (
+
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.ingester import Ingester
+from services.ingester.domain import Reason
+from tests.support.metrics import (
     batch,
     enrol,
     influx_count,
@@ -19,10 +23,6 @@ from metrics_support import (
     recent,
     wait_until,
 )
-
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.ingester import Ingester
-from services.ingester.domain import Reason
 
 
 async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(

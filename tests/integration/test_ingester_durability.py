@@ -15,7 +15,11 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import pytest
-from metrics_support import (
+
+from edgeaiforge_stack.servers import InfluxServer
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.ingester import Ingester
+from tests.support.metrics import (
     batch,
     enrol,
     influx_count,
@@ -27,10 +31,6 @@ from metrics_support import (
     settings_toml,
     wait_until,
 )
-
-from edgeaiforge._servers import InfluxServer
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.ingester import Ingester
 
 REPO = Path(__file__).resolve().parents[2]
 #: How long InfluxDB stays down in the middle of the stream (the issue asks for a minute).

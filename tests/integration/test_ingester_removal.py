@@ -7,7 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
-from metrics_support import (
+
+from schemas.config import NatsConfig
+from schemas.events import DeviceEnrolled, DeviceRemoved
+from services.common.bus import Bus
+from services.common.mqtt_admin import SERVICE_ROLE
+from services.ingester import Ingester
+from services.ingester.domain import Reason
+from tests.support.metrics import (
     batch,
     enrol,
     influx_count,
@@ -16,13 +23,6 @@ from metrics_support import (
     recent,
     wait_until,
 )
-
-from schemas.config import NatsConfig
-from schemas.events import DeviceEnrolled, DeviceRemoved
-from services.common.bus import Bus
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.ingester import Ingester
-from services.ingester.domain import Reason
 
 
 async def test_a_removed_device_metrics_are_refused_from_then_on(

@@ -6,14 +6,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 import aiomqtt
-from metrics_support import batch, make_settings, metrics_topic, publish_all, recent, wait_until
 from prometheus_client import generate_latest
 
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack.servers import free_port
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
 from services.ingester.store import Spool
+from tests.support.metrics import (
+    batch,
+    make_settings,
+    metrics_topic,
+    publish_all,
+    recent,
+    wait_until,
+)
 
 
 async def test_full_spool_drops_the_oldest_and_counts_them(

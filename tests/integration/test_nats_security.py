@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from edgeaiforge._servers import (
+from edgeaiforge_stack.servers import (
     NATS_CONFIG,
     NATS_USERS,
     NatsServer,

@@ -35,11 +35,11 @@ from schemas.registry import (
     VersionStatus,
 )
 from schemas.reports import AnalysisReport, CheckOutcome, CheckResult, ValidationReport
-from services.api.testing import platform_settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.errors import BadRequest, Conflict, NotFound
 from services.registry.app import create_registry
+from tests.support.settings import platform_settings
 
 S = RegistryRpc
 

@@ -19,20 +19,20 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime
+from edgeaiforge_stack.servers import MosquittoServer, free_port
+from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef, RemoveDevice
+from services.common.bus import Bus
+from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin
+from services.deployer.app import create_app
+from tests.support.deploy import (
     StaticCatalog,
     deployer_settings,
     enroll_device,
     enroll_via_rpc,
     forget_device,
 )
-
-from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import MosquittoServer, free_port
-from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef, RemoveDevice
-from services.common.bus import Bus
-from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin
-from services.deployer.app import create_app
 
 NOT_AUTHORIZED = (
     "not authorized: this device was removed or its credentials revoked; enrol it again"

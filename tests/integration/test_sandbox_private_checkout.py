@@ -30,7 +30,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from model_zoo import cnn_model, to_bytes
 
 import edge_runtime
 import modelkit
@@ -48,6 +47,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.validator.app import create_service as create_validator
+from tests.support.models import cnn_model, to_bytes
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 _PACKAGES = (services, schemas, modelkit, edge_runtime)

@@ -15,8 +15,9 @@ import pytest
 from influxdb_client import Point, WritePrecision
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeaiforge import _servers
-from edgeaiforge._servers import (
+from edgeaiforge_stack import _launcher
+from edgeaiforge_stack import servers as _servers
+from edgeaiforge_stack.servers import (
     InfluxServer,
     MosquittoServer,
     NatsServer,
@@ -236,7 +237,7 @@ async def test_postgres_database_accepts_a_table(postgres_url: str) -> None:
 
 def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(_servers, "_EXTRA_BIN_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(_launcher, "_EXTRA_BIN_DIRS", (str(tmp_path),))
     with pytest.raises(ServerNotFoundError, match="'influxdb'"):
         InfluxServer(data_dir=tmp_path / "influx").start()
 

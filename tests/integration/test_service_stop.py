@@ -1,7 +1,7 @@
 """Every service, run as ``python -m services.<name>`` against the real servers, stops on
 SIGTERM within seconds with one log line, and logs nothing at INFO while idle.
 
-The servers are started the way ``edgeaiforge up`` starts them (``edgeaiforge._stack``),
+The servers are started the way ``edgeaiforge up`` starts them (``edgeaiforge_stack.stack``),
 and the services get the environment ``up`` gives them; only the services are started
 here, as our children, so their exit status can be read.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeaiforge import _stack
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack import stack as _stack
+from edgeaiforge_stack.servers import free_port
 from schemas.config import Settings
 from services.common.config import load_settings
 from services.common.keys import load_kek, load_signing_key

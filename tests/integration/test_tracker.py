@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import httpx
 import nats
 import pytest
-from metrics_support import make_settings, recent
 
 from schemas.config import NatsConfig
 from schemas.events import ModelPerformanceRegressed
@@ -31,6 +30,7 @@ from services.common.bus import Bus
 from services.ingester.domain import batch_lines
 from services.registry import create_registry
 from services.tracker import create_service
+from tests.support.metrics import make_settings, recent
 
 
 async def upload(bus: Bus, store: ArtifactStore, model: str, version: str) -> None:

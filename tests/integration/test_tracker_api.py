@@ -11,14 +11,15 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from metrics_support import batch, recent
 from typer.testing import CliRunner
 
 from edgeaiforge import ModelManager
 from edgeaiforge.cli import app as cli
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.ingester.domain import batch_lines
 from services.tracker import create_service
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.metrics import batch, recent
+from tests.support.settings import platform_settings
 
 
 @pytest.fixture

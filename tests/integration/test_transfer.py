@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime
+from schemas import crypto
+from schemas.events import TargetState
+from schemas.transfer import CHUNK_ARTIFACT_PROPERTY, CHUNK_INDEX_PROPERTY, RejectionCode
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import (
     TOPICS,
     FakePlatform,
     bias_model,
@@ -22,13 +29,6 @@ from deploy_support import (
     running,
     service_mqtt,
 )
-
-from edge_runtime import EdgeRuntime
-from schemas import crypto
-from schemas.events import TargetState
-from schemas.transfer import CHUNK_ARTIFACT_PROPERTY, CHUNK_INDEX_PROPERTY, RejectionCode
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE
 
 CHUNK = 4096
 

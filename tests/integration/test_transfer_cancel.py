@@ -17,7 +17,11 @@ from typing import Any
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import (
     TOPICS,
     FakePlatform,
     enroll_device,
@@ -25,10 +29,6 @@ from deploy_support import (
     forget_device,
     service_mqtt,
 )
-
-from edge_runtime import EdgeRuntime
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE
 
 
 @pytest.fixture

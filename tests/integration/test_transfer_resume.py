@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime, StateDir
+from edgeaiforge_stack.servers import MosquittoServer
+from schemas.events import TargetState
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
+from tests.support.deploy import (
     device_public_key,
     enroll_device,
     fake_platform,
@@ -22,12 +28,6 @@ from deploy_support import (
     running,
     service_mqtt,
 )
-
-from edge_runtime import EdgeRuntime, StateDir
-from edgeaiforge._servers import MosquittoServer
-from schemas.events import TargetState
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
 
 CHUNK = 65536
 

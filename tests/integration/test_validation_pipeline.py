@@ -21,7 +21,16 @@ from pathlib import Path
 import nats
 import onnx
 import pytest
-from model_zoo import (
+
+from schemas.config import Settings
+from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
+from schemas.rpc import HealthRequest, health_rpc
+from services.analyzer.app import create_service as create_analyzer
+from services.common.artifacts import ArtifactStore
+from services.common.bus import Bus
+from services.common.keys import load_kek
+from services.validator.app import create_service as create_validator
+from tests.support.models import (
     cnn_model,
     custom_domain_model,
     external_data_model,
@@ -33,15 +42,6 @@ from model_zoo import (
     to_bytes,
     transformer_block_model,
 )
-
-from schemas.config import Settings
-from schemas.events import ModelAnalyzed, ModelRejected, ModelUploaded, ModelValidated
-from schemas.rpc import HealthRequest, health_rpc
-from services.analyzer.app import create_service as create_analyzer
-from services.common.artifacts import ArtifactStore
-from services.common.bus import Bus
-from services.common.keys import load_kek
-from services.validator.app import create_service as create_validator
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from deploy_support import forget_device
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -25,6 +24,7 @@ from schemas.deployer import DeviceMqttSettings, EnrollReply
 from schemas.topics import Topics
 from schemas.transfer import ChunkRequest
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_acls, device_role_name
+from tests.support.deploy import forget_device
 
 V1 = Path(__file__).resolve().parents[1] / "vectors" / "v1"
 VECTORS: dict[str, Any] = json.loads((V1 / "vectors.json").read_text())

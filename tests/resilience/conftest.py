@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from schemas.config import Settings
-from services.api.testing import create_api_key, platform_settings, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.api import create_api_key, serve_in_thread
+from tests.support.settings import platform_settings
 
 
 @contextmanager

@@ -7,9 +7,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from resilience_support import REPO
 
 from services.api.app import create_app
+from tests.support.resilience import REPO
 
 PUBLIC, VIEWER, DEPLOYER, ADMIN = "public", "viewer", "deployer", "admin"
 RANK = {VIEWER: 0, DEPLOYER: 1, ADMIN: 2}
@@ -69,7 +69,7 @@ PARAMS = {
 
 
 def schema_routes() -> set[tuple[str, str]]:
-    from services.api.testing import platform_settings
+    from tests.support.settings import platform_settings
 
     settings = platform_settings(REPO / "var" / "unused", nats_url="nats://127.0.0.1:1")
     paths = create_app(settings).openapi()["paths"]
@@ -119,9 +119,9 @@ async def test_device_credentials_cannot_reach_another_device(
 
     import aiomqtt
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from deploy_support import TOPICS, enroll_device
 
     from services.common.mqtt_admin import SERVICE_ROLE
+    from tests.support.deploy import TOPICS, enroll_device
 
     key = Ed25519PrivateKey.generate()
     a, b = unique_id("dev-a-"), unique_id("dev-b-")

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+
+from edge_runtime import EdgeRuntime, StateDir
+from edge_runtime._faults import ENV_CRASH_AT, FAULT_EXIT_STATUS, STEPS
+from schemas.events import TargetState
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import (
     FakePlatform,
     bias_model,
     device_public_key,
@@ -22,13 +28,7 @@ from deploy_support import (
     running,
     service_mqtt,
 )
-from resilience_support import seed_installed, sha256, start_runtime_process
-
-from edge_runtime import EdgeRuntime, StateDir
-from edge_runtime._faults import ENV_CRASH_AT, FAULT_EXIT_STATUS, STEPS
-from schemas.events import TargetState
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.resilience import seed_installed, sha256, start_runtime_process
 
 OLD_BIAS, NEW_BIAS = 0.25, 0.75
 #: The steps after which ``installed.json`` already names the new model.

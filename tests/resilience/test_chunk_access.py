@@ -12,13 +12,13 @@ import os
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import TOPICS, enroll_device, fake_platform, put, service_mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from schemas.transfer import ChunkRequest
 from services.common.artifacts import ArtifactStore
 from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import TOPICS, enroll_device, fake_platform, put, service_mqtt
 
 
 def request_props(response_topic: str) -> Properties:

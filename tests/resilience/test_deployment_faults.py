@@ -10,19 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from deploy_support import (
-    StaticCatalog,
-    bias_model,
-    deployer_settings,
-    enroll_via_rpc,
-    forget_device,
-    padded_model,
-    put,
-)
-from resilience_support import wait_until
 
 from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import MosquittoServer
+from edgeaiforge_stack.servers import MosquittoServer
 from schemas.config import Settings
 from schemas.deployer import (
     CreateDeployment,
@@ -39,6 +29,16 @@ from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
 from services.deployer.app import create_app
+from tests.support.deploy import (
+    StaticCatalog,
+    bias_model,
+    deployer_settings,
+    enroll_via_rpc,
+    forget_device,
+    padded_model,
+    put,
+)
+from tests.support.resilience import wait_until
 
 
 @contextlib.asynccontextmanager

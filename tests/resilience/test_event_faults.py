@@ -13,18 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from deploy_support import (
-    StaticCatalog,
-    deployer_settings,
-    enroll_via_rpc,
-    forget_device,
-    padded_model,
-    put,
-)
-from resilience_support import REPO, apply_once, ledger_rows, open_ledger, wait_until
 
 from edge_runtime import EdgeRuntime
-from edgeaiforge._servers import NatsServer
+from edgeaiforge_stack.servers import NatsServer
 from schemas.config import NatsConfig
 from schemas.deployer import (
     CreateDeployment,
@@ -39,6 +30,15 @@ from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_app
+from tests.support.deploy import (
+    StaticCatalog,
+    deployer_settings,
+    enroll_via_rpc,
+    forget_device,
+    padded_model,
+    put,
+)
+from tests.support.resilience import REPO, apply_once, ledger_rows, open_ledger, wait_until
 
 OUTAGE_SECONDS = 6.0
 
@@ -162,7 +162,7 @@ async def test_consumer_killed_after_its_side_effect_before_its_ack_applies_it_o
     script = textwrap.dedent(
         f"""
         import asyncio, pathlib
-        from resilience_support import apply_once, open_ledger
+        from tests.support.resilience import apply_once, open_ledger
         from schemas.config import NatsConfig
         from schemas.events import ModelUploaded
         from services.common.bus import Bus

@@ -11,13 +11,13 @@ its MQTT acks back, so the broker keeps the messages (docs/metrics.md)."""
 from __future__ import annotations
 
 import aiomqtt
-from metrics_support import influx_query, make_settings, wait_until
 
 from edge_runtime.metrics import MetricsCollector, MetricsReporter
 from edge_runtime.spool import MetricsSpool
 from schemas.telemetry import MetricsBatch, timestamp_ns
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_acls
 from services.ingester import Ingester
+from tests.support.metrics import influx_query, make_settings, wait_until
 
 KEPT, MADE = 5, 12
 

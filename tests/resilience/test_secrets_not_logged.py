@@ -17,15 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from deploy_support import bias_model
-from resilience_support import REPO
 
 from edge_runtime import StateDir
-from edgeaiforge._servers import NatsServer
-from services.api.testing import create_api_key, free_port, platform_settings
+from edgeaiforge_stack.servers import NatsServer
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.api import create_api_key
+from tests.support.deploy import bias_model
+from tests.support.resilience import REPO
+from tests.support.servers import free_port
+from tests.support.settings import platform_settings
 
 SERVICES = ("registry", "validator", "deployer", "api")
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from deploy_support import (
+from paho.mqtt.properties import Properties
+
+from edge_runtime import EdgeRuntime
+from schemas.events import TargetState
+from schemas.transfer import RejectionCode
+from services.common.artifacts import ArtifactStore
+from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.deploy import (
     FakePlatform,
     bias_model,
     device_public_key,
@@ -22,14 +29,7 @@ from deploy_support import (
     running,
     service_mqtt,
 )
-from paho.mqtt.properties import Properties
-from resilience_support import seed_installed, wait_until
-
-from edge_runtime import EdgeRuntime
-from schemas.events import TargetState
-from schemas.transfer import RejectionCode
-from services.common.artifacts import ArtifactStore
-from services.common.mqtt_admin import SERVICE_ROLE
+from tests.support.resilience import seed_installed, wait_until
 
 CHUNK = 4096
 DAY = 86_400

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from model_zoo import (
+from onnx import TensorProto, helper, numpy_helper
+
+from services.analyzer.domain import analyze, diff_reports
+from tests.support.models import (
     cnn_model,
     single_conv_model,
     single_gemm_model,
     tiny_model,
     transformer_block_model,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from services.analyzer.domain import analyze, diff_reports
 
 
 def test_single_conv_macs_equal_the_hand_computed_number() -> None:

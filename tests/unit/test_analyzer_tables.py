@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from model_zoo import cnn_model
 from rich.console import Console
 
 from edgeaiforge._cli.reports import report_tables
 from schemas.registry import VersionReports, VersionStatus
 from schemas.reports import CheckOutcome, CheckResult, LatencyStats, ValidationReport
 from services.analyzer.domain import analyze, diff_reports
+from tests.support.models import cnn_model
 
 
 def _render(reports: VersionReports) -> str:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgeaiforge._servers import NATS_CONFIG
+from edgeaiforge_stack.servers import NATS_CONFIG
 from schemas.commands import COMMANDS
 from schemas.events import EVENT_TYPES
 from services.api import asyncapi

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from edgeaiforge._servers import NATS_SERVICE_USERS, NATS_USERS, docker_mosquitto_config
-from edgeaiforge._stack import SERVICES
+from edgeaiforge_stack.servers import NATS_SERVICE_USERS, NATS_USERS, docker_mosquitto_config
+from edgeaiforge_stack.stack import SERVICES
 from services.common.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_zoo import tiny_model, to_bytes
 
 from modelkit import _selftest
 from modelkit.files import NOBODY, private_workdir, write_stream
@@ -19,6 +18,7 @@ from modelkit.outcome import PLATFORM_FAULT, SandboxStatus
 from modelkit.sandbox import run_task, start_worker
 from schemas.config import SandboxLimits
 from services.analyzer.domain import latency_warning
+from tests.support.models import tiny_model, to_bytes
 
 LIMITS = SandboxLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=30)
 SELF = "modelkit._selftest:"

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from model_zoo import (
+from onnx import TensorProto, helper, numpy_helper
+
+from modelkit.onnx_utils import load_model
+from schemas.config import ValidatorConfig
+from services.validator import runtime, tasks
+from services.validator.domain import external_data_problems, policy_problems
+from tests.support.models import (
     custom_domain_model,
     external_data_model,
     huge_tensor_model,
@@ -20,12 +26,6 @@ from model_zoo import (
     tiny_model,
     to_bytes,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from modelkit.onnx_utils import load_model
-from schemas.config import ValidatorConfig
-from services.validator import runtime, tasks
-from services.validator.domain import external_data_problems, policy_problems
 
 BIAS = np.array([0.5, -0.5, 1.0, 0.0], dtype=np.float32)
 

@@ -4,7 +4,7 @@ Every builder returns an ``onnx.ModelProto``; ``to_bytes`` serialises it. The he
 models pass ``onnx.checker.check_model(full_check=True)`` and run on onnxruntime's CPU
 provider; the hostile ones are each broken in exactly one way.
 
-    from model_zoo import cnn_model, tiny_model, to_bytes
+    from tests.support.models import cnn_model, tiny_model, to_bytes
 """
 
 from __future__ import annotations

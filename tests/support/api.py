@@ -1,4 +1,4 @@
-"""Run the registry and the API in-process, for tests and tools.
+"""Run the registry and the API for the tests and the benchmarks: in-process or as a process.
 
 ``serve_in_thread(settings)`` runs both on their own event loop in a background thread,
 so synchronous code (the SDK, the CLI) can talk to them from the calling thread:
@@ -30,49 +30,10 @@ from services.common.db import create_engine
 from services.registry.app import create_registry
 from services.registry.store import RegistryStore
 
-__all__ = [
-    "create_api_key",
-    "free_port",
-    "new_api_key",
-    "platform_settings",
-    "serve_in_thread",
-]
+#: The checkout, where ``python -m services.api`` is found.
+ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    from edgeaiforge._servers import free_port as _free_port
-
-    return _free_port()
-
-
-def platform_settings(
-    root: Path,
-    *,
-    nats_url: str,
-    database_url: str | None = None,
-    port: int | None = None,
-    **sections: dict[str, Any],
-) -> Settings:
-    """Settings with everything under ``root``: store, key, database; a free API port.
-
-    ``sections`` override or extend sections, e.g.
-    ``model_repository={"max_versions_per_model": 2}``.
-    """
-    data: dict[str, dict[str, Any]] = {
-        "model_repository": {"storage_path": root / "models", "cache_path": root / "cache"},
-        "security": {
-            "encryption_key_path": root / "keys" / "kek.key",
-            "signing_key_path": root / "keys" / "signing.pem",
-            "dev_mode": True,
-        },
-        "nats": {"url": nats_url, "request_timeout": 5.0},
-        "database": {"url": database_url or f"sqlite+aiosqlite:///{root / 'registry.db'}"},
-        "api": {"host": "127.0.0.1", "port": port or free_port()},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return Settings.model_validate(data)
+__all__ = ["api_process", "create_api_key", "new_api_key", "serve_in_thread"]
 
 
 async def _create_key(settings: Settings, role: ApiRole, name: str) -> str:
@@ -195,9 +156,9 @@ port = {settings.api.port}
 """
     )
     url = f"http://{settings.api.host}:{settings.api.port}"
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    proc = subprocess.Popen(
         [sys.executable, "-m", "services.api", "--config", str(config), "--log-level", "WARNING"],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -6,7 +6,7 @@ enrolled before. ``run_fleet`` runs one ``EdgeRuntime`` per device, each with it
 session, simulated inference at a given rate, and the metrics reporter that the real
 runtime uses (histograms, an on-disk spool, batches every ``interval`` seconds).
 
-``python -m edgeaiforge._fleet ROOT ID...`` runs already enrolled devices until SIGTERM:
+``python -m edgeaiforge_stack.fleet ROOT ID...`` runs already enrolled devices until SIGTERM:
 it is what ``edgeaiforge fleet simulate --background`` starts.
 """
 
@@ -26,8 +26,7 @@ from edge_runtime import EdgeRuntime, EdgeRuntimeError, StateDir, enroll
 from edge_runtime.errors import NoModelError, NotEnrolledError
 from edge_runtime.metrics import MetricsCollector, MetricsReporter
 from edge_runtime.spool import MetricsSpool
-from edgeaiforge._errors import EdgeAIForgeError, NotFoundError
-from edgeaiforge._manager import ModelManager
+from edgeaiforge import EdgeAIForgeError, ModelManager, NotFoundError
 
 __all__ = ["FleetError", "device_ids", "enroll_fleet", "enrolled", "run_fleet"]
 
@@ -206,8 +205,8 @@ def _log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m edgeaiforge._fleet ROOT ID... [--rate R]``: run enrolled devices."""
-    parser = argparse.ArgumentParser(prog="python -m edgeaiforge._fleet")
+    """``python -m edgeaiforge_stack.fleet ROOT ID... [--rate R]``: run enrolled devices."""
+    parser = argparse.ArgumentParser(prog="python -m edgeaiforge_stack.fleet")
     parser.add_argument("root", type=Path, help="directory of the devices' state dirs")
     parser.add_argument("ids", nargs="+", help="device ids (enrolled under ROOT)")
     parser.add_argument("--rate", type=float, default=10.0, help="inferences/s per device")

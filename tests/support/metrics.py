@@ -14,11 +14,12 @@ from typing import Any
 import aiomqtt
 import httpx
 
-from edgeaiforge._servers import free_port
+from edgeaiforge_stack.servers import free_port
 from schemas.config import Settings
 from schemas.events import DeviceEnrolled
 from schemas.telemetry import InferenceSample, MetricsBatch
 from services.common.bus import Bus
+from tests.support.settings import platform_settings
 
 PREFIX = "eaf/v1"
 
@@ -44,28 +45,21 @@ def make_settings(
     client_id = unique_id("ingester-")
     group = unique_id("g")
     database = database or unique_id("db")
-    mqtt_host, mqtt_port = mosquitto.host, mosquitto.port
-    mqtt_username, mqtt_password = user.username, user.password
-    return Settings.model_validate(
-        {
-            "nats": {"url": nats_url, "ack_wait": 5.0},
-            "mqtt": {
-                "host": mqtt_host,
-                "port": mqtt_port,
-                "username": mqtt_username,
-                "password": mqtt_password,
-                "keepalive": 10,
-            },
-            "influxdb": {"url": influx_url, "database": database, "flush_interval": 0.2},
-            "ingester": {
-                "spool_path": str(tmp_path / f"{client_id}.db"),
-                "metrics_port": free_port() if metrics_port is None else metrics_port,
-                "client_id": client_id,
-                "shared_group": group,
-                **ingester,
-            },
-            "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'tracker.db'}"},
-        }
+    return platform_settings(
+        tmp_path,
+        nats_url=nats_url,
+        database_file="tracker.db",
+        mqtt_user=(user.username, user.password),
+        nats={"ack_wait": 5.0},
+        mqtt={"host": mosquitto.host, "port": mosquitto.port, "keepalive": 10},
+        influxdb={"url": influx_url, "database": database, "flush_interval": 0.2},
+        ingester={
+            "spool_path": str(tmp_path / f"{client_id}.db"),
+            "metrics_port": free_port() if metrics_port is None else metrics_port,
+            "client_id": client_id,
+            "shared_group": group,
+            **ingester,
+        },
     )
 
 

@@ -1,4 +1,6 @@
-"""``edgeaiforge up | down | status``: the local stack (servers and services) on this host."""
+"""``edgeaiforge up | down | status``: the local stack (servers and services) on this host.
+
+Mounted on the ``edgeaiforge`` command through the ``edgeaiforge.commands`` entry points."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgeaiforge import _stack
-from edgeaiforge._cli._common import JsonOption, console, err_console
-from edgeaiforge._cli._errors import one_line
+from edgeaiforge.commands import JsonOption, console, err_console, one_line
+from edgeaiforge_stack import stack
+from edgeaiforge_stack.layout import ComponentStatus, StackError, StackLayout, api_url
+from edgeaiforge_stack.processes import STOP_GRACE, Stopped
 from schemas.config import Settings
 from services.common.config import ConfigError, config_path_from_env, load_settings
 
@@ -51,7 +54,7 @@ def load(config: Path | None) -> tuple[Settings, Path]:
         raise typer.Exit(2) from None
 
 
-def _table(rows: list[_stack.ComponentStatus]) -> Table:
+def _table(rows: list[ComponentStatus]) -> Table:
     table = Table(title="EdgeAIForge stack", title_justify="left")
     for column in ("component", "kind", "pid", "state", "detail"):
         table.add_column(column)
@@ -69,7 +72,7 @@ def _table(rows: list[_stack.ComponentStatus]) -> Table:
 def up(
     config: ConfigOption = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the health checks")] = (
-        _stack.HEALTH_TIMEOUT
+        stack.HEALTH_TIMEOUT
     ),
     json_out: JsonOption = False,
 ) -> None:
@@ -77,8 +80,8 @@ def up(
     settings, path = load(config)
     try:
         with err_console.status("starting the stack and waiting for health checks"):
-            rows = _stack.up(settings, path, wait=wait)
-    except _stack.StackError as exc:
+            rows = stack.up(settings, path, wait=wait)
+    except StackError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     _show(rows, json_out)
@@ -86,7 +89,7 @@ def up(
         raise typer.Exit(1)
     if not json_out:
         console.print(
-            f"API: {_stack.api_url(settings)}   logs: {_stack.StackLayout.of(settings).logs}   "
+            f"API: {api_url(settings)}   logs: {StackLayout.of(settings).logs}   "
             "stop with: edgeaiforge down"
         )
 
@@ -94,7 +97,7 @@ def up(
 def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     """Show every component: running, healthy, where. Exit 1 unless all are healthy."""
     settings, _ = load(config)
-    rows = _stack.status(settings)
+    rows = stack.status(settings)
     _show(rows, json_out)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
@@ -108,7 +111,7 @@ def down(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     """
     settings, _ = load(config)
     began = time.monotonic()
-    stopped = _stack.down(settings)
+    stopped = stack.down(settings)
     if json_out:
         typer.echo(
             json.dumps(
@@ -127,7 +130,7 @@ def down(config: ConfigOption = None, json_out: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
-def print_stopped(stopped: list[_stack.Stopped], seconds: float) -> None:
+def print_stopped(stopped: list[Stopped], seconds: float) -> None:
     """``stopped: a, b (in 1.2 s)``, plus a line for each process that had to be killed
     or that even SIGKILL did not end."""
     gone = [s.name for s in stopped if s.gone]
@@ -137,7 +140,7 @@ def print_stopped(stopped: list[_stack.Stopped], seconds: float) -> None:
         if s.killed and s.gone:
             err_console.print(
                 f"[yellow]{s.name} (pid {s.pid}) did not exit within "
-                f"{_stack.STOP_GRACE:.0f} s of SIGTERM: killed with SIGKILL[/yellow]",
+                f"{STOP_GRACE:.0f} s of SIGTERM: killed with SIGKILL[/yellow]",
                 highlight=False,
             )
         elif not s.gone:
@@ -148,9 +151,9 @@ def print_stopped(stopped: list[_stack.Stopped], seconds: float) -> None:
             )
 
 
-def _show(rows: list[_stack.ComponentStatus], json_out: bool) -> None:
+def _show(rows: list[ComponentStatus], json_out: bool) -> None:
     if json_out:
-        typer.echo(_stack.as_json(rows))
+        typer.echo(stack.as_json(rows))
     else:
         console.print(_table(rows))
 

@@ -1,7 +1,7 @@
 """Helpers for the deployment tests: small ONNX models, device enrolment on the real
 broker without the deployer, manifests, and a chunk server whose bytes can be tampered.
 
-    from deploy_support import bias_model, enroll_device, signed_manifest, ...
+    from tests.support.deploy import bias_model, enroll_device, signed_manifest, ...
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from services.common.artifacts import ArtifactInfo, ArtifactStore
 from services.common.mqtt_admin import MqttAdmin, device_role_acls, device_role_name
 from services.deployer.chunks import ChunkServer
 from services.deployer.mqtt import MqttLink
+from tests.support.settings import platform_settings
 
 PREFIX = "eaf/v1"
 TOPICS = Topics(PREFIX)
@@ -352,37 +353,18 @@ def deployer_settings(
     device_timeout: float = 20.0,
     **deployer: Any,
 ) -> Any:
-    from schemas.config import Settings
-
-    return Settings.model_validate(
-        {
-            "model_repository": {"storage_path": str(tmp_path / "models")},
-            "security": {
-                "encryption_key_path": str(tmp_path / "keys" / "kek.key"),
-                "signing_key_path": str(tmp_path / "keys" / "signing.pem"),
-                "dev_mode": True,
-            },
-            "deployment": {
-                "chunk_size": chunk_size,
-                "default_device_timeout": device_timeout,
-                "window_size": 16,
-            },
-            "nats": {"url": nats_url},
-            "mqtt": {
-                "host": mosquitto.host,
-                "port": mosquitto.port,
-                "username": service_user[0],
-                "password": service_user[1],
-            },
-            "deployer": {
-                "admin_username": mosquitto.admin_username,
-                "admin_password": mosquitto.admin_password,
-                "tick_interval": 0.2,
-                "stall_timeout": 1.0,
-                **deployer,
-            },
-            "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'deployer.db'}"},
-        }
+    return platform_settings(
+        tmp_path,
+        nats_url=nats_url,
+        database_file="deployer.db",
+        broker=mosquitto,
+        mqtt_user=service_user,
+        deployment={
+            "chunk_size": chunk_size,
+            "default_device_timeout": device_timeout,
+            "window_size": 16,
+        },
+        deployer={"tick_interval": 0.2, "stall_timeout": 1.0, **deployer},
     )
 
 
@@ -411,15 +393,8 @@ def platform_on_broker(
     """``platform_settings`` with the test broker: the services' MQTT account ``user``
     (username, password), the deployer as the broker's admin, fast ticks; more sections
     (or deployer keys) as keyword arguments."""
-    from services.api.testing import platform_settings
-
-    deployer = {
-        "admin_username": mosquitto.admin_username,
-        "admin_password": mosquitto.admin_password,
-        "tick_interval": 0.2,
-        "stall_timeout": 1.0,
-        **sections.pop("deployer", {}),
-    }
-    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
-            "username": user[0], "password": user[1]}  # fmt: skip
-    return platform_settings(tmp_path, nats_url=nats_url, mqtt=mqtt, deployer=deployer, **sections)
+    deployer = {"tick_interval": 0.2, "stall_timeout": 1.0, **sections.pop("deployer", {})}
+    return platform_settings(
+        tmp_path, nats_url=nats_url, broker=mosquitto, mqtt_user=(user[0], user[1]),
+        deployer=deployer, **sections,
+    )  # fmt: skip

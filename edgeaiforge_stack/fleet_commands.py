@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
-from edgeaiforge import _stack
-from edgeaiforge._cli._common import console, err_console, manager
-from edgeaiforge._cli.stack import ConfigOption, load, print_stopped
-from edgeaiforge._errors import EdgeAIForgeError
-from edgeaiforge._fleet import device_ids, enroll_fleet, run_fleet
-from edgeaiforge._manager import ModelManager
+from edgeaiforge import EdgeAIForgeError, ModelManager
+from edgeaiforge.commands import console, err_console, manager
+from edgeaiforge_stack.commands import ConfigOption, load, print_stopped
+from edgeaiforge_stack.fleet import device_ids, enroll_fleet, run_fleet
+from edgeaiforge_stack.layout import StackLayout, api_url, extras
+from edgeaiforge_stack.processes import process_running, spawn, stop_processes
 
 __all__ = ["app", "fleet_root"]
 
@@ -26,7 +26,7 @@ app = typer.Typer(help="Simulated devices: enrol and run many edge runtimes.", n
 _ONLINE_TIMEOUT = 60.0
 
 
-def fleet_root(layout: _stack.StackLayout) -> Path:
+def fleet_root(layout: StackLayout) -> Path:
     """Where the simulated devices keep their state: ``<stack.data_dir>/fleet``."""
     return layout.root / "fleet"
 
@@ -34,7 +34,7 @@ def fleet_root(layout: _stack.StackLayout) -> Path:
 def _worker_argv(
     root: Path, ids: list[str], rate: float, interval: float, http_port: int
 ) -> list[str]:
-    argv = [sys.executable, "-m", "edgeaiforge._fleet", str(root), *ids]
+    argv = [sys.executable, "-m", "edgeaiforge_stack.fleet", str(root), *ids]
     argv += ["--rate", f"{rate:g}", "--interval", f"{interval:g}"]
     if http_port:
         argv += ["--http-port", str(http_port)]
@@ -88,12 +88,12 @@ def simulate(
     <stack.data_dir>/fleet/<device id>.
     """
     settings, _ = load(config)
-    layout = _stack.StackLayout.of(settings)
+    layout = StackLayout.of(settings)
     root = fleet_root(layout)
     ids = device_ids(devices, prefix=prefix)
     obj = ctx.find_root().obj or {}
     if not obj.get("url"):
-        ctx.find_root().obj = {**obj, "url": _stack.api_url(settings)}
+        ctx.find_root().obj = {**obj, "url": api_url(settings)}
     try:
         with manager(ctx) as mm:
             counts = {"enrolled": 0, "reused": 0, "re-enrolled": 0}
@@ -143,7 +143,7 @@ def simulate(
 
 
 def _start_background(
-    layout: _stack.StackLayout,
+    layout: StackLayout,
     argvs: list[list[str]],
     devices: int,
     rate: float,
@@ -153,7 +153,7 @@ def _start_background(
     names = ["fleet"] if len(argvs) == 1 else [f"fleet-{k + 1}" for k in range(len(argvs))]
     running = {
         name: layout.read_record(name)
-        for name in _stack.extras(layout)
+        for name in extras(layout)
         if name == "fleet" or name.startswith("fleet-")
     }
     wanted = dict(zip(names, argvs, strict=True))
@@ -161,8 +161,7 @@ def _start_background(
         not restart
         and set(running) == set(wanted)
         and all(
-            _stack.process_running(rec) and rec["argv"] == wanted[name]
-            for name, rec in running.items()
+            process_running(rec) and rec["argv"] == wanted[name] for name, rec in running.items()
         )
     )
     if same:
@@ -170,10 +169,10 @@ def _start_background(
         return
     if running and restart:
         console.print("fleet: restarting the running fleet, so it uses the new credentials")
-    _stack.stop_processes(layout, list(running))
+    stop_processes(layout, list(running))
     detail = f"{devices} simulated devices, {rate:g} inferences/s each"
     for name, argv in wanted.items():
-        _stack.spawn(layout, name, argv, detail=detail)
+        spawn(layout, name, argv, detail=detail)
 
 
 def _run_foreground(
@@ -214,10 +213,10 @@ def _run_foreground(
 def stop(config: ConfigOption = None) -> None:
     """Stop a fleet started with --background; return once its processes are gone."""
     settings, _ = load(config)
-    layout = _stack.StackLayout.of(settings)
-    names = [n for n in _stack.extras(layout) if n == "fleet" or n.startswith("fleet-")]
+    layout = StackLayout.of(settings)
+    names = [n for n in extras(layout) if n == "fleet" or n.startswith("fleet-")]
     began = time.monotonic()
-    stopped = _stack.stop_processes(layout, names)
+    stopped = stop_processes(layout, names)
     if not stopped:
         console.print("no fleet was running")
         return

@@ -1,0 +1,1 @@
+"""EdgeAIForge's tests; shared helpers and fixtures live in ``tests.support``."""
