@@ -24,13 +24,13 @@ from schemas.stats import (
     TrackerRpc,
 )
 from schemas.telemetry import InferenceSample, MetricsBatch
-from services.api.testing import platform_settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.ingester.domain import batch_lines
 from services.registry import create_registry
 from services.tracker import create_service
 from tests.support.metrics import make_settings, recent
+from tests.support.settings import platform_settings
 
 
 async def upload(bus: Bus, store: ArtifactStore, model: str, version: str) -> None:
