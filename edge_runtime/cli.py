@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 def _http_server(runtime: EdgeRuntime, address: str) -> uvicorn.Server:
     import uvicorn
 
-    from edge_runtime._http import create_http_app
+    from edge_runtime.local_api import create_http_app
 
     class Server(uvicorn.Server):
         # The runtime owns SIGTERM/SIGINT (one log line, then its own orderly stop); it

@@ -120,7 +120,7 @@ async def _serve_http(
 ) -> None:
     import uvicorn
 
-    from edge_runtime._http import create_http_app
+    from edge_runtime.local_api import create_http_app
 
     class Server(uvicorn.Server):
         # The fleet owns SIGTERM/SIGINT; uvicorn must not replace its handlers.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.ids import SemVer
 from schemas.registry import ApiRole, MetadataPatch
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.deployer import CreateDeployment, DeploymentInfo, RequestId, RollbackRequest
 from schemas.ids import AliasName, DeploymentId, ModelName, SemVer, Sha256Hex
 from schemas.registry import (

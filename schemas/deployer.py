@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import AfterValidator, Field, model_validator
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.events import DeploymentOutcome, TargetState
 from schemas.ids import DeviceId
 from schemas.registry import VersionsInUseReply, VersionsInUseRequest

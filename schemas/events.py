@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.ids import Sha256Hex
 from schemas.reports import AnalysisReport, ValidationReport
 

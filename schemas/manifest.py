@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import Field, ValidationError, field_validator
 
 from schemas import crypto
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.ids import Sha256Hex
 from schemas.topics import validate_device_id
 

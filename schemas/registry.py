@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.ids import AliasName, ModelName, SemVer, Sha256Hex, VersionRef
 from schemas.rpc import Rpc
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 
 __all__ = [
     "DEFAULT_DOMAIN",

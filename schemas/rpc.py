@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 
 __all__ = ["Health", "HealthRequest", "Rpc", "RpcError", "RpcErrorReply", "health_rpc"]
 

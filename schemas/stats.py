@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, Field
 
-from schemas._base import WireModel, between
+from schemas.base import WireModel, between
 from schemas.rpc import Rpc
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, Field, FiniteFloat, model_validator
 
-from schemas._base import WireModel, between
+from schemas.base import WireModel, between
 
 __all__ = [
     "MAX_METRICS_PAYLOAD_BYTES",

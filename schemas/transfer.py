@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.events import TargetState
 from schemas.ids import DeviceId
 

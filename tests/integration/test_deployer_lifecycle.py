@@ -18,7 +18,7 @@ import uvicorn
 from test_deployer import Env, devices
 
 from edge_runtime import EdgeRuntime
-from edge_runtime._http import create_http_app
+from edge_runtime.local_api import create_http_app
 from schemas.deployer import (
     CreateDeployment,
     CreateEnrollmentToken,

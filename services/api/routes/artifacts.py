@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.ids import Sha256Hex
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx

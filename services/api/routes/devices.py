@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
-from schemas._base import WireModel
+from schemas.base import WireModel
 from schemas.deployer import (
     CreateEnrollmentToken,
     DeviceInfo,
