@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -89,7 +91,24 @@ def readme_commands() -> list[Documented]:
     return found
 
 
-DOCUMENTED = readme_commands()
+def readme_shell_commands() -> list[Documented]:
+    """The ``edgeaiforge`` commands README's ``sh`` blocks show (the demo's hints)."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
+        for line in block.splitlines():
+            words = line.split("#", 1)[0].split()
+            if words and words[0].removeprefix(".venv/bin/") == "edgeaiforge":
+                # Values, not placeholders, here: the command path ends where the tree does.
+                command, path, rest = get_command(app), [], words[1:]
+                while rest and rest[0] in getattr(command, "commands", {}):
+                    command = command.commands[rest[0]]  # type: ignore[attr-defined]
+                    path.append(rest.pop(0))
+                options = tuple(w for w in rest if w.startswith("--"))
+                found.append(Documented("edgeaiforge", tuple(path), (), options, line.strip()))
+    return found
+
+
+DOCUMENTED = readme_commands() + readme_shell_commands()
 
 
 def test_readme_table_is_read_whole() -> None:
@@ -106,6 +125,30 @@ def test_readme_table_is_read_whole() -> None:
         "edge-runtime enroll",
     } <= paths
     assert len(paths) >= 30
+    assert {"edgeaiforge stats", "edgeaiforge status"} <= {
+        " ".join((d.program, *d.path)) for d in readme_shell_commands()
+    }
+
+
+def test_readme_first_admin_key_command_makes_a_key(tmp_path: Path) -> None:
+    """README's ``python -m services.registry create-key ...`` line, run as written (with
+    its config file pointing into a temporary directory), prints a working token."""
+    line = re.search(r"`(python -m services\.registry create-key [^`]+)`", README.read_text())
+    assert line is not None, "README no longer shows how to make the first admin key"
+    words = line.group(1).split()
+    config = tmp_path / "edgeaiforge.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "registry.db"}"\n'
+        f'[model_repository]\nstorage_path = "{tmp_path / "models"}"\n'
+        f'[security]\nencryption_key_path = "{tmp_path / "kek.key"}"\n'
+        f'signing_key_path = "{tmp_path / "signing.pem"}"\ndev_mode = true\n'
+    )
+    words[words.index("--config") + 1] = str(config)
+    done = subprocess.run(
+        [sys.executable, *words[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^eaf_[0-9a-f]{12}_\S+$", done.stdout, re.M), done.stdout
 
 
 @pytest.mark.parametrize("doc", DOCUMENTED, ids=lambda d: d.text)
