@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from edge_runtime._enroll import capabilities, complete, enroll, prepare
 from edge_runtime._model import InferenceRecorder, ModelHost, sample_inputs
-from edge_runtime._runtime import RUNTIME_VERSION, EdgeRuntime
+from edge_runtime._reporting import RUNTIME_VERSION
+from edge_runtime._runtime import EdgeRuntime
 from edge_runtime._state import Connection, ConnectionState, StateDir
 from edge_runtime.errors import (
     EdgeRuntimeError,

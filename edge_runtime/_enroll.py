@@ -33,7 +33,7 @@ _PROBE_DOMAINS = {"ai.onnx": (7, 40), "ai.onnx.ml": (1, 10), "com.microsoft": (1
 @functools.cache
 def capabilities() -> Capabilities:
     """What this runtime can run: measured by loading tiny models, not guessed from versions."""
-    from edge_runtime._runtime import RUNTIME_VERSION
+    from edge_runtime._reporting import RUNTIME_VERSION
 
     return Capabilities(
         onnxruntime_version=ort.__version__,

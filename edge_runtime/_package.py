@@ -18,8 +18,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from edge_runtime._state import sync_directory
 from edge_runtime.errors import InferenceError
+from modelkit.durable import sync_directory
 from modelkit.external import externalize
 
 __all__ = ["PackageError", "discard_unpacked", "is_package", "model_file", "unpacked_dir"]

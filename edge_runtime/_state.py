@@ -16,7 +16,6 @@ Layout (everything written atomically: temp file, fsync, rename)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -28,38 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
 
 from edge_runtime.errors import NotEnrolledError
+from modelkit.durable import atomic_write
 from schemas.deployer import EnrollReply
 from schemas.transfer import ActiveModel
 
-__all__ = ["Connection", "ConnectionState", "Installed", "StateDir", "atomic_write"]
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, lasting: bool = True) -> None:
-    """Write ``path`` so that a crash or a power loss leaves either the old or the new
-    content, and once this returns, the new; with ``lasting=False`` a power loss may still
-    bring back the old (for a hint such as a transfer's bitmap, where old is safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if lasting:
-        sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """Make the entries of ``directory`` durable: a rename into it (or a new file) is
-    only in the directory's metadata until the directory itself is synced, and a power
-    loss before that may bring back the old name."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["Connection", "ConnectionState", "Installed", "StateDir"]
 
 
 @dataclass(frozen=True, slots=True)

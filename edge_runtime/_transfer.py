@@ -24,8 +24,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_runtime._state import StateDir, atomic_write, sync_directory
+from edge_runtime._state import StateDir
 from edge_runtime.errors import TransferRefused
+from modelkit.durable import atomic_write, sync_directory
 from schemas import crypto
 from schemas.manifest import Manifest, ManifestError, SignedManifest
 from schemas.transfer import RejectionCode

@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from modelkit.durable import atomic_write
 from schemas.config import SecurityConfig
 from schemas.crypto import KEK_LEN
 from services.common.logging import get_logger
@@ -31,14 +32,7 @@ class KeyFileError(Exception):
 def write_secret_file(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600, atomically, creating its directory (0700)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _read(path: Path, config_key: str, dev_mode: bool, make: bytes | None) -> bytes:

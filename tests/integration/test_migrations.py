@@ -19,7 +19,7 @@ from services.analyzer.store import AnalyzerBase
 from services.common.db import CommonBase
 from services.common.migrate import missing_from_migrations, upgrade
 from services.deployer.store import Base as DeployerBase
-from services.registry.store import RegistryBase
+from services.registry.tables import RegistryBase
 from services.tracker.store import TrackerBase
 
 #: Every package that owns tables, with its models.

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from schemas import crypto
-from services.common import artifacts
 from services.common.artifacts import (
     HEADER_LEN,
     ArtifactCorruptError,
     ArtifactStore,
     ArtifactTooLargeError,
+    _writer,
 )
 
 CHUNK = 4096
@@ -126,8 +126,8 @@ async def test_encryption_disabled_stores_plaintext(tmp_path: Path) -> None:
     assert await read_all(store, aid) == data
 
 
-#: Bytes ``put`` hands to its writer thread at once (``_BATCH_CHUNKS`` chunks).
-BATCH = artifacts._BATCH_CHUNKS * CHUNK
+#: Bytes ``put`` hands to its writer thread at once (``BATCH_CHUNKS`` chunks).
+BATCH = _writer.BATCH_CHUNKS * CHUNK
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct_if_possible", "buffered"])
@@ -147,7 +147,7 @@ async def test_file_is_exactly_the_stream_format(
 ) -> None:
     """Whatever the pieces and batches: header, then STREAM chunks with the last one flagged."""
     if not direct:
-        monkeypatch.setattr(artifacts, "_O_DIRECT", 0)
+        monkeypatch.setattr(_writer, "_O_DIRECT", 0)
     data = os.urandom(size)
     info = (await store.put(stream(data, piece=piece))).info
     dek = store.dek(info)
@@ -184,16 +184,16 @@ async def test_a_failing_disk_stores_nothing(
     store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes = 0
-    real = artifacts._Output._pwrite
+    real = _writer._Output._pwrite
 
-    def full_after_one(self: artifacts._Output, data: memoryview, offset: int) -> None:
+    def full_after_one(self: _writer._Output, data: memoryview, offset: int) -> None:
         nonlocal writes
         writes += 1
         if writes > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(self, data, offset)
 
-    monkeypatch.setattr(artifacts._Output, "_pwrite", full_after_one)
+    monkeypatch.setattr(_writer._Output, "_pwrite", full_after_one)
     with pytest.raises(OSError, match="No space left"):
         await store.put(stream(os.urandom(4 * BATCH), piece=65536))
     assert not list((store.root / "tmp").iterdir())

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime._state import StateDir, atomic_write
+from edge_runtime._state import StateDir
 from edge_runtime._transfer import ChunkOutcome, Transfer
 from edge_runtime.errors import TransferRefused
+from modelkit.durable import atomic_write
 from schemas.manifest import Manifest
 from schemas.transfer import RejectionCode
 
