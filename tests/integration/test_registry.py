@@ -39,7 +39,7 @@ from services.api.testing import platform_settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.errors import BadRequest, Conflict, NotFound
-from services.registry.app import create_registry
+from services.registry.app import create_service as create_registry
 
 S = RegistryRpc
 

@@ -29,7 +29,7 @@ from services.api.testing import platform_settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.ingester.domain import batch_lines
-from services.registry import create_registry
+from services.registry import create_service as create_registry
 from services.tracker import create_service
 
 
