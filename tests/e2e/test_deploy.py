@@ -18,7 +18,7 @@ from edgeaiforge._model import Model, ModelMetadata
 from schemas.events import DeploymentOutcome, TargetState
 from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from services.validator.app import create_service as create_validator
 
 

@@ -24,7 +24,7 @@ from edgeaiforge._deploy import DeploymentTimeoutError
 from edgeaiforge.cli import app
 from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PROGRAMS = ("edgeaiforge", "edge-runtime")

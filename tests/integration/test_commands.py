@@ -29,7 +29,7 @@ from services.api.app import create_api_server
 from services.api.testing import create_api_key
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from services.registry.app import create_service as create_registry
 from services.validator.app import create_service as create_validator
 

@@ -19,7 +19,7 @@ from edgeaiforge._errors import NotFoundError, PermissionDeniedError
 from edgeaiforge.cli import app
 from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 
 
 async def test_remove_through_rest_sdk_and_cli(

@@ -16,7 +16,7 @@ from edgeaiforge import ModelManager
 from edgeaiforge._fleet import enroll_fleet, run_fleet
 from services.api.testing import create_api_key, serve_in_thread
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 
 
 async def test_a_removed_device_is_enrolled_again_and_comes_online(
