@@ -21,8 +21,8 @@ from bench import baselines
 from bench._common import Result, Servers
 from schemas.config import Settings
 from schemas.telemetry import DeviceSample, InferenceSample, MetricsBatch
-from services.ingester.app import Ingester
 from services.ingester.domain import batch_lines
+from services.ingester.service import Ingester
 
 PREFIX = "eaf/v1"
 
