@@ -232,7 +232,7 @@ class ServiceRouter(NatsRouter):
                 stream=self._stream,
                 durable=durable,
                 pull_sub=PullSub(batch_size=16, timeout=1.0),
-                inbox_prefix=f"{inbox_prefix(cfg)}.".encode(),
+                inbox_prefix=f"{_inbox_prefix(cfg)}.".encode(),
                 config=ConsumerConfig(
                     ack_wait=cfg.ack_wait,
                     # Redelivery is counted here, not by the server: the last delivery
@@ -282,7 +282,7 @@ class ServiceRouter(NatsRouter):
             return Health(service=service, instance=instance, status=status, detail=detail)
 
 
-def inbox_prefix(config: NatsConfig) -> str:
+def _inbox_prefix(config: NatsConfig) -> str:
     """Where replies come: the server config lets each user read only
     ``_INBOX.<user>.>``, so nobody reads another's replies."""
     return f"_INBOX.{config.user}" if config.user else "_INBOX"
@@ -302,7 +302,7 @@ class Bus:
         self.config = config
         self.service = service
         password = config.password.get_secret_value() if config.password else None
-        self.inbox_prefix = inbox_prefix(config)
+        self.inbox_prefix = _inbox_prefix(config)
         self.broker = NatsBroker(
             config.url,
             security=(
