@@ -13,6 +13,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # The whole platform at work: the local stack, a model built here, simulated devices,
 # rollouts in waves, live stats, a canary and its promotion. Run it again: it continues.

@@ -36,7 +36,7 @@ from services.common.bus import Bus
 from services.common.errors import NotFound
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import DeployerApp, create_app
+from services.deployer.app import DeployerApp, create_service
 from services.deployer.catalog import VersionToDeploy
 from services.deployer.mqtt import cancel_and_wait
 from tests.support.servers import Servers
@@ -143,7 +143,7 @@ async def platform(servers: Servers, workdir: Path) -> AsyncIterator[Platform]:
     user = await servers.mqtt_user(roles=[SERVICE_ROLE])
     settings = settings_for(servers, workdir, user)
     catalog = Catalog()
-    async with create_app(settings, catalog=catalog) as app:
+    async with create_service(settings, catalog=catalog) as app:
         store = ArtifactStore(
             root=settings.model_repository.storage_path,
             kek=load_kek(settings.security),

@@ -14,10 +14,10 @@ from bench._platform import matmul_model
 from schemas.config import Settings
 from schemas.events import ModelUploaded
 from schemas.reports import AnalysisReport, ValidationReport
-from services.analyzer.app import AnalyzerService
+from services.analyzer.service import Analyzer
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
-from services.validator.app import ValidatorService, ensure_sandbox
+from services.validator.service import Validator, ensure_sandbox
 from tests.support.servers import Servers
 
 MB = 1_000_000
@@ -56,8 +56,8 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
     info = (await store.put(chunks())).info
     isolation = await ensure_sandbox(settings.validator)
     # The services' handlers minus the bus and database bookkeeping (milliseconds).
-    validator = ValidatorService(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
-    analyzer = AnalyzerService(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
+    validator = Validator(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
+    analyzer = Analyzer(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
     event = ModelUploaded(
         event_id=uuid.uuid4(),
         model="bench-analyze",

@@ -21,8 +21,8 @@ from bench import baselines
 from bench._common import Result
 from schemas.config import Settings
 from schemas.telemetry import DeviceSample, InferenceSample, MetricsBatch
-from services.ingester.app import Ingester
 from services.ingester.domain import batch_lines
+from services.ingester.service import Ingester
 from tests.support.servers import Servers
 
 PREFIX = "eaf/v1"

@@ -1,6 +1,6 @@
 """The model analyzer: what a validated model costs, needs and changed.
 
-The service lives in ``services.analyzer.app`` (``create_service``); the analysis itself
+The service is ``services.analyzer.app.create_service``; the analysis itself
 in ``services.analyzer.domain``. See ``docs/analysis.md``.
 """
 

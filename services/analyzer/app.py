@@ -1,302 +1,53 @@
-"""The analyzer service: consumes ``eaf.model.validated``, profiles the model in a
-sandboxed worker, measures its latency in another (once the profile is done), diffs it
-against the previous version and publishes ``eaf.model.analyzed``.
-
-It keeps its own table of past analyses (``analyzer_reports``) for the diff; the
-incoming event id is recorded in the same transaction, and the outgoing event id is
-derived from the incoming one, so handling an event twice publishes one report.
-"""
+"""Assembles the analyzer: sandbox self-test, database, artifact source, bus."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
+from contextlib import asynccontextmanager
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from modelkit.ahead import StartedAhead
-from modelkit.files import ZIP_MAGIC, hand_over, readable, write_stream
-from modelkit.outcome import TaskOutcome
-from modelkit.probe import SANDBOX_FIX, SELFTEST_MODEL, prove_sandbox
-from modelkit.sandbox import Worker, Workers, run_task, start_workers
-from schemas.config import AnalyzerConfig, Settings
-from schemas.events import ModelAnalyzed, ModelValidated
-from schemas.reports import AnalysisReport, LatencyStats
+from modelkit.probe import SANDBOX_FIX
+from schemas.config import Settings
 from services.analyzer.artifacts import ArtifactSource, open_artifacts
-from services.analyzer.domain import diff_reports, latency_warning
-from services.analyzer.errors import AnalysisFailedError, ArtifactUnavailableError
-from services.analyzer.store import previous_analysis, save_analysis
-from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
+from services.analyzer.handlers import create_router
+from services.analyzer.service import CONSUMER, Analyzer, ensure_sandbox
 from services.common.bus import Bus
-from services.common.db import claim_event, create_engine, is_processed
+from services.common.db import create_engine
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
 
-__all__ = ["CONSUMER", "AnalyzerService", "create_service"]
+__all__ = ["create_service"]
 
 log = get_logger(__name__)
-
-CONSUMER = "analyzer"
-#: The validator's namespace too (the two once shared the derivation): an event handled
-#: again after an upgrade gets the id it had, and the stream drops the duplicate.
-_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
-
-
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
-    """The id of the event ``consumer`` publishes in answer to event ``source``."""
-    return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
-
-
-async def ensure_sandbox(config: AnalyzerConfig) -> str:
-    """Start one worker to prove it can confine itself; returns the isolation it got."""
-    return await prove_sandbox(
-        work_dir=config.work_dir,
-        memory_mb=config.sandbox.memory_mb,
-        require_isolation=config.require_network_isolation,
-        section="analyzer",
-    )
-
-
-class AnalysisWorkers(Workers):
-    """The analyzer's two sandboxed workers for one model."""
-
-    @property
-    def timer(self) -> Worker:
-        return self.each[0]
-
-    @property
-    def profiler(self) -> Worker:
-        return self.each[1]
-
-
-class AnalyzerService:
-    """The running analyzer: its bus, database and artifact source."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        bus: Bus,
-        sessions: async_sessionmaker[AsyncSession],
-        artifacts: ArtifactSource,
-        consumer: str = CONSUMER,
-    ) -> None:
-        self.settings = settings
-        self.consumer = consumer
-        self.config = settings.analyzer
-        self.bus = bus
-        self.sessions = sessions
-        self.artifacts = artifacts
-        #: The profile and latency workers, one pair started ahead of each model
-        #: (``analyzer.prestart_workers``); ``workers.start()`` starts the first.
-        self.workers: StartedAhead[AnalysisWorkers] = StartedAhead(
-            self._start_workers, enabled=self.config.prestart_workers
-        )
-        #: What the start-up self-test found broken ("" when profiling and latency work):
-        #: the service's health says it.
-        self.problem = ""
-        self._platform_fault_logged = False
-
-    async def _start_workers(self, stack: AsyncExitStack) -> AnalysisWorkers:
-        # The timer first: its session, then the measurement, are the longer way.
-        cfg = self.config
-        return await start_workers(
-            stack,
-            [("services.analyzer.timing:time_model", 2), ("services.analyzer.tasks:profile", 1)],
-            kind=AnalysisWorkers,
-            work_dir=cfg.work_dir,
-            limits=cfg.sandbox,
-            require_isolation=cfg.require_network_isolation,
-        )
-
-    async def handle_validated(self, event: ModelValidated) -> None:
-        """Analyse one validated version and publish the report, once per event."""
-        async with self.sessions() as session:
-            if await is_processed(session, consumer=self.consumer, event_id=event.event_id):
-                log.info("version already analysed", event_id=str(event.event_id))
-                return
-            previous = await previous_analysis(session, model=event.model, version=event.version)
-        report = await self.analyze(event.artifact_id)
-        if previous is not None:
-            version, before = previous
-            report = report.model_copy(update={"diff": diff_reports(version, before, report)})
-        await self.bus.publish(
-            ModelAnalyzed(
-                event_id=derived_event_id(CONSUMER, event.event_id),
-                model=event.model,
-                version=event.version,
-                artifact_id=event.artifact_id,
-                report=report,
-            )
-        )
-        async with self.sessions.begin() as session:
-            await save_analysis(
-                session,
-                model=event.model,
-                version=event.version,
-                artifact_id=event.artifact_id,
-                report=report,
-            )
-            await claim_event(session, consumer=self.consumer, event_id=event.event_id)
-        log.info(
-            "version analysed",
-            model=event.model,
-            version=event.version,
-            macs=report.macs,
-            p50_ms=report.latency.p50_ms if report.latency else None,
-        )
-
-    async def analyze(self, artifact_id: str) -> AnalysisReport:
-        """Profile and time the artifact in sandboxed workers."""
-        acfg = self.config
-        try:
-            # Opened before workers are taken: a missing artifact costs no worker start.
-            chunks = await readable(self.artifacts.iter_plaintext(artifact_id))
-        except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
-            raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
-        # Started ahead (or now, if none are ready): confined, libraries imported; they
-        # read nothing before ``begin``.
-        async with self.workers.take() as workers:
-            workdir = workers.workdir
-            upload = workdir / "upload"
-            try:
-                await write_stream(chunks, upload, limit=acfg.max_file_size)
-            except (ArtifactNotFoundError, ArtifactCorruptError) as exc:
-                raise ArtifactUnavailableError(artifact_id, str(exc)) from exc
-            model, package = await self._model_file(upload, workdir)
-            report, timing = await self._profile_and_time(workers, model, package, artifact_id)
-        if timing.ok:
-            return report.model_copy(update={"latency": LatencyStats.model_validate(timing.value)})
-        # A model that passed validation but cannot be timed still has its profile.
-        reason = timing.describe(acfg.sandbox, "analyzer")
-        if timing.platform_fault:
-            # The platform's fault, not the model's: an error with the fix the first time,
-            # a warning for each model after it.
-            if self._platform_fault_logged:
-                log.warning("latency not measured: the sandbox failed", reason=reason)
-            else:
-                log.error(
-                    "latency not measured: the sandbox failed", reason=reason, fix=SANDBOX_FIX
-                )
-            self._platform_fault_logged = True
-        warning = latency_warning(reason, platform_fault=timing.platform_fault)
-        return report.model_copy(update={"warnings": (*report.warnings, warning)})
-
-    async def _profile_and_time(
-        self, workers: AnalysisWorkers, model: Path, package: bool, artifact_id: str
-    ) -> tuple[AnalysisReport, TaskOutcome]:
-        """Profile ``model`` (a file in ``workers.workdir``) and time it: the report (its
-        latency still empty) and what the timer answered."""
-        acfg = self.config
-        dims = {"dim_default": acfg.dynamic_dim_default, "dims": dict(acfg.dynamic_dims)}
-        timer, profiler = workers.timer, workers.profiler
-        # The timer creates its session beside the profile; it measures only when
-        # asked, below, once the profile worker is gone.
-        await timer.begin(
-            {
-                "model": str(model),
-                "threads": acfg.threads,
-                "warmup_runs": acfg.warmup_runs,
-                "runs": acfg.runs,
-                "package": package,
-                **dims,
-            }
-        )
-        await profiler.begin({"model": str(model), "max_nodes": acfg.max_nodes_in_report, **dims})
-        outcome = await profiler.next()
-        await profiler.close()  # gone before the measurement starts
-        if not outcome.ok:
-            raise AnalysisFailedError(artifact_id, outcome.describe(acfg.sandbox, "analyzer"))
-        report = AnalysisReport.model_validate(outcome.value)
-        timing = await timer.next()
-        if timing.ok:
-            timing = await timer.next()
-        return report, timing
-
-    async def check(self) -> str:
-        """Profile and time the built-in model through the same workers and code as a
-        validated model; ``""`` when latency was measured, else what is broken."""
-        async with AsyncExitStack() as stack:
-            workers = await self._start_workers(stack)
-            model_dir = workers.workdir / "model"
-            model_dir.mkdir()
-            hand_over(model_dir)
-            model = model_dir / "model.onnx"
-            await write_stream(_chunks(SELFTEST_MODEL), model, limit=len(SELFTEST_MODEL))
-            try:
-                _, timing = await self._profile_and_time(workers, model, False, "self-test")
-            except AnalysisFailedError as exc:
-                return f"analysis is broken: {exc}"
-        if not timing.ok:
-            reason = timing.describe(self.config.sandbox, "analyzer")
-            return f"latency measurement is broken: {reason}"
-        return ""
-
-    async def _model_file(self, upload: Path, workdir: Path) -> tuple[Path, bool]:
-        """The model file to analyse, and whether the upload was a package (ZIP)."""
-        with open(upload, "rb") as f:  # noqa: ASYNC230 - four bytes
-            magic = f.read(4)
-        model_dir = workdir / "model"
-        model_dir.mkdir()
-        hand_over(model_dir)
-        if magic != ZIP_MAGIC:
-            target = model_dir / "model.onnx"
-            upload.rename(target)  # noqa: ASYNC240 - a rename within one directory
-            return target, False
-        outcome = await run_task(
-            "modelkit.tasks:unpack_archive",
-            {
-                "archive": str(upload),
-                "target": str(model_dir),
-                "max_bytes": self.config.max_file_size,
-                "setting": "analyzer.max_file_size",
-            },
-            limits=self.config.sandbox,
-            workdir=workdir,
-            require_isolation=self.config.require_network_isolation,
-        )
-        if not outcome.ok or not outcome.value.get("passed"):
-            raise AnalysisFailedError(str(upload), "the archive cannot be unpacked")
-        return model_dir / str(outcome.value["model"]), True
 
 
 @asynccontextmanager
 async def create_service(
     settings: Settings, *, artifacts: ArtifactSource | None = None, durable: str = CONSUMER
-) -> AsyncIterator[AnalyzerService]:
+) -> AsyncIterator[Analyzer]:
     """Start the analyzer (bus, health subject, database, consumer); stop it on exit."""
-    from services.analyzer.handlers import register
-
     await ensure_sandbox(settings.analyzer)
     bus = Bus(settings.nats, service="analyzer")
-    services: list[AnalyzerService] = []  # the one made below, once it exists
-    bus.serve_health(lambda: services[0].problem and f"{services[0].problem}; {SANDBOX_FIX}")
     engine = create_engine(settings.database)
     try:
         await upgrade(engine, "services.common", "services.analyzer")
-        service = AnalyzerService(
+        analyzer = Analyzer(
             settings,
             bus=bus,
             sessions=async_sessionmaker(engine, expire_on_commit=False),
             artifacts=artifacts if artifacts is not None else open_artifacts(settings),
             consumer=durable,
         )
-        services.append(service)
         # Before any model: each would otherwise find out alone (and its report would
         # lack the latency). The analyzer still profiles: a report without latency says
         # why, and the health says what is broken.
-        service.problem = await service.check()
-        if service.problem:
-            log.error("sandbox self-test failed: " + service.problem, fix=SANDBOX_FIX)
-        register(bus, service, durable=durable)
+        analyzer.problem = await analyzer.check()
+        if analyzer.problem:
+            log.error("sandbox self-test failed: " + analyzer.problem, fix=SANDBOX_FIX)
+        bus.include(create_router(analyzer, settings.nats))
         # Workers for the first model start now; the bus stops before they are killed.
-        async with service.workers, bus:
-            yield service
+        async with analyzer.workers, bus:
+            yield analyzer
     finally:
         await engine.dispose()

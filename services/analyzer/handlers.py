@@ -1,23 +1,25 @@
-"""The analyzer's subscribers: thin wrappers that hand events to the service."""
+"""The analyzer's subscribers: ``eaf.model.validated`` and its health."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from modelkit.probe import SANDBOX_FIX
+from schemas.config import NatsConfig
 from schemas.events import ModelValidated
-from services.common.bus import Bus
+from services.analyzer.service import Analyzer
+from services.common.bus import ServiceRouter
 
-if TYPE_CHECKING:
-    from services.analyzer.app import AnalyzerService
-
-__all__ = ["register"]
+__all__ = ["create_router"]
 
 
-def register(bus: Bus, service: AnalyzerService, *, durable: str = "analyzer") -> None:
-    """Subscribe ``service`` to ``eaf.model.validated`` (durable consumer ``durable``;
+def create_router(analyzer: Analyzer, nats: NatsConfig) -> ServiceRouter:
+    """Hand ``eaf.model.validated`` to ``analyzer`` (durable consumer ``analyzer.consumer``;
     every instance of one deployment uses the same name, so they share the work)."""
+    router = ServiceRouter(nats, service="analyzer")
+    router.health(lambda: analyzer.problem and f"{analyzer.problem}; {SANDBOX_FIX}")
 
-    @bus.consumer(ModelValidated, durable=durable)
+    @router.consumer(ModelValidated, durable=analyzer.consumer)
     async def on_validated(event: ModelValidated) -> None:
         """Analyse a validated model version; publish eaf.model.analyzed."""
-        await service.handle_validated(event)
+        await analyzer.handle_validated(event)
+
+    return router

@@ -1,6 +1,6 @@
 """The deployer service: bus, database, artifact store, MQTT link, supervisor.
 
-``create_app(settings)`` is an async context manager that starts everything and stops it
+``create_service(settings)`` is an async context manager that starts everything and stops it
 cleanly; ``python -m services.deployer --config FILE`` runs it.
 """
 
@@ -25,13 +25,12 @@ from services.common.migrate import upgrade
 from services.common.mqtt_admin import MqttAdmin
 from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
-from services.deployer.commands import register_commands
-from services.deployer.handlers import register
+from services.deployer.handlers import create_router
 from services.deployer.manifests import ChunkGrants
 from services.deployer.mqtt import MqttLink
 from services.deployer.service import Deployer
 
-__all__ = ["DeployerApp", "create_app"]
+__all__ = ["DeployerApp", "create_service"]
 
 log = get_logger(__name__)
 SHARE_GROUP = "deployer"
@@ -48,7 +47,7 @@ class DeployerApp:
 
 
 @contextlib.asynccontextmanager
-async def create_app(
+async def create_service(
     settings: Settings, *, catalog: Catalog | None = None
 ) -> AsyncIterator[DeployerApp]:
     """Start the deployer; ``catalog`` replaces the registry (tools and tests)."""
@@ -99,9 +98,7 @@ async def create_app(
         chunks=chunks,
         grants=grants,
     )
-    bus.serve_health()
-    register(bus, deployer)
-    register_commands(bus, deployer)
+    bus.include(create_router(deployer, settings.nats))
 
     async def supervise() -> None:
         while True:

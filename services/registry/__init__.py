@@ -3,6 +3,6 @@
 Serves ``eaf.rpc.registry.*`` and consumes the validator's and analyzer's events.
 """
 
-from services.registry.app import create_registry
+from services.registry.app import create_service
 
-__all__ = ["create_registry"]
+__all__ = ["create_service"]

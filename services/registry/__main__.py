@@ -17,7 +17,7 @@ from schemas.config import Settings
 from services.common.config import ConfigError, config_path_from_env, load_settings
 from services.common.db import create_engine
 from services.common.runner import run_service
-from services.registry.app import create_registry
+from services.registry.app import create_service
 from services.registry.errors import RegistryError
 from services.registry.store import RegistryStore
 
@@ -77,7 +77,7 @@ def main() -> None:
     if any(cmd in argv for cmd in _KEY_COMMANDS):
         _key_main(argv)
     else:
-        run_service("registry", create_registry, argv)
+        run_service("registry", create_service, argv)
 
 
 if __name__ == "__main__":

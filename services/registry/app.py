@@ -11,18 +11,18 @@ from schemas.config import Settings
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.db import create_engine
-from services.registry.commands import register_commands
-from services.registry.handlers import Registry
+from services.registry.handlers import create_router
+from services.registry.service import Registry
 from services.registry.store import RegistryStore
 
-__all__ = ["create_registry"]
+__all__ = ["create_service"]
 
 #: Seconds between sweeps (re-publishing unannounced uploads, retention of every model).
 SWEEP_INTERVAL = 300.0
 
 
 @asynccontextmanager
-async def create_registry(
+async def create_service(
     settings: Settings,
     *,
     durable_prefix: str = "registry",
@@ -51,9 +51,7 @@ async def create_registry(
             artifacts=artifacts,
             durable_prefix=durable_prefix,
         )
-        registry.register()
-        register_commands(registry)
-        bus.serve_health()
+        bus.include(create_router(registry, settings.nats))
         await bus.start()
         sweeper = asyncio.create_task(registry.sweep_forever(sweep_interval))
         try:

@@ -15,7 +15,7 @@ from edgeaiforge import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
 from schemas.events import DeploymentOutcome, TargetState
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from services.validator.app import create_service as create_validator
 from tests.support.api import create_api_key, serve_in_thread
 from tests.support.deploy import forget_device, padded_model, platform_on_broker

@@ -26,7 +26,7 @@ from edge_runtime import EdgeRuntime, enroll
 from edgeaiforge import Model, ModelManager, ModelMetadata
 from schemas.events import DeploymentOutcome
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from services.ingester import create_service as create_ingester
 from services.tracker import create_service as create_tracker
 from services.validator.app import create_service as create_validator

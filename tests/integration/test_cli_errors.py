@@ -24,7 +24,7 @@ from edgeaiforge import Model, ModelManager, ModelMetadata
 from edgeaiforge._deploy import DeploymentTimeoutError
 from edgeaiforge.cli import app
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from tests.support.api import create_api_key, serve_in_thread
 from tests.support.deploy import platform_on_broker
 

@@ -27,8 +27,8 @@ from services.analyzer.app import create_service as create_analyzer
 from services.api.app import create_api_server
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
-from services.registry.app import create_registry
+from services.deployer.app import create_service as create_deployer
+from services.registry.app import create_service as create_registry
 from services.validator.app import create_service as create_validator
 from tests.support.api import new_api_key
 from tests.support.deploy import bias_model, enroll_via_rpc, platform_on_broker, running

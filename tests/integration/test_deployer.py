@@ -31,7 +31,7 @@ from services.common.bus import Bus
 from services.common.errors import Conflict, Forbidden
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import DeployerApp, create_app
+from services.deployer.app import DeployerApp, create_service
 from tests.support.deploy import (
     StaticCatalog,
     bias_model,
@@ -73,7 +73,7 @@ async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterat
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
     )
     catalog = StaticCatalog()
-    async with create_app(settings, catalog=catalog) as app:
+    async with create_service(settings, catalog=catalog) as app:
         store = ArtifactStore(
             root=settings.model_repository.storage_path,
             kek=load_kek(settings.security),

@@ -35,7 +35,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.errors import Conflict
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app
+from services.deployer.app import create_service
 from tests.support.deploy import StaticCatalog, bias_model, deployer_settings, enroll_via_rpc, put
 
 EnvFactory = Callable[..., Awaitable[Env]]
@@ -62,7 +62,7 @@ async def make_env(  # type: ignore[no-untyped-def]
                     update={"database": settings.database.model_copy(update={"url": database_url})}
                 )
             catalog = StaticCatalog()
-            app = await stack.enter_async_context(create_app(settings, catalog=catalog))
+            app = await stack.enter_async_context(create_service(settings, catalog=catalog))
             store = ArtifactStore(
                 root=settings.model_repository.storage_path,
                 kek=load_kek(settings.security),

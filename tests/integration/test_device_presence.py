@@ -22,7 +22,7 @@ from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef
 from schemas.topics import Topics
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app
+from services.deployer.app import create_service
 from tests.support.deploy import (
     StaticCatalog,
     deployer_settings,
@@ -72,7 +72,7 @@ async def test_a_restarted_deployer_does_not_take_retained_reports_for_signs_of_
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
     )
     gone, live = unique_id("gone-"), unique_id("live-")
-    async with create_app(settings, catalog=StaticCatalog()) as app:
+    async with create_service(settings, catalog=StaticCatalog()) as app:
         for device_id in (gone, live):
             await enroll_via_rpc(app.bus, tmp_path / device_id, device_id)
         async with running(EdgeRuntime(tmp_path / gone), forget=False):
@@ -82,7 +82,7 @@ async def test_a_restarted_deployer_does_not_take_retained_reports_for_signs_of_
     assert before.last_seen is not None
     await asyncio.sleep(0.2)
     try:
-        async with create_app(settings, catalog=StaticCatalog()) as app:
+        async with create_service(settings, catalog=StaticCatalog()) as app:
             # A device that connects now is heard after the retained reports of the other,
             # which the broker delivered when the deployer subscribed.
             async with running(EdgeRuntime(tmp_path / live)):
@@ -108,7 +108,7 @@ async def test_a_reenrolled_device_is_shown_offline_until_it_connects_again(
     )
     device_id = unique_id("dev-")
     old_dir, new_dir = tmp_path / "old" / device_id, tmp_path / "new" / device_id
-    async with create_app(settings, catalog=StaticCatalog()) as app:
+    async with create_service(settings, catalog=StaticCatalog()) as app:
         await enroll_via_rpc(app.bus, old_dir, device_id)
         old = EdgeRuntime(old_dir, reconnect_refused=0.2)
         async with running(old, forget=False):

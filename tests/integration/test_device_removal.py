@@ -34,7 +34,7 @@ from services.common.bus import Bus
 from services.common.errors import Forbidden, NotFound
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_name
-from services.deployer.app import DeployerApp, create_app
+from services.deployer.app import DeployerApp, create_service
 from tests.support.deploy import (
     StaticCatalog,
     bias_model,
@@ -94,7 +94,7 @@ async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterat
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
     )
     catalog = StaticCatalog()
-    async with create_app(settings, catalog=catalog) as app:
+    async with create_service(settings, catalog=catalog) as app:
         yield Env(app, settings, catalog, tmp_path)
 
 

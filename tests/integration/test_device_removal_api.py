@@ -17,7 +17,7 @@ from edgeaiforge import ModelManager
 from edgeaiforge._errors import NotFoundError, PermissionDeniedError
 from edgeaiforge.cli import app
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from tests.support.api import create_api_key, serve_in_thread
 from tests.support.deploy import platform_on_broker
 

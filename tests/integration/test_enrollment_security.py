@@ -32,7 +32,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from services.deployer.store import Device
 from tests.support.api import new_api_key, serve_in_thread
 from tests.support.deploy import StaticCatalog, bias_model, platform_on_broker, put, running

@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from edgeaiforge import ModelManager
 from edgeaiforge_stack.fleet import enroll_fleet, run_fleet
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app as create_deployer
+from services.deployer.app import create_service as create_deployer
 from tests.support.api import create_api_key, serve_in_thread
 from tests.support.deploy import platform_on_broker
 

@@ -13,6 +13,7 @@ import httpx
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
 from services.ingester.domain import Reason
+from services.ingester.handlers import create_router
 from tests.support.metrics import (
     batch,
     enrol,
@@ -65,7 +66,9 @@ async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
     ]
     db = ingester_settings.influxdb.database
     url = ingester_settings.influxdb.url
-    async with Ingester(ingester_settings, bus=bus) as ingester:
+    ingester = Ingester(ingester_settings)
+    bus.include(create_router(ingester, ingester_settings.nats))
+    async with ingester:
         await bus.start()
         try:
             ingester.enrol(good_dev)

@@ -14,6 +14,7 @@ from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
 from services.ingester.domain import Reason
+from services.ingester.handlers import create_router
 from tests.support.metrics import (
     batch,
     enrol,
@@ -44,7 +45,9 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
         ]
 
     bus = Bus(ingester_settings.nats, service="ingester")
-    async with Ingester(ingester_settings, bus=bus) as ingester:
+    ingester = Ingester(ingester_settings)
+    bus.include(create_router(ingester, ingester_settings.nats))
+    async with ingester:
         await bus.start()
         try:
             await enrol(ingester_settings.nats.url, [device])

@@ -12,6 +12,7 @@ from edgeaiforge_stack.servers import free_port
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
+from services.ingester.handlers import create_router
 from services.ingester.store import Spool
 from tests.support.metrics import (
     batch,
@@ -39,7 +40,9 @@ async def test_full_spool_drops_the_oldest_and_counts_them(
     messages = [(metrics_topic(device), b.model_dump_json().encode()) for b in batches]
     publisher = await mqtt_user(roles=[SERVICE_ROLE])
     bus = Bus(settings.nats, service="ingester")
-    async with Ingester(settings, bus=bus) as ingester:
+    ingester = Ingester(settings)
+    bus.include(create_router(ingester, settings.nats))
+    async with ingester:
         ingester.enrol(device)
         async with aiomqtt.Client(
             mosquitto_server.host,

@@ -38,7 +38,7 @@ from schemas.reports import AnalysisReport, CheckOutcome, CheckResult, Validatio
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.errors import BadRequest, Conflict, NotFound
-from services.registry.app import create_registry
+from services.registry.app import create_service as create_registry
 from tests.support.settings import platform_settings
 
 S = RegistryRpc

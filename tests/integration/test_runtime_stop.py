@@ -25,7 +25,7 @@ from edgeaiforge_stack.servers import MosquittoServer, free_port
 from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef, RemoveDevice
 from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin
-from services.deployer.app import create_app
+from services.deployer.app import create_service
 from tests.support.deploy import (
     StaticCatalog,
     deployer_settings,
@@ -108,7 +108,7 @@ async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterat
     settings = deployer_settings(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
     )
-    async with create_app(settings, catalog=StaticCatalog()) as app:
+    async with create_service(settings, catalog=StaticCatalog()) as app:
         yield Env(app.bus, tmp_path)
 
 

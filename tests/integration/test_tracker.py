@@ -27,7 +27,7 @@ from schemas.telemetry import InferenceSample, MetricsBatch
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.ingester.domain import batch_lines
-from services.registry import create_registry
+from services.registry import create_service as create_registry
 from services.tracker import create_service
 from tests.support.metrics import make_settings, recent
 from tests.support.settings import platform_settings

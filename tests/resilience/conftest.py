@@ -71,7 +71,7 @@ def api_platform(
     nats_server, mosquitto_server, influxdb_server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     from services.common.mqtt_admin import MqttAdmin
-    from services.deployer.app import create_app as create_deployer
+    from services.deployer.app import create_service as create_deployer
     from services.tracker import create_service as create_tracker
 
     root = tmp_path_factory.mktemp("resilience-api")

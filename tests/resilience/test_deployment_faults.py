@@ -28,7 +28,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin, provision_platform
-from services.deployer.app import create_app
+from services.deployer.app import create_service
 from tests.support.deploy import (
     StaticCatalog,
     bias_model,
@@ -44,7 +44,7 @@ from tests.support.resilience import wait_until
 @contextlib.asynccontextmanager
 async def deployer(settings: Settings) -> AsyncIterator[tuple[Bus, ArtifactStore, StaticCatalog]]:
     catalog = StaticCatalog()
-    async with create_app(settings, catalog=catalog) as app:
+    async with create_service(settings, catalog=catalog) as app:
         store = ArtifactStore(
             root=settings.model_repository.storage_path,
             kek=load_kek(settings.security),

@@ -29,7 +29,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_app
+from services.deployer.app import create_service
 from tests.support.deploy import (
     StaticCatalog,
     deployer_settings,
@@ -68,7 +68,7 @@ async def test_nats_restarted_during_a_rollout_loses_no_event_and_applies_none_t
             await apply_once(ledger, "witness", e.event_id, f"completed:{e.outcome.value}")
 
         catalog = StaticCatalog()
-        async with consumer, create_app(settings, catalog=catalog) as app:
+        async with consumer, create_service(settings, catalog=catalog) as app:
             store = ArtifactStore(
                 root=settings.model_repository.storage_path,
                 kek=load_kek(settings.security),

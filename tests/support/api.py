@@ -27,7 +27,7 @@ from schemas.config import Settings
 from schemas.registry import ApiRole
 from services.api.app import create_api_server
 from services.common.db import create_engine
-from services.registry.app import create_registry
+from services.registry.app import create_service as create_registry
 from services.registry.store import RegistryStore
 
 #: The checkout, where ``python -m services.api`` is found.

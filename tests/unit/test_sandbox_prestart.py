@@ -198,16 +198,16 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
     from schemas.config import Settings
     from schemas.events import ModelUploaded
     from services.analyzer import errors as analyzer_errors
-    from services.analyzer.app import AnalyzerService
+    from services.analyzer.service import Analyzer
     from services.common.artifacts import ArtifactStore
     from services.validator import errors as validator_errors
-    from services.validator.app import ValidatorService
+    from services.validator.service import Validator
 
     settings = Settings()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=1 << 16)
     missing = "ab" * 32  # never stored: the real store raises, as for an upload not yet visible
     started: list[object] = []
-    kind = ValidatorService if service_kind == "validator" else AnalyzerService
+    kind = Validator if service_kind == "validator" else Analyzer
     service = kind(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
     prepare = service.workers._prepare
 
@@ -218,7 +218,7 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
     service.workers._prepare = counted  # type: ignore[method-assign]
     errors = validator_errors if service_kind == "validator" else analyzer_errors
     with pytest.raises(errors.ArtifactUnavailableError):
-        if isinstance(service, ValidatorService):
+        if isinstance(service, Validator):
             event = ModelUploaded(
                 event_id=uuid.uuid4(), model="m", version="1.0.0", artifact_id=missing,
                 size_bytes=10, sequence=1,
