@@ -50,16 +50,12 @@ async def _create_key(settings: Settings, role: ApiRole, name: str) -> str:
 def create_api_key(settings: Settings, *, role: ApiRole, name: str = "") -> str:
     """Create an API key straight in the registry's database; returns its token.
 
-    Not from inside a running event loop: blocking it while a service on that loop holds
-    SQLite's write lock would wait for a lock that is never released. Await
-    ``new_api_key`` there.
+    It runs on its own loop in its own thread. From a coroutine whose own loop also runs a
+    service on that database, await ``new_api_key`` instead: blocking that loop while the
+    service holds SQLite's write lock would wait for a lock that is never released.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        token: str = _run_coroutine_in_thread(_create_key(settings, role, name or f"{role}-key"))
-        return token
-    raise RuntimeError("create_api_key blocks the running event loop: await new_api_key()")
+    token: str = _run_coroutine_in_thread(_create_key(settings, role, name or f"{role}-key"))
+    return token
 
 
 async def new_api_key(settings: Settings, *, role: ApiRole, name: str = "") -> str:
