@@ -49,7 +49,7 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
         chunk_size=settings.deployment.chunk_size,
     )
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks():
         for i in range(0, len(data), MiB):
             yield data[i : i + MiB]
 

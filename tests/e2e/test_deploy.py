@@ -23,7 +23,7 @@ from tests.support.deploy import forget_device, padded_model, platform_on_broker
 
 async def test_deploy_model_through_the_api(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = platform_on_broker(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,

@@ -34,7 +34,7 @@ def _wait_for_reports(
 
 async def test_both_reports_are_visible_through_the_api(
     nats_server, tmp_path: Path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = platform_settings(
         tmp_path,
         nats_url=nats_server.url,

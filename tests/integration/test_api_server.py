@@ -24,5 +24,5 @@ async def test_accepted_connections_have_tcp_nodelay(tmp_path: Path, nats_server
         connections = list(server.server_state.connections)
         assert connections
         for conn in connections:
-            sock = conn.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            sock = conn.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

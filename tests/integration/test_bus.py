@@ -37,13 +37,13 @@ def config(url: str, **kw: object) -> NatsConfig:
     return NatsConfig.model_validate({"url": url, "ack_wait": 2.0, **kw})
 
 
-async def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
 
 
-async def test_same_event_id_is_stored_once(nats_server) -> None:  # type: ignore[no-untyped-def]
+async def test_same_event_id_is_stored_once(nats_server) -> None:
     async with Bus(config(nats_server.url), service="test") as bus:
         before = (await bus.js.stream_info("EAF")).state.messages
         e = event()
@@ -56,7 +56,7 @@ async def test_same_event_id_is_stored_once(nats_server) -> None:  # type: ignor
 
 async def test_consumer_that_dies_before_ack_gets_the_event_again(
     nats_server, tmp_path: Path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     durable = unique_id("dur")
     marker = tmp_path / "received"
     e = event(model=unique_id("m"))
@@ -108,7 +108,7 @@ async def test_consumer_that_dies_before_ack_gets_the_event_again(
     assert received == [e.event_id]
 
 
-async def test_poison_event_goes_to_dead_letter_and_others_flow(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_poison_event_goes_to_dead_letter_and_others_flow(nats_server, unique_id) -> None:
     durable = unique_id("dur")
     tag = unique_id("m")
     poison = event(model=tag, version="6.6.6")
@@ -129,7 +129,7 @@ async def test_poison_event_goes_to_dead_letter_and_others_flow(nats_server, uni
     async with bus:
         dead: list[tuple[bytes, dict[str, str]]] = []
 
-        async def on_dead(msg) -> None:  # type: ignore[no-untyped-def]
+        async def on_dead(msg) -> None:
             dead.append((msg.data, dict(msg.headers or {})))
 
         sub = await bus.broker.connection.subscribe(DLQ_PREFIX + durable, cb=on_dead)
@@ -146,7 +146,7 @@ async def test_poison_event_goes_to_dead_letter_and_others_flow(nats_server, uni
     assert headers["Eaf-Original-Subject"] == ModelUploaded.SUBJECT
 
 
-async def test_malformed_event_is_dead_lettered_at_once(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_event_is_dead_lettered_at_once(nats_server, unique_id) -> None:
     durable = unique_id("dur")
     calls: list[object] = []
     bus = Bus(config(nats_server.url), service="test")
@@ -158,7 +158,7 @@ async def test_malformed_event_is_dead_lettered_at_once(nats_server, unique_id) 
     async with bus:
         dead: list[bytes] = []
 
-        async def on_dead(msg) -> None:  # type: ignore[no-untyped-def]
+        async def on_dead(msg) -> None:
             dead.append(msg.data)
 
         sub = await bus.broker.connection.subscribe(DLQ_PREFIX + durable, cb=on_dead)
@@ -177,7 +177,7 @@ class Pong(BaseModel):
     greeting: str
 
 
-async def test_request_reply_and_errors(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_request_reply_and_errors(nats_server, unique_id) -> None:
     rpc = Rpc.of(unique_id("svc"), "ping", Ping, Pong)
     server = Bus(config(nats_server.url), service="server")
 
@@ -195,7 +195,7 @@ async def test_request_reply_and_errors(nats_server, unique_id) -> None:  # type
         assert b'"invalid"' in reply.body
 
 
-async def test_handler_slower_than_ack_wait_gets_the_event_once(nats_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_handler_slower_than_ack_wait_gets_the_event_once(nats_server, unique_id) -> None:
     # A validation of a large model can outlast ack_wait: the consumer keeps telling the
     # server it is working, so the event is not delivered a second time meanwhile.
     durable = unique_id("slow")

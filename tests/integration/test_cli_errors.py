@@ -288,7 +288,7 @@ def _one_error_line(output: str) -> str:
 
 async def test_wrong_arguments_are_one_line_each(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = platform_on_broker(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,

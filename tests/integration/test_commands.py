@@ -138,7 +138,7 @@ def comparable(info: dict[str, Any]) -> dict[str, Any]:
 
 async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
     nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     creds = await mqtt_user(roles=[SERVICE_ROLE])
     name, rest_dev, cmd_dev = unique_id("m-"), unique_id("dev-"), unique_id("dev-")
     model = bias_model(0.25)
@@ -226,7 +226,7 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
 
 async def test_bad_or_unauthorised_commands_get_errors_and_change_nothing(
     nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     creds = await mqtt_user(roles=[SERVICE_ROLE])
     name = unique_id("m-")
     async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:
@@ -307,7 +307,7 @@ def load_example(name: str) -> Any:
 
 async def test_the_examples_release_a_model_to_the_walkthrough_device(
     nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """examples/pipeline_release.py rolls a new version out to a device that is
     examples/device_walkthrough.py (paho-mqtt and the protocol document only)."""
     pipeline, walkthrough = load_example("pipeline_release"), load_example("device_walkthrough")
@@ -388,7 +388,7 @@ async def forget_device_topics(server: Any, creds: Any, state_dir: Path) -> None
 
 async def test_retried_creates_and_rollbacks_start_one_deployment(
     nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The idempotency key: ``request_id`` in a command, ``Idempotency-Key`` in REST and
     the SDK. A repeat answers the first deployment; the key with another request is 409."""
     from edgeaiforge import ConflictError, ModelManager
@@ -489,7 +489,7 @@ async def test_retried_creates_and_rollbacks_start_one_deployment(
 
 async def test_a_retried_rollback_by_rest_or_command_makes_one_rollback(
     nats_server, nats_config, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     creds = await mqtt_user(roles=[SERVICE_ROLE])
     name, device_id = unique_id("m-"), unique_id("dev-")
     async with platform(tmp_path, nats_server, nats_config, mosquitto_server, creds) as p:

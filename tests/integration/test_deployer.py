@@ -67,7 +67,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
+async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = deployer_settings(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
@@ -95,7 +95,7 @@ async def devices(runtimes: list[EdgeRuntime]) -> AsyncIterator[list[EdgeRuntime
         await asyncio.gather(*(forget_device(rt.state.root) for rt in runtimes))
 
 
-async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id) -> None:
     device_id = unique_id("dev-")
     state_dir = env.tmp / device_id
     await enroll_via_rpc(env.bus, state_dir, device_id)
@@ -123,7 +123,7 @@ async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id)
     assert [(v.version, v.reason) for v in in_use.versions] == [("1.0.0", "active")]
 
 
-async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None:
     group = unique_id("fleet-")
     runtimes = []
     for i in range(20):
@@ -153,7 +153,7 @@ async def test_twenty_devices_in_waves_all_active(env: Env, unique_id) -> None: 
     assert env.app.chunks.broadcast_chunks > 0
 
 
-async def test_wave_past_error_threshold_stops_the_rollout(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_wave_past_error_threshold_stops_the_rollout(env: Env, unique_id) -> None:
     group = unique_id("fleet-")
     runtimes = []
     for i in range(6):
@@ -180,7 +180,7 @@ async def test_wave_past_error_threshold_stops_the_rollout(env: Env, unique_id) 
             assert rt.snapshot().deployment is None
 
 
-async def test_preflight_refuses_a_device_that_cannot_run_the_model(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_preflight_refuses_a_device_that_cannot_run_the_model(env: Env, unique_id) -> None:
     device_id = unique_id("dev-")
     old = capabilities().model_copy(update={"opsets": {"ai.onnx": 11}})
     await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, capabilities=old)
@@ -203,7 +203,7 @@ async def test_preflight_refuses_a_device_that_cannot_run_the_model(env: Env, un
         )
 
 
-async def test_enrolment_token_works_once(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_enrolment_token_works_once(env: Env, unique_id) -> None:
     from edge_runtime import prepare
 
     device_id = unique_id("dev-")

@@ -52,14 +52,14 @@ async def deployments_of(env: Env, model: str) -> list[DeploymentInfo]:
     return list(found.deployments)
 
 
-async def one_device_model(env: Env, unique_id) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+async def one_device_model(env: Env, unique_id) -> tuple[str, str]:
     (device,) = await fleet(env, unique_id("idem-"), 1)
     model = unique_id("m-")
     env.catalog.add(model, "1.0.0", await put(env.store, bias_model(0.4)))
     return device.device_id, model
 
 
-async def test_the_same_request_twice_makes_one_deployment(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_the_same_request_twice_makes_one_deployment(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     req = CreateDeployment(
         model=model, version="1.0.0", target=TargetSelector(device_id=device_id),
@@ -76,7 +76,7 @@ async def test_the_same_request_twice_makes_one_deployment(env: Env, unique_id) 
     assert [d.deployment_id for d in await deployments_of(env, model)] == [first.deployment_id]
 
 
-async def test_the_same_key_with_another_request_is_refused(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_the_same_key_with_another_request_is_refused(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     key = unique_id("k-")
     req = CreateDeployment(
@@ -96,7 +96,7 @@ async def test_the_same_key_with_another_request_is_refused(env: Env, unique_id)
     assert [d.deployment_id for d in await deployments_of(env, model)] == [first.deployment_id]
 
 
-async def test_concurrent_retries_make_one_deployment(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_retries_make_one_deployment(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     req = CreateDeployment(
         model=model, version="1.0.0", target=TargetSelector(device_id=device_id),
@@ -115,7 +115,7 @@ async def test_concurrent_retries_make_one_deployment(env: Env, unique_id) -> No
     assert len(await deployments_of(env, model)) == 2
 
 
-async def test_without_a_key_every_request_starts_a_deployment(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_without_a_key_every_request_starts_a_deployment(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     req = CreateDeployment(model=model, version="1.0.0", target=TargetSelector(device_id=device_id))
     first = await create(env, req)
@@ -126,7 +126,7 @@ async def test_without_a_key_every_request_starts_a_deployment(env: Env, unique_
     assert len(await deployments_of(env, model)) == 2
 
 
-async def test_a_failed_request_records_no_key(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failed_request_records_no_key(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     key = unique_id("k-")
     missing = CreateDeployment(
@@ -141,7 +141,7 @@ async def test_a_failed_request_records_no_key(env: Env, unique_id) -> None:  # 
     assert isinstance(made, KeyedDeploymentInfo) and not made.replayed
 
 
-async def test_a_key_is_forgotten_after_a_day(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_a_key_is_forgotten_after_a_day(env: Env, unique_id) -> None:
     device_id, model = await one_device_model(env, unique_id)
     key = unique_id("k-")
     req = CreateDeployment(
@@ -163,7 +163,7 @@ async def test_a_key_is_forgotten_after_a_day(env: Env, unique_id) -> None:  # t
     assert again.deployment_id == later.deployment_id
 
 
-async def test_a_retried_rollback_makes_one_rollback(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_a_retried_rollback_makes_one_rollback(env: Env, unique_id) -> None:
     group = unique_id("rb-")
     runtimes = await fleet(env, group, 1)
     model = unique_id("m-")
@@ -194,7 +194,7 @@ async def test_a_retried_rollback_makes_one_rollback(env: Env, unique_id) -> Non
     assert [d.deployment_id for d in rollbacks] == [later.deployment_id]
 
 
-async def test_a_database_of_an_earlier_version_gains_the_key_table(  # type: ignore[no-untyped-def]
+async def test_a_database_of_an_earlier_version_gains_the_key_table(
     make_env: EnvFactory,  # noqa: F811
     tmp_path: Path,
     unique_id,

@@ -42,7 +42,7 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 
 @pytest.fixture
-async def make_env(  # type: ignore[no-untyped-def]
+async def make_env(
     nats_server, mosquitto_server, mqtt_user, tmp_path
 ) -> AsyncIterator[EnvFactory]:
     """Starts the deployer in-process; keyword arguments go to ``deployer_settings``."""
@@ -83,7 +83,7 @@ async def fleet(env: Env, prefix: str, count: int) -> list[EdgeRuntime]:
     return runtimes
 
 
-async def deploy(env: Env, model: str, version: str, target: TargetSelector, **kw: Any):  # type: ignore[no-untyped-def]
+async def deploy(env: Env, model: str, version: str, target: TargetSelector, **kw: Any):
     return await env.bus.call(
         DeployerRpc.CREATE_DEPLOYMENT,
         CreateDeployment(model=model, version=version, target=target, **kw),
@@ -106,7 +106,7 @@ async def wait_target(
             await asyncio.sleep(0.1)
 
 
-async def test_paused_rollout_notifies_no_later_wave_until_resumed(  # type: ignore[no-untyped-def]
+async def test_paused_rollout_notifies_no_later_wave_until_resumed(
     make_env: EnvFactory, unique_id
 ) -> None:
     env = await make_env()
@@ -143,7 +143,7 @@ async def test_paused_rollout_notifies_no_later_wave_until_resumed(  # type: ign
     assert all(rt.active is not None and rt.active.version == "1.0.0" for rt in runtimes)
 
 
-async def test_cancel_ends_unfinished_targets_cancelled(make_env: EnvFactory, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_ends_unfinished_targets_cancelled(make_env: EnvFactory, unique_id) -> None:
     env = await make_env()
     group = unique_id("cancel-")
     online, offline = await fleet(env, group, 2)
@@ -169,7 +169,7 @@ async def test_cancel_ends_unfinished_targets_cancelled(make_env: EnvFactory, un
     assert {t.device_id: t.state for t in again.targets} == states
 
 
-async def test_manual_rollback_returns_devices_to_the_previous_version(  # type: ignore[no-untyped-def]
+async def test_manual_rollback_returns_devices_to_the_previous_version(
     make_env: EnvFactory, unique_id
 ) -> None:
     env = await make_env()
@@ -202,7 +202,7 @@ async def test_manual_rollback_returns_devices_to_the_previous_version(  # type:
     assert [t.state for t in original.targets] == [TargetState.ROLLED_BACK] * 2
 
 
-async def test_wave_past_threshold_with_auto_rollback_restores_previous_model(  # type: ignore[no-untyped-def]
+async def test_wave_past_threshold_with_auto_rollback_restores_previous_model(
     make_env: EnvFactory, unique_id
 ) -> None:
     env = await make_env(max_retries=1)
@@ -239,7 +239,7 @@ async def test_wave_past_threshold_with_auto_rollback_restores_previous_model(  
     assert "error threshold" in final.reason
 
 
-async def test_offline_device_is_retried_then_timed_out(make_env: EnvFactory, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_offline_device_is_retried_then_timed_out(make_env: EnvFactory, unique_id) -> None:
     env = await make_env(device_timeout=0.5, max_retries=2)
     (device,) = await fleet(env, unique_id("offline-"), 1)
     model = unique_id("m-")
@@ -256,7 +256,7 @@ async def test_offline_device_is_retried_then_timed_out(make_env: EnvFactory, un
     assert "error threshold" in done.reason
 
 
-async def test_deployer_on_postgresql_deploys_to_a_device(  # type: ignore[no-untyped-def]
+async def test_deployer_on_postgresql_deploys_to_a_device(
     postgres_url: str, make_env: EnvFactory, unique_id
 ) -> None:
     # postgres_url first: its database is dropped only after the deployer has stopped.
@@ -300,7 +300,7 @@ async def http_endpoint(runtime: EdgeRuntime) -> AsyncIterator[str]:
         await task
 
 
-async def test_local_http_endpoint_answers_with_the_active_model(  # type: ignore[no-untyped-def]
+async def test_local_http_endpoint_answers_with_the_active_model(
     make_env: EnvFactory, unique_id
 ) -> None:
     env = await make_env()
@@ -335,7 +335,7 @@ async def test_local_http_endpoint_answers_with_the_active_model(  # type: ignor
             assert (state["active"]["model"], state["active"]["version"]) == (model, "1.0.0")
 
 
-async def test_enrolment_tokens_can_be_given_on_the_command_line(  # type: ignore[no-untyped-def]
+async def test_enrolment_tokens_can_be_given_on_the_command_line(
     make_env: EnvFactory,
 ) -> None:
     env = await make_env()

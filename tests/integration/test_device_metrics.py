@@ -19,7 +19,7 @@ from tests.support.metrics import influx_query, make_settings, wait_until
 
 async def test_offline_device_sends_spooled_batches_with_original_timestamps(
     tmp_path, mosquitto_server, influxdb_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device_id = unique_id("dev-")
     service = await mqtt_user(roles=[SERVICE_ROLE])
     # The device logs in with its own ACLs: it may publish only its own metrics.

@@ -88,7 +88,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
+async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = deployer_settings(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
@@ -115,7 +115,7 @@ async def connect_as(reply: EnrollReply) -> None:
 async def test_a_running_device_is_dropped_refused_and_unlisted(
     env: Env,
     mqtt_admin,
-    unique_id,  # type: ignore[no-untyped-def]
+    unique_id,
 ) -> None:
     device_id = unique_id("dev-")
     reply = await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group="g")
@@ -158,7 +158,7 @@ async def test_a_running_device_is_dropped_refused_and_unlisted(
         await env.remove(unique_id("nobody-"))
 
 
-async def test_only_a_token_made_after_the_removal_enrols_it_again(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_only_a_token_made_after_the_removal_enrols_it_again(env: Env, unique_id) -> None:
     device_id = unique_id("dev-")
     state_dir = env.tmp / device_id
     await enroll_via_rpc(env.bus, state_dir, device_id)
@@ -181,7 +181,7 @@ async def test_only_a_token_made_after_the_removal_enrols_it_again(env: Env, uni
 
 async def test_removal_cancels_its_target_and_the_deployment_completes(
     env: Env,
-    unique_id,  # type: ignore[no-untyped-def]
+    unique_id,
 ) -> None:
     group = unique_id("fleet-")
     live, gone = f"{group}-live", f"{group}-gone"
@@ -223,7 +223,7 @@ async def test_removal_cancels_its_target_and_the_deployment_completes(
     assert [t.device_id for t in again.targets] == [live]
 
 
-async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, unique_id) -> None:
     from services.deployer.store import Target
 
     group = unique_id("fleet-")
@@ -269,7 +269,7 @@ async def test_a_target_made_in_a_race_with_the_removal_is_cancelled(env: Env, u
 
 async def test_a_removal_cut_short_at_the_broker_is_finished_by_a_repeat(
     env: Env,
-    unique_id,  # type: ignore[no-untyped-def]
+    unique_id,
 ) -> None:
     from services.common.errors import ServiceUnavailable
     from services.common.mqtt_admin import DynsecTimeoutError

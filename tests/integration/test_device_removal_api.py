@@ -24,7 +24,7 @@ from tests.support.deploy import platform_on_broker
 
 async def test_remove_through_rest_sdk_and_cli(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = platform_on_broker(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,

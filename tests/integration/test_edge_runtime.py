@@ -30,7 +30,7 @@ from tests.support.deploy import (
 
 async def test_device_cannot_touch_another_devices_topics(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = Ed25519PrivateKey.generate()
     a, b = unique_id("dev-a-"), unique_id("dev-b-")
     reply_a = await enroll_device(mqtt_admin, mosquitto_server, tmp_path / a, a, key)
@@ -75,7 +75,7 @@ async def test_device_cannot_touch_another_devices_topics(
 
 async def test_activation_under_load_fails_no_request(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = Ed25519PrivateKey.generate()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=262144)
     device_id = unique_id("dev-")

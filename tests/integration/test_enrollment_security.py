@@ -120,7 +120,7 @@ class Platform:
 
 
 @pytest.fixture
-async def platform(  # type: ignore[no-untyped-def]
+async def platform(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
 ) -> AsyncIterator[Platform]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
@@ -185,7 +185,7 @@ async def wait_completed(p: Platform, deployment_id: str, seconds: float = 30) -
 
 async def test_a_token_without_a_device_id_cannot_take_over_an_enrolled_device(
     platform: Platform, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     p = platform
     victim = unique_id("rt-b-")
     reply = await p.enroll(victim, await p.token(victim), p.tmp / victim)
@@ -231,7 +231,7 @@ async def test_a_token_without_a_device_id_cannot_take_over_an_enrolled_device(
 
 async def test_a_token_made_for_the_device_reenrols_it_and_the_event_says_so(
     platform: Platform, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     p = platform
     device_id = unique_id("rt-b-")
     first = await p.enroll(device_id, await p.token(device_id), p.tmp / "first")
@@ -258,7 +258,7 @@ async def test_a_token_made_for_the_device_reenrols_it_and_the_event_says_so(
 
 async def test_all_zero_and_low_order_keys_are_refused_with_422(
     platform: Platform, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     p = platform
     token = await p.token()
     device_id = unique_id("rt-z-")
@@ -277,7 +277,7 @@ async def test_all_zero_and_low_order_keys_are_refused_with_422(
 
 async def test_a_stored_key_that_cannot_be_sealed_to_fails_its_target_and_the_rest_deploys(
     platform: Platform, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     p = platform
     group = unique_id("g-")
     good, bad = f"{group}-good", f"{group}-bad"

@@ -20,7 +20,7 @@ from tests.support.deploy import platform_on_broker
 
 async def test_a_removed_device_is_enrolled_again_and_comes_online(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = platform_on_broker(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, user=user,

@@ -38,7 +38,7 @@ def all_queries(dashboard: dict) -> list[tuple[str, str]]:  # type: ignore[type-
 
 
 @pytest.fixture(scope="module")
-def seeded(influxdb_server) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def seeded(influxdb_server) -> tuple[str, str]:
     db = f"grafana_{uuid.uuid4().hex[:8]}"
     model = "detector"
     start = recent(minutes=90)
@@ -82,7 +82,7 @@ def seeded(influxdb_server) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     ],
     ids=["all", "selected"],
 )
-def test_every_panel_and_variable_query_returns_series(influxdb_server, seeded, variables) -> None:  # type: ignore[no-untyped-def]
+def test_every_panel_and_variable_query_returns_series(influxdb_server, seeded, variables) -> None:
     db, _ = seeded
     dashboard = json.loads(DASHBOARD.read_text())
     queries = all_queries(dashboard)

@@ -28,7 +28,7 @@ from tests.support.metrics import (
 
 async def test_bad_messages_are_set_aside_and_good_ones_around_them_land(
     ingester_settings, mosquitto_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from services.common.bus import Bus
 
     good_dev, late_dev, stranger = unique_id("dev-"), unique_id("dev-"), unique_id("dev-")

@@ -81,7 +81,7 @@ async def stored_points(url: str, db: str, prefix: str) -> dict[str, dict[int, i
 @pytest.mark.slow
 async def test_100k_points_from_50_devices_survive_an_influxdb_outage(
     tmp_path, mosquitto_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     prefix = unique_id("d")
     devices = [f"{prefix}-{i:02d}" for i in range(50)]
     batches, per_batch = 40, 50  # 50 devices x 40 batches x 50 samples = 100 000 points
@@ -171,7 +171,7 @@ async def _received(port: int) -> float:
 @pytest.mark.slow
 async def test_ingester_killed_mid_stream_and_restarted_loses_nothing(
     tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     prefix = unique_id("k")
     devices = [f"{prefix}-{i:02d}" for i in range(10)]
     batches, per_batch = 60, 20  # 12 000 points

@@ -28,7 +28,7 @@ from tests.support.metrics import (
 
 async def test_a_removed_device_metrics_are_refused_from_then_on(
     ingester_settings, mosquitto_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device = unique_id("dev-")
     start = recent()
     publisher = await mqtt_user(roles=[SERVICE_ROLE])

@@ -26,7 +26,7 @@ from tests.support.metrics import (
 
 async def test_full_spool_drops_the_oldest_and_counts_them(
     tmp_path, nats_server, mosquitto_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = make_settings(
         tmp_path=tmp_path, mosquitto=mosquitto_server, user=user, unique_id=unique_id,

@@ -87,7 +87,7 @@ async def refused_connect(url: str, **kwargs: Any) -> list[str]:
 
 async def test_no_credentials_wrong_password_or_device_login_is_refused(
     nats_server, mqtt_user
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device = await mqtt_user()  # what a device holds: broker credentials, none for NATS
     anonymous = await refused_connect(nats_server.plain_url)
     wrong = await refused_connect(nats_server.plain_url, user="integrator", password="guess")
@@ -114,7 +114,7 @@ async def watch(nats_server: Any, subject: str) -> tuple[NatsClient, list[Msg]]:
 @pytest.mark.parametrize(
     "user", ["observer", "registry", "validator", "analyzer", "deployer", "ingester", "api"]
 )
-async def test_only_an_integrator_may_send_a_command(nats_server, user: str) -> None:  # type: ignore[no-untyped-def]
+async def test_only_an_integrator_may_send_a_command(nats_server, user: str) -> None:
     marker = uuid.uuid4().hex.encode()
     admin, seen = await watch(nats_server, "eaf.cmd.>")
     try:
@@ -151,7 +151,7 @@ async def test_only_an_integrator_may_send_a_command(nats_server, user: str) -> 
 )
 async def test_a_user_cannot_publish_outside_its_subjects(
     nats_server, user: str, subject: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     admin, seen = await watch(nats_server, subject)
     try:
         async with login(nats_server, user) as them:
@@ -174,7 +174,7 @@ async def test_a_user_cannot_publish_outside_its_subjects(
         ("validator", "eaf.rpc.registry.>"),
     ],
 )
-async def test_a_user_cannot_read_what_is_not_for_it(nats_server, user: str, subject: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_user_cannot_read_what_is_not_for_it(nats_server, user: str, subject: str) -> None:
     async with login(nats_server, user) as them:
         await them.nc.subscribe(subject)
         await them.nc.flush()
@@ -185,7 +185,7 @@ async def test_a_user_cannot_read_what_is_not_for_it(nats_server, user: str, sub
 @pytest.mark.parametrize("user", ["observer", "integrator"])
 async def test_observers_and_integrators_read_events_from_the_stream(
     nats_server, user: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     event = DeviceEnrolled(device_id=f"sec-{uuid.uuid4().hex[:8]}")
     async with Bus(NatsConfig(url=nats_server.url), service="test-admin") as admin:
         await admin.publish(event)
@@ -206,7 +206,7 @@ async def test_observers_and_integrators_read_events_from_the_stream(
 
 async def test_services_with_their_own_users_consume_publish_and_answer(
     nats_server, nats_config, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """What the ingester and the tracker do on the bus (the other services run with their
     own users in test_commands.py)."""
     got: dict[str, asyncio.Future[Any]] = {
@@ -268,7 +268,7 @@ async def admin_fetch(nats_server: Any, subject: str, event_id: uuid.UUID) -> by
         await nc.close()
 
 
-def test_the_config_refuses_to_start_without_every_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_config_refuses_to_start_without_every_password(tmp_path) -> None:
     """No password variable, no server: the config has no default credentials."""
     with pytest.raises(ServerStartError) as caught:
         NatsServer(data_dir=tmp_path / "nats", config_file=NATS_CONFIG, start_timeout=5).start()

@@ -103,7 +103,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
+async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = deployer_settings(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)

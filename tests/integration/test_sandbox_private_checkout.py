@@ -160,7 +160,7 @@ def _settings(nats_url: str, tmp_path: Path) -> Settings:
 
 async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
     worker_python: Path, nats_server, tmp_path: Path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = _settings(nats_server.url, tmp_path)
     store = ArtifactStore(
         root=tmp_path / "models",
@@ -170,7 +170,7 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
     name = unique_id("private-")
     seen: dict[str, dict[str, object]] = {}
 
-    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+    async def collect(msg) -> None:
         body = json.loads(msg.data)
         if body["model"] == name:
             seen.setdefault(msg.subject, body)
@@ -215,7 +215,7 @@ async def test_validator_and_analyzer_measure_latency_from_a_private_checkout(
 
 async def test_a_broken_installation_is_reported_at_start_and_never_blamed_on_the_model(
     broken_worker_python: Path, nats_server, tmp_path: Path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = _settings(nats_server.url, tmp_path)
     store = ArtifactStore(
         root=tmp_path / "models",

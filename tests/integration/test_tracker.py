@@ -46,7 +46,7 @@ async def upload(bus: Bus, store: ArtifactStore, model: str, version: str) -> No
 
 def seed(
     model: str, start, plan: dict[str, dict[str, float]]
-) -> dict[tuple[str, str], list[InferenceSample]]:  # type: ignore[no-untyped-def]
+) -> dict[tuple[str, str], list[InferenceSample]]:
     """version -> {device: latency scale}; 30 one-minute intervals each, random figures."""
     rng = random.Random(42)
     out: dict[tuple[str, str], list[InferenceSample]] = {}
@@ -97,7 +97,7 @@ def assert_figures(got: object, want: dict[str, float]) -> None:
 
 async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regression_is_announced_once(
     tmp_path, nats_server, influxdb_server, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     model = unique_id("model-")
     db = unique_id("db")
     unused = SimpleNamespace(host="127.0.0.1", port=1, username="unused", password="unused")
@@ -137,7 +137,7 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
     received: list[ModelPerformanceRegressed] = []
     nc = await nats.connect(nats_server.url)
 
-    async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
+    async def on_event(msg) -> None:
         event = ModelPerformanceRegressed.model_validate_json(msg.data)
         if event.model == model:
             received.append(event)

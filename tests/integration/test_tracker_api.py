@@ -23,7 +23,7 @@ from tests.support.settings import platform_settings
 
 
 @pytest.fixture
-def tracker_in_thread(tmp_path, nats_server, influxdb_server, unique_id):  # type: ignore[no-untyped-def]
+def tracker_in_thread(tmp_path, nats_server, influxdb_server, unique_id):
     db = unique_id("db")
     settings = platform_settings(
         tmp_path, nats_url=nats_server.url, influxdb={"url": influxdb_server.url, "database": db}
@@ -47,7 +47,7 @@ def tracker_in_thread(tmp_path, nats_server, influxdb_server, unique_id):  # typ
         thread.join(30)
 
 
-def test_stats_through_rest_sdk_and_cli(tracker_in_thread, influxdb_server, unique_id) -> None:  # type: ignore[no-untyped-def]
+def test_stats_through_rest_sdk_and_cli(tracker_in_thread, influxdb_server, unique_id) -> None:
     settings = tracker_in_thread
     db = settings.influxdb.database
     model = unique_id("model-")

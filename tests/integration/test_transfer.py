@@ -44,14 +44,14 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 
 @pytest.fixture
-async def platform(mosquitto_server, mqtt_user, store, signing_key) -> AsyncIterator[FakePlatform]:  # type: ignore[no-untyped-def]
+async def platform(mosquitto_server, mqtt_user, store, signing_key) -> AsyncIterator[FakePlatform]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     async with fake_platform(service_mqtt(mosquitto_server, *user), store, signing_key) as p:
         yield p
 
 
 @pytest.fixture
-def device(mosquitto_server, mqtt_admin, signing_key, tmp_path, unique_id):  # type: ignore[no-untyped-def]
+def device(mosquitto_server, mqtt_admin, signing_key, tmp_path, unique_id):
     async def make(**kw: object) -> tuple[str, Path]:
         device_id = unique_id("dev-")
         state_dir = tmp_path / device_id
@@ -86,7 +86,7 @@ async def deploy(
     return m.deployment_id
 
 
-async def test_model_arrives_byte_identical_and_serves(platform, device) -> None:  # type: ignore[no-untyped-def]
+async def test_model_arrives_byte_identical_and_serves(platform, device) -> None:
     _device_id, state_dir = await device()
     data = padded_model(100_000, seed=1)
     async with running(EdgeRuntime(state_dir)) as rt:
@@ -114,7 +114,7 @@ async def refused_with(rt: EdgeRuntime, code: RejectionCode, timeout: float = 20
 
 
 @pytest.fixture
-async def serving(platform, device) -> AsyncIterator[tuple[EdgeRuntime, Path]]:  # type: ignore[no-untyped-def]
+async def serving(platform, device) -> AsyncIterator[tuple[EdgeRuntime, Path]]:
     """A device running version 1.0.0 (sequence 5)."""
     _, state_dir = await device()
     async with running(EdgeRuntime(state_dir)) as rt:
@@ -123,10 +123,10 @@ async def serving(platform, device) -> AsyncIterator[tuple[EdgeRuntime, Path]]: 
         yield rt, state_dir
 
 
-async def test_flipped_bit_in_a_chunk_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_flipped_bit_in_a_chunk_is_refused(platform, serving) -> None:
     rt, state_dir = serving
 
-    def flip(topic: str, payload: bytes, props):  # type: ignore[no-untyped-def]
+    def flip(topic: str, payload: bytes, props):
         data = bytearray(payload)
         data[len(data) // 2] ^= 0x01
         return bytes(data), props
@@ -141,7 +141,7 @@ async def test_flipped_bit_in_a_chunk_is_refused(platform, serving) -> None:  # 
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_more_bytes_than_declared_are_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_more_bytes_than_declared_are_refused(platform, serving) -> None:
     rt, state_dir = serving
     platform.publisher.tamper = lambda t, p, props: (p + b"\0" * 16, props)
     await deploy(platform, rt, state_dir, padded_model(30_000, seed=3), sequence=6,
@@ -152,7 +152,7 @@ async def test_more_bytes_than_declared_are_refused(platform, serving) -> None: 
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_manifest_declaring_fewer_bytes_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_manifest_declaring_fewer_bytes_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     data = padded_model(30_000, seed=4)
     info = await put(platform.store, data)
@@ -165,18 +165,18 @@ async def test_manifest_declaring_fewer_bytes_is_refused(platform, serving) -> N
     )  # fmt: skip
     await platform.publish_manifest(m)
     await rt.wait_for(state_is(m.deployment_id, TargetState.FAILED), 30)
-    assert rt.snapshot().deployment.error_code in (  # type: ignore[union-attr]
+    assert rt.snapshot().deployment.error_code in (
         RejectionCode.CHUNK_INTEGRITY,
         RejectionCode.CHUNK_SIZE,
     )
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_chunk_from_another_artifact_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_chunk_from_another_artifact_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     other = await put(platform.store, padded_model(30_000, seed=5))
 
-    def foreign(topic: str, payload: bytes, props):  # type: ignore[no-untyped-def]
+    def foreign(topic: str, payload: bytes, props):
         # The same index of another artifact, labelled as the requested one.
         pairs = dict(props.UserProperty)
         index = int(pairs[CHUNK_INDEX_PROPERTY])
@@ -198,11 +198,11 @@ async def test_chunk_from_another_artifact_is_refused(platform, serving) -> None
 
 async def test_chunk_labelled_for_another_artifact_is_ignored_and_reported(
     platform, serving
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     rt, state_dir = serving
     other = "ab" * 32
 
-    def relabel(topic: str, payload: bytes, props):  # type: ignore[no-untyped-def]
+    def relabel(topic: str, payload: bytes, props):
         pairs = dict(props.UserProperty)
         props.UserProperty = [
             (CHUNK_ARTIFACT_PROPERTY, other),
@@ -218,12 +218,12 @@ async def test_chunk_labelled_for_another_artifact_is_ignored_and_reported(
     )  # fmt: skip
     await platform.publish_manifest(m)
     await refused_with(rt, RejectionCode.FOREIGN_CHUNK)
-    assert rt.snapshot().deployment.state is TargetState.DOWNLOADING  # type: ignore[union-attr]
-    assert rt.snapshot().deployment.chunks_received == 0  # type: ignore[union-attr]
+    assert rt.snapshot().deployment.state is TargetState.DOWNLOADING
+    assert rt.snapshot().deployment.chunks_received == 0
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_manifest_signed_by_another_key_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_manifest_signed_by_another_key_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     info = await put(platform.store, bias_model(0.9))
     m = manifest_for(
@@ -235,7 +235,7 @@ async def test_manifest_signed_by_another_key_is_refused(platform, serving) -> N
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_older_manifest_replayed_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_older_manifest_replayed_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     info = await put(platform.store, bias_model(0.7))
     # Properly signed, unexpired, but sequence 4 < 5, the one the device runs.
@@ -248,7 +248,7 @@ async def test_older_manifest_replayed_is_refused(platform, serving) -> None:  #
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_expired_manifest_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_manifest_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     info = await put(platform.store, bias_model(0.6))
     m = manifest_for(
@@ -260,7 +260,7 @@ async def test_expired_manifest_is_refused(platform, serving) -> None:  # type: 
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_manifest_for_another_device_is_refused(platform, serving, device) -> None:  # type: ignore[no-untyped-def]
+async def test_manifest_for_another_device_is_refused(platform, serving, device) -> None:
     rt, _state_dir = serving
     other_id, other_dir = await device()
     info = await put(platform.store, bias_model(0.4))
@@ -275,7 +275,7 @@ async def test_manifest_for_another_device_is_refused(platform, serving, device)
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_key_sealed_for_another_device_is_refused(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_key_sealed_for_another_device_is_refused(platform, serving) -> None:
     rt, state_dir = serving
     info = await put(platform.store, bias_model(0.3))
     m = manifest_for(
@@ -287,7 +287,7 @@ async def test_key_sealed_for_another_device_is_refused(platform, serving) -> No
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_model_failing_health_inference_rolls_back(platform, serving) -> None:  # type: ignore[no-untyped-def]
+async def test_model_failing_health_inference_rolls_back(platform, serving) -> None:
     rt, state_dir = serving
     dep = await deploy(platform, rt, state_dir, bias_model(0.2, nan=True), sequence=6,
                        version="2.0.0")  # fmt: skip
@@ -298,7 +298,7 @@ async def test_model_failing_health_inference_rolls_back(platform, serving) -> N
     await old_model_serves(rt, "1.0.0")
 
 
-async def test_state_is_published_retained(platform, serving, mosquitto_server, mqtt_user) -> None:  # type: ignore[no-untyped-def]
+async def test_state_is_published_retained(platform, serving, mosquitto_server, mqtt_user) -> None:
     import aiomqtt
 
     from schemas.transfer import DeviceState
@@ -322,7 +322,7 @@ async def test_state_is_published_retained(platform, serving, mosquitto_server, 
         # The reporter may still be publishing the last transitions: read until it lands.
         async with asyncio.timeout(10):
             async for message in client.messages:
-                seen[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+                seen[str(message.topic)] = bytes(message.payload)
                 if len(seen) == 2 and active_version() == "1.0.0":
                     break
     assert active_version() == "1.0.0"

@@ -32,7 +32,7 @@ from tests.support.deploy import (
 
 
 @pytest.fixture
-async def platform(mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[FakePlatform]:  # type: ignore[no-untyped-def]
+async def platform(mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[FakePlatform]:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=4096)
     async with fake_platform(
@@ -93,7 +93,7 @@ def test_python_311_wait_for_absorbs_a_cancellation_arriving_with_the_result() -
 
 async def test_runtime_stops_although_a_report_absorbed_the_cancellation(
     platform, mosquitto_server, mqtt_admin, tmp_path, unique_id, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device_id = unique_id("dev-")
     state_dir: Path = tmp_path / device_id
     await enroll_device(
@@ -119,7 +119,7 @@ async def test_runtime_stops_although_a_report_absorbed_the_cancellation(
 
 async def test_runtime_reconnects_although_a_report_absorbed_the_cancellation(
     platform, mosquitto_server, mqtt_admin, tmp_path, unique_id, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device_id = unique_id("dev-")
     state_dir: Path = tmp_path / device_id
     reply = await enroll_device(
@@ -148,7 +148,7 @@ async def test_runtime_reconnects_although_a_report_absorbed_the_cancellation(
 
 async def test_deployer_link_stops_although_a_handler_absorbed_the_cancellation(
     mosquitto_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from services.deployer.mqtt import MqttLink
 
     user = await mqtt_user(roles=[SERVICE_ROLE])
@@ -180,7 +180,7 @@ async def test_deployer_link_stops_although_a_handler_absorbed_the_cancellation(
 
 async def test_runtime_reconnects_at_once_when_a_report_is_not_acknowledged(
     platform, mosquitto_server, mqtt_admin, tmp_path, unique_id, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A report whose PUBACK does not come in time (aiomqtt raises after its timeout) ends
     the session at once; before, only the next incoming message did, and after the last
     chunk none may come: the device went silent until the deployer notified it again."""

@@ -37,7 +37,7 @@ def bitmap(state_dir: Path, artifact_id: str) -> bytes:
     return path.read_bytes() if path.exists() else b""
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -47,7 +47,7 @@ async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ign
 
 async def test_killed_runtime_resumes_with_only_the_missing_chunks(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = Ed25519PrivateKey.generate()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=CHUNK)
     data = padded_model(8 * 1024 * 1024, seed=11)
@@ -102,7 +102,7 @@ async def test_killed_runtime_resumes_with_only_the_missing_chunks(
     assert (state_dir / "models" / f"{info.artifact_id}.onnx").read_bytes() == data
 
 
-async def test_broker_restart_mid_transfer_completes(tmp_path, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_broker_restart_mid_transfer_completes(tmp_path, unique_id) -> None:
     key = Ed25519PrivateKey.generate()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=CHUNK)
     data = padded_model(6 * 1024 * 1024, seed=12)

@@ -93,7 +93,7 @@ class Pipeline:
 
 
 @pytest.fixture
-async def pipeline(nats_server, tmp_path: Path, unique_id) -> AsyncIterator[Pipeline]:  # type: ignore[no-untyped-def]
+async def pipeline(nats_server, tmp_path: Path, unique_id) -> AsyncIterator[Pipeline]:
     settings = Settings.model_validate(
         {
             "nats": {"url": nats_server.url, "retry_backoff": [0.5]},
@@ -116,7 +116,7 @@ async def pipeline(nats_server, tmp_path: Path, unique_id) -> AsyncIterator[Pipe
     nc = await nats.connect(nats_server.url)
     seen: list[tuple[str, dict[str, object]]] = []
 
-    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+    async def collect(msg) -> None:
         seen.append((msg.subject, json.loads(msg.data)))
 
     for subject in (ModelValidated.SUBJECT, ModelRejected.SUBJECT, ModelAnalyzed.SUBJECT):
@@ -156,7 +156,7 @@ def _symlinked_external_data() -> bytes:
     return buffer.getvalue()
 
 
-async def test_real_models_are_validated_and_analyzed(pipeline: Pipeline, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_real_models_are_validated_and_analyzed(pipeline: Pipeline, unique_id) -> None:
     models: dict[str, Callable[[], bytes]] = {
         "cnn": lambda: to_bytes(cnn_model()),
         "transformer": lambda: to_bytes(transformer_block_model()),
@@ -210,7 +210,7 @@ async def test_real_models_are_validated_and_analyzed(pipeline: Pipeline, unique
     assert external.parameter_bytes == 1024 * 1024  # 256 x 1024 float32 weights
 
 
-async def test_second_version_is_diffed_against_the_first(pipeline: Pipeline, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_second_version_is_diffed_against_the_first(pipeline: Pipeline, unique_id) -> None:
     name = unique_id("cnn-")
     await pipeline.upload(name, to_bytes(cnn_model(classes=10)), version="1.0.0")
     await pipeline.wait_for(ModelAnalyzed.SUBJECT, name)
@@ -247,7 +247,7 @@ HOSTILE: list[tuple[str, Callable[[], bytes], str, str]] = [
 
 async def test_hostile_models_are_rejected_and_the_service_still_answers(
     pipeline: Pipeline, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     names = {}
     for label, build, _, _ in HOSTILE:
         names[label] = unique_id(f"{label}-")
@@ -271,7 +271,7 @@ async def test_hostile_models_are_rejected_and_the_service_still_answers(
     assert not any(pipeline.events(ModelAnalyzed.SUBJECT, n) for n in names.values())
 
 
-async def test_the_same_event_twice_publishes_one_report(pipeline: Pipeline, unique_id) -> None:  # type: ignore[no-untyped-def]
+async def test_the_same_event_twice_publishes_one_report(pipeline: Pipeline, unique_id) -> None:
     name = unique_id("twice-")
     event = await pipeline.upload(name, to_bytes(tiny_model()))
     await pipeline.wait_for(ModelAnalyzed.SUBJECT, name)

@@ -82,7 +82,7 @@ async def vector_platform(server: Any, creds: Any, case: dict[str, Any]) -> Asyn
 
         async def serve() -> None:
             async for message in client.messages:
-                request = ChunkRequest.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
+                request = ChunkRequest.model_validate_json(bytes(message.payload))
                 props = message.properties
                 for index in request.indexes:
                     reply = Properties(PacketTypes.PUBLISH)
@@ -123,7 +123,7 @@ def outcome(runtime: EdgeRuntime) -> str | None:
 
 async def test_the_edge_runtime_passes_every_vector(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     platform_creds = await mqtt_user(roles=[SERVICE_ROLE])
     password = secrets.token_urlsafe(16)
     role = device_role_name(DEVICE_ID)

@@ -69,7 +69,7 @@ class Platform:
 @pytest.fixture(scope="module")
 def api_platform(
     nats_server, mosquitto_server, influxdb_server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
+) -> Iterator[Platform]:
     from services.common.mqtt_admin import MqttAdmin
     from services.deployer.app import create_service as create_deployer
     from services.tracker import create_service as create_tracker

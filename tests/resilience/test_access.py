@@ -82,7 +82,7 @@ def test_every_route_has_an_access_rule() -> None:
     assert set(RULES) - routes == set(), "rules for routes that no longer exist"
 
 
-def test_every_route_against_every_role(api_platform) -> None:  # type: ignore[no-untyped-def]
+def test_every_route_against_every_role(api_platform) -> None:
     callers = {"anonymous": None, "forged": "eaf_000000000000_" + "A" * 43, **api_platform.keys}
     failures = []
     for (method, path), rule in {**RULES, **UNLISTED}.items():
@@ -111,7 +111,7 @@ def test_every_route_against_every_role(api_platform) -> None:  # type: ignore[n
 
 async def test_device_credentials_cannot_reach_another_device(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Complements tests/integration/test_edge_runtime.py (subscriptions, forged state and
     metrics): forged manifests, chunks, online flags and broadcasts, the broker's admin
     API, session takeover by client id, and wildcard or shared reads."""
@@ -131,7 +131,7 @@ async def test_device_credentials_cannot_reach_another_device(
     artifact = "ab" * 32
     host, port = mosquitto_server.host, mosquitto_server.port
 
-    def client(reply, identifier=None, password=None):  # type: ignore[no-untyped-def]
+    def client(reply, identifier=None, password=None):
         return aiomqtt.Client(
             host, port, username=reply.mqtt.username,
             password=password or reply.mqtt.password,
@@ -165,7 +165,7 @@ async def test_device_credentials_cannot_reach_another_device(
                           TOPICS.artifact_get(artifact), f"$share/g/{TOPICS.desired(b)}",
                           f"$share/g/{TOPICS.prefix}/devices/+/chunks"):  # fmt: skip
                 codes = await device_a.subscribe(topic, qos=1)
-                assert [c.value for c in codes] == [0x87], topic  # type: ignore[union-attr]
+                assert [c.value for c in codes] == [0x87], topic
             forged = {
                 TOPICS.desired(b): b'{"signed":"","signature":""}',
                 TOPICS.device_chunks(b): b"forged chunk",

@@ -41,7 +41,7 @@ def served_bias(output: dict[str, object]) -> float:
 
 
 async def crash_then_recover(
-    platform: FakePlatform, admin, server, key: Ed25519PrivateKey, tmp: Path,  # type: ignore[no-untyped-def]
+    platform: FakePlatform, admin, server, key: Ed25519PrivateKey, tmp: Path,
     step: str, device_id: str, old: bytes, new: bytes,
 ) -> None:  # fmt: skip
     state_dir = tmp / device_id
@@ -96,7 +96,7 @@ async def crash_then_recover(
 @pytest.mark.slow
 async def test_power_cut_at_each_activation_step_leaves_a_whole_model(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = Ed25519PrivateKey.generate()
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=4096)
     old, new = bias_model(OLD_BIAS), bias_model(NEW_BIAS)

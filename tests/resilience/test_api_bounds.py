@@ -96,7 +96,7 @@ def _numbers(doc: dict[str, Any]) -> list[Number]:
     components = doc.get("components", {}).get("schemas", {})
     found: list[Number] = []
 
-    def walk(schema: dict[str, Any], method: str, path: str, where: str, field: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def walk(schema: dict[str, Any], method: str, path: str, where: str, field: tuple[str, ...]):
         if "$ref" in schema:
             walk(components[schema["$ref"].rsplit("/", 1)[1]], method, path, where, field)
             return
@@ -132,13 +132,13 @@ def _numbers(doc: dict[str, Any]) -> list[Number]:
 
 
 @pytest.fixture(scope="module")
-def numbers(api_platform) -> list[Number]:  # type: ignore[no-untyped-def]
+def numbers(api_platform) -> list[Number]:
     doc = httpx.get(f"{api_platform.url}/openapi.json", timeout=10).json()
     return _numbers(doc)
 
 
 @pytest.fixture(scope="module")
-def with_model(api_platform) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def with_model(api_platform) -> Iterator[None]:
     # A model with a version, so an in-range page of its versions is really read from SQL.
     with api_platform.client(api_platform.keys["deployer"]) as c:
         r = c.put(
@@ -185,7 +185,7 @@ def _bound(check: Any, client: httpx.Client, n: Number) -> Any:
     return run
 
 
-def test_numbers_at_and_beyond_their_bounds_are_never_a_server_error(  # type: ignore[no-untyped-def]
+def test_numbers_at_and_beyond_their_bounds_are_never_a_server_error(
     api_platform, numbers: list[Number], with_model: None
 ) -> None:
     failures: list[str] = []
@@ -226,7 +226,7 @@ def test_numbers_at_and_beyond_their_bounds_are_never_a_server_error(  # type: i
     assert failures == []
 
 
-def test_the_bus_refuses_out_of_range_paging_before_sql(api_platform) -> None:  # type: ignore[no-untyped-def]
+def test_the_bus_refuses_out_of_range_paging_before_sql(api_platform) -> None:
     """The registry's and deployer's own request models hold the bounds: a service calling
     them on NATS gets a 422 naming the field, as REST callers do."""
     asks = [

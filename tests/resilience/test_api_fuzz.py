@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 EXAMPLES = 12
 
 
-def test_no_request_gets_a_server_error(api_platform) -> None:  # type: ignore[no-untyped-def]
+def test_no_request_gets_a_server_error(api_platform) -> None:
     # schemathesis' own pytest plugin (lazy fixtures) does not run on pytest 9: drive the
     # operations' hypothesis strategies directly instead.
     schema = schemathesis.openapi.from_url(f"{api_platform.url}/openapi.json")
@@ -33,7 +33,7 @@ def test_no_request_gets_a_server_error(api_platform) -> None:  # type: ignore[n
             database=None,
         )
         @given(operation.as_strategy())
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             response = case.call(headers=auth, timeout=30)
             if response.status_code >= 500:
                 failures.append(
@@ -46,5 +46,5 @@ def test_no_request_gets_a_server_error(api_platform) -> None:  # type: ignore[n
     assert failures == []
 
 
-def test_the_api_still_answers_after_the_fuzz_run(api_platform) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_still_answers_after_the_fuzz_run(api_platform) -> None:
     assert httpx.get(f"{api_platform.url}/healthz", timeout=10).json()["status"] == "ok"

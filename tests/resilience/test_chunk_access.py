@@ -22,14 +22,14 @@ from tests.support.deploy import TOPICS, enroll_device, fake_platform, put, serv
 
 
 def request_props(response_topic: str) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = response_topic
     return props
 
 
 async def test_chunk_server_cannot_be_aimed_at_another_device(
     mosquitto_server, mqtt_admin, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = Ed25519PrivateKey.generate()
     a, b = unique_id("dev-a-"), unique_id("dev-b-")
     ra = await enroll_device(mqtt_admin, mosquitto_server, tmp_path / a, a, key)
@@ -38,7 +38,7 @@ async def test_chunk_server_cannot_be_aimed_at_another_device(
     info = await put(store, os.urandom(20_000))
     svc = await mqtt_user(roles=[SERVICE_ROLE])
 
-    def client(reply):  # type: ignore[no-untyped-def]
+    def client(reply):
         return aiomqtt.Client(
             mosquitto_server.host, mosquitto_server.port, username=reply.mqtt.username,
             password=reply.mqtt.password, identifier=reply.mqtt.client_id,
@@ -75,7 +75,7 @@ async def test_chunk_server_cannot_be_aimed_at_another_device(
         got: list[int] = []
         async with asyncio.timeout(10):
             async for message in device_b.messages:
-                props = dict(message.properties.UserProperty)  # type: ignore[union-attr]
+                props = dict(message.properties.UserProperty)
                 got.append(int(props["index"]))
                 if len(got) == 2:
                     break

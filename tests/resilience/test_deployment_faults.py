@@ -76,7 +76,7 @@ async def deploy(bus: Bus, model: str, version: str, **target: Any) -> Deploymen
 
 async def test_device_offline_across_manifest_expiry_gets_a_fresh_one_and_completes(
     nats_server, mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = await mqtt_user(roles=[SERVICE_ROLE])
     settings = deployer_settings(
         tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
@@ -117,7 +117,7 @@ async def test_device_offline_across_manifest_expiry_gets_a_fresh_one_and_comple
 @pytest.mark.slow
 async def test_broker_restarted_mid_wave_the_wave_completes(
     nats_server, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Our own broker: the session one is shared and must not be restarted.
     server = MosquittoServer(data_dir=tmp_path / "mosquitto")
     with server:

@@ -46,7 +46,7 @@ OUTAGE_SECONDS = 6.0
 @pytest.mark.slow
 async def test_nats_restarted_during_a_rollout_loses_no_event_and_applies_none_twice(
     mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     nats = NatsServer(data_dir=tmp_path / "nats")  # our own: the session one is shared
     user = await mqtt_user(roles=[SERVICE_ROLE])
     with nats:
@@ -152,7 +152,7 @@ async def test_nats_restarted_during_a_rollout_loses_no_event_and_applies_none_t
 
 async def test_consumer_killed_after_its_side_effect_before_its_ack_applies_it_once(
     nats_server, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     durable = unique_id("dur")
     model = unique_id("m")
     marker = tmp_path / "applied"

@@ -24,7 +24,7 @@ KEPT, MADE = 5, 12
 
 async def test_full_device_spool_drops_oldest_counts_and_reports_it(
     tmp_path, mosquitto_server, influxdb_server, mqtt_user, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     device_id = unique_id("dev-")
     service = await mqtt_user(roles=[SERVICE_ROLE])
     device = await mqtt_user(acls=device_role_acls(device_id))

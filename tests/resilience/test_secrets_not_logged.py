@@ -58,7 +58,7 @@ def wait_http(url: str, timeout: float) -> None:
 @pytest.mark.slow
 async def test_tokens_passwords_and_keys_never_reach_a_log(
     mosquitto_server, mqtt_user, tmp_path, unique_id
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     svc = await mqtt_user(roles=[SERVICE_ROLE])
     nats = NatsServer(data_dir=tmp_path / "nats")  # its own: default durables, no neighbours
     with nats:
@@ -135,7 +135,7 @@ async def test_tokens_passwords_and_keys_never_reach_a_log(
             "broker admin password": mosquitto_server.admin_password.encode(),
             "device MQTT password": enrolled.mqtt.password.encode(),
             "KEK": kek,
-            "signing key": signing.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),  # type: ignore[union-attr]
+            "signing key": signing.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
             "device private key": (state_dir / "device.key").read_bytes(),
             "artifact data key": store.dek(store.info(deployment["artifact_id"])),
         }
@@ -151,7 +151,7 @@ async def test_tokens_passwords_and_keys_never_reach_a_log(
     assert leaks == []
 
 
-def flow(  # type: ignore[no-untyped-def]
+def flow(
     url: str, admin_token: str, device_id: str, state_dir: Path, env, logs: Path, procs,
     model: str,
 ) -> tuple[dict[str, bytes], dict[str, object]]:  # fmt: skip

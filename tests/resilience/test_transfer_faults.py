@@ -41,7 +41,7 @@ def signing_key() -> Ed25519PrivateKey:
 
 
 @pytest.fixture
-async def platform(  # type: ignore[no-untyped-def]
+async def platform(
     mosquitto_server, mqtt_user, tmp_path, signing_key
 ) -> AsyncIterator[FakePlatform]:
     store = ArtifactStore(root=tmp_path / "store", kek=os.urandom(32), chunk_size=CHUNK)
@@ -50,7 +50,7 @@ async def platform(  # type: ignore[no-untyped-def]
         yield p
 
 
-async def new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, key) -> Path:  # type: ignore[no-untyped-def]
+async def new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, key) -> Path:
     device_id = unique_id("dev-")
     state_dir = tmp_path / device_id
     await enroll_device(mqtt_admin, mosquitto_server, state_dir, device_id, key, stall=1.0)
@@ -59,13 +59,13 @@ async def new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, key) -> 
 
 async def test_stalled_chunk_server_device_times_out_re_requests_and_resumes(
     platform, mqtt_admin, mosquitto_server, tmp_path, unique_id, signing_key
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     state_dir = await new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, signing_key)
     data = padded_model(400 * CHUNK, seed=3)
     info = await put(platform.store, data)
     stalled = {"on": False, "swallowed": 0}
 
-    def stall(topic: str, payload: bytes, props: Properties | None):  # type: ignore[no-untyped-def]
+    def stall(topic: str, payload: bytes, props: Properties | None):
         # A stalled server: requests arrive, nothing goes out.
         if stalled["on"]:
             stalled["swallowed"] += 1
@@ -110,7 +110,7 @@ async def test_stalled_chunk_server_device_times_out_re_requests_and_resumes(
 )
 async def test_device_clock_far_off_is_a_clear_refusal_and_the_old_model_serves(
     platform, mqtt_admin, mosquitto_server, tmp_path, unique_id, signing_key, skew, code, says
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     state_dir = await new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, signing_key)
     old = bias_model(0.25)
     seed_installed(state_dir, "m", "1.0.0", 1, old)

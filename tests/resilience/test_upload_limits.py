@@ -69,7 +69,7 @@ def stream_until_refused(
 
 @pytest.mark.parametrize("declared", [None, ENDLESS], ids=["chunked", "content-length"])
 @pytest.mark.parametrize("route", ["version", "artifact"])
-def test_oversize_upload_is_stopped_while_streaming(api_platform, route, declared) -> None:  # type: ignore[no-untyped-def]
+def test_oversize_upload_is_stopped_while_streaming(api_platform, route, declared) -> None:
     store = api_platform.settings.model_repository.storage_path
     before = {p for p in store.rglob("*") if p.is_file()}
     path = (

@@ -226,7 +226,7 @@ class FakePlatform:
     signing_key: Ed25519PrivateKey
     allowed: set[tuple[str, str]] = field(default_factory=set)
 
-    async def publish_manifest(self, manifest: Manifest, *, key: Ed25519PrivateKey | None = None):  # type: ignore[no-untyped-def]
+    async def publish_manifest(self, manifest: Manifest, *, key: Ed25519PrivateKey | None = None):
         self.allowed.add((manifest.device_id, manifest.artifact_id))
         signed = manifest.sign(key or self.signing_key)
         await self.link.publish(

@@ -159,7 +159,7 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-async def ingester_settings(  # type: ignore[no-untyped-def]
+async def ingester_settings(
     tmp_path, nats_server, mosquitto_server, influxdb_server, mqtt_user, unique_id
 ):
     """Settings of an ingester on the test servers, logged in with the services' role."""

@@ -58,7 +58,7 @@ async def start_runtime_process(
 LEDGER_SQL = "CREATE TABLE IF NOT EXISTS ledger (event_id TEXT NOT NULL, what TEXT NOT NULL)"
 
 
-async def apply_once(engine, consumer: str, event_id, what: str) -> bool:  # type: ignore[no-untyped-def]
+async def apply_once(engine, consumer: str, event_id, what: str) -> bool:
     """The side effect of one event, recorded with ``claim_event`` in one transaction.
 
     The ledger has no unique key on purpose: an event applied twice shows as two rows.
@@ -78,7 +78,7 @@ async def apply_once(engine, consumer: str, event_id, what: str) -> bool:  # typ
     return True
 
 
-async def open_ledger(path: Path):  # type: ignore[no-untyped-def]
+async def open_ledger(path: Path):
     """An engine on the SQLite file ``path`` with the ledger and processed-events tables."""
     from sqlalchemy import text
 
@@ -93,7 +93,7 @@ async def open_ledger(path: Path):  # type: ignore[no-untyped-def]
     return engine
 
 
-async def ledger_rows(engine) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+async def ledger_rows(engine) -> list[tuple[str, str]]:
     from sqlalchemy import text
 
     async with engine.connect() as conn:

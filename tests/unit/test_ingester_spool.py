@@ -73,7 +73,7 @@ def test_points_of_an_earlier_spool_file_are_carried_over_in_order(tmp_path: Pat
         spool.close()
 
 
-def test_a_removal_older_than_the_enrolment_is_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_removal_older_than_the_enrolment_is_ignored(tmp_path) -> None:
     from services.ingester.domain import Reason
 
     spool = Spool(tmp_path / "spool.db", max_points=100, max_rejected=100)

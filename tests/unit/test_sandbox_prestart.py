@@ -215,7 +215,7 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
         started.append(stack)
         return await prepare(stack)
 
-    service.workers._prepare = counted  # type: ignore[method-assign]
+    service.workers._prepare = counted
     errors = validator_errors if service_kind == "validator" else analyzer_errors
     with pytest.raises(errors.ArtifactUnavailableError):
         if isinstance(service, Validator):

@@ -199,11 +199,11 @@ def test_cli_passes_request_id_to_deploy_and_rollback(monkeypatch: pytest.Monkey
     got: list[tuple[str, str | None]] = []
     info = DeploymentInfo.model_validate(_deployment_json("d" * 36))
 
-    def deploy(self: ModelManager, *args: object, request_id: str | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    def deploy(self: ModelManager, *args: object, request_id: str | None = None, **kw: object):
         got.append(("deploy", request_id))
         return info
 
-    def rollback(self: ModelManager, deployment_id: str, *, request_id: str | None = None):  # type: ignore[no-untyped-def]
+    def rollback(self: ModelManager, deployment_id: str, *, request_id: str | None = None):
         got.append(("rollback", request_id))
         return info
 
