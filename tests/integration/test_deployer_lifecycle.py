@@ -42,9 +42,7 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 
 @pytest.fixture
-async def make_env(
-    nats_server, mosquitto_server, mqtt_user, tmp_path
-) -> AsyncIterator[EnvFactory]:
+async def make_env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[EnvFactory]:
     """Starts the deployer in-process; keyword arguments go to ``deployer_settings``."""
     async with contextlib.AsyncExitStack() as stack:
 
