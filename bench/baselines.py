@@ -101,7 +101,7 @@ def raw_fanout_seconds(
         c = _client(host, port, user, f"fan-{i}")
         c._eaf_seen = seen  # type: ignore[attr-defined]
         c.on_message = on_message
-        c.on_subscribe = lambda *a: ready.wait()
+        c.on_subscribe = lambda *a: _arrive(ready)
         c.loop_start()
         c.subscribe(topic, qos=1)
         clients.append(c)
@@ -171,3 +171,7 @@ def file_write_mb_per_s(path: Path, target: Path) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     target.unlink()
     return {"mb_per_s": len(data) / 1e6 / elapsed, "seconds": elapsed, "bytes": len(data)}
+
+
+def _arrive(barrier: threading.Barrier) -> None:
+    barrier.wait()

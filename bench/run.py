@@ -15,14 +15,15 @@ import logging
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from pathlib import Path
 
 from bench import analyze, deploy, edge_memory, ingest, upload
 from bench._common import ROOT, Result, machine, print_table, write_results
 from tests.support.servers import Servers, servers
 
-Bench = Callable[[Servers, Path], Awaitable[Result]]
+Bench = Callable[[Servers, Path], Coroutine[Any, Any, Result]]
 
 #: In the order they run; the heavy fan-out last, so a slow machine shows the others first.
 BENCHES: dict[str, Bench] = {

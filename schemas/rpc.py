@@ -19,7 +19,8 @@ from schemas.base import WireModel
 __all__ = ["Health", "HealthRequest", "Rpc", "RpcError", "RpcErrorReply", "health_rpc"]
 
 Req = TypeVar("Req", bound=BaseModel)
-Resp = TypeVar("Resp", bound=BaseModel)
+#: Covariant: an Rpc answering a subclass is an Rpc answering its base class.
+Resp = TypeVar("Resp", bound=BaseModel, covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
