@@ -16,8 +16,8 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from bench import analyze, deploy, edge_memory, ingest, upload
 from bench._common import ROOT, Result, machine, print_table, write_results
