@@ -11,13 +11,14 @@ from typing import Any
 from bench import baselines
 from bench._common import Result
 from bench._platform import matmul_model
+from modelkit.probe import prove_sandbox
 from schemas.config import Settings
 from schemas.events import ModelUploaded
 from schemas.reports import AnalysisReport, ValidationReport
 from services.analyzer.service import Analyzer
 from services.common.artifacts import ArtifactStore
 from services.common.keys import load_kek
-from services.validator.service import Validator, ensure_sandbox
+from services.validator.service import Validator
 from tests.support.servers import Servers
 
 MB = 1_000_000
@@ -54,7 +55,7 @@ async def analyze(servers: Servers, workdir: Path, *, size_mb: int = 100) -> Res
             yield data[i : i + MiB]
 
     info = (await store.put(chunks())).info
-    isolation = await ensure_sandbox(settings.validator)
+    isolation = await prove_sandbox(settings.validator, section="validator")
     # The services' handlers minus the bus and database bookkeeping (milliseconds).
     validator = Validator(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]
     analyzer = Analyzer(settings, bus=None, sessions=None, artifacts=store)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import structlog
 from modelkit.errors import SandboxUnavailableError
 from modelkit.files import private_workdir
 from modelkit.sandbox import run_task
-from schemas.config import SandboxLimits
+from schemas.config import AnalyzerConfig, SandboxLimits, ValidatorConfig
 
 __all__ = ["SANDBOX_FIX", "SELFTEST_MODEL", "prove_sandbox"]
 
@@ -38,13 +38,11 @@ SANDBOX_FIX = (
 )
 
 
-async def prove_sandbox(
-    *, work_dir: str, memory_mb: int, require_isolation: bool, section: str
-) -> str:
-    """Start one worker to prove it can confine itself; returns the isolation it got.
-
-    ``section`` names the service's config section in what is logged or raised
-    (``<section>.require_network_isolation``)."""
+async def prove_sandbox(config: ValidatorConfig | AnalyzerConfig, *, section: str) -> str:
+    """Start one worker to prove it can confine itself as ``config`` (the service's section,
+    named ``section`` in what is logged or raised) asks; returns the isolation it got."""
+    work_dir, memory_mb = config.work_dir, config.sandbox.memory_mb
+    require_isolation = config.require_network_isolation
     async with private_workdir(work_dir) as workdir:
         outcome = await run_task(
             "modelkit.tasks:probe",

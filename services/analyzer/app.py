@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from modelkit.probe import SANDBOX_FIX
+from modelkit.probe import SANDBOX_FIX, prove_sandbox
 from schemas.config import Settings
-from services.analyzer.artifacts import ArtifactSource, open_artifacts
 from services.analyzer.handlers import create_router
-from services.analyzer.service import CONSUMER, Analyzer, ensure_sandbox
+from services.analyzer.service import CONSUMER, Analyzer
+from services.common.artifacts import ArtifactSource, open_artifacts
 from services.common.bus import Bus
 from services.common.db import create_engine
 from services.common.logging import get_logger
@@ -27,7 +27,7 @@ async def create_service(
     settings: Settings, *, artifacts: ArtifactSource | None = None, durable: str = CONSUMER
 ) -> AsyncIterator[Analyzer]:
     """Start the analyzer (bus, health subject, database, consumer); stop it on exit."""
-    await ensure_sandbox(settings.analyzer)
+    await prove_sandbox(settings.analyzer, section="analyzer")
     bus = Bus(settings.nats, service="analyzer")
     engine = create_engine(settings.database)
     try:

@@ -9,7 +9,6 @@ derived from the incoming one, so handling an event twice publishes one report.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,47 +18,28 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.ahead import StartedAhead
 from modelkit.files import ZIP_MAGIC, hand_over, readable, write_stream
 from modelkit.outcome import TaskOutcome
-from modelkit.probe import SANDBOX_FIX, SELFTEST_MODEL, prove_sandbox
+from modelkit.probe import SANDBOX_FIX, SELFTEST_MODEL
 from modelkit.sandbox import Worker, Workers, run_task, start_workers
-from schemas.config import AnalyzerConfig, Settings
+from schemas.config import Settings
 from schemas.events import ModelAnalyzed, ModelValidated
 from schemas.reports import AnalysisReport, LatencyStats
-from services.analyzer.artifacts import ArtifactSource
 from services.analyzer.domain import diff_reports, latency_warning
 from services.analyzer.errors import AnalysisFailedError, ArtifactUnavailableError
 from services.analyzer.store import previous_analysis, save_analysis
-from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
-from services.common.bus import Bus
+from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError, ArtifactSource
+from services.common.bus import Bus, derived_event_id
 from services.common.db import claim_event, is_processed
 from services.common.logging import get_logger
 
-__all__ = ["CONSUMER", "Analyzer", "ensure_sandbox"]
+__all__ = ["CONSUMER", "Analyzer"]
 
 log = get_logger(__name__)
 
 CONSUMER = "analyzer"
-#: The validator's namespace too (the two once shared the derivation): an event handled
-#: again after an upgrade gets the id it had, and the stream drops the duplicate.
-_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
-    """The id of the event ``consumer`` publishes in answer to event ``source``."""
-    return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
-
-
-async def ensure_sandbox(config: AnalyzerConfig) -> str:
-    """Start one worker to prove it can confine itself; returns the isolation it got."""
-    return await prove_sandbox(
-        work_dir=config.work_dir,
-        memory_mb=config.sandbox.memory_mb,
-        require_isolation=config.require_network_isolation,
-        section="analyzer",
-    )
 
 
 class AnalysisWorkers(Workers):

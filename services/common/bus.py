@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -57,12 +58,23 @@ __all__ = [
     "DeadLetters",
     "RpcReplies",
     "ServiceRouter",
+    "derived_event_id",
 ]
 
 EVENT_SUBJECTS = ("eaf.model.>", "eaf.deployment.>", "eaf.device.>", "eaf.dlq.>")
 DLQ_PREFIX = "eaf.dlq."
 #: Seconds a handler in flight has to finish when the service stops (``Bus.stop``).
 HANDLER_GRACE = 0.5
+#: Event ids derived from the event they answer (one namespace for every service).
+_DERIVED_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
+
+
+def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
+    """The id of the event ``consumer`` publishes in answer to event ``source``: the same
+    on every redelivery of ``source``, so the stream stores the answer once."""
+    return uuid.uuid5(_DERIVED_NAMESPACE, f"{consumer}:{source}")
+
+
 #: Seconds within which the stream recognises a re-published event id.
 DUPLICATE_WINDOW = 600.0
 

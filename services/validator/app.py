@@ -7,15 +7,15 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from modelkit.probe import SANDBOX_FIX
+from modelkit.probe import SANDBOX_FIX, prove_sandbox
 from schemas.config import Settings
+from services.common.artifacts import ArtifactSource, open_artifacts
 from services.common.bus import Bus
 from services.common.db import create_engine
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
-from services.validator.artifacts import ArtifactSource, open_artifacts
 from services.validator.handlers import create_router
-from services.validator.service import CONSUMER, Validator, check_validation, ensure_sandbox
+from services.validator.service import CONSUMER, Validator, check_validation
 
 __all__ = ["create_service"]
 
@@ -27,7 +27,7 @@ async def create_service(
     settings: Settings, *, artifacts: ArtifactSource | None = None, durable: str = CONSUMER
 ) -> AsyncIterator[Validator]:
     """Start the validator (bus, health subject, database, consumer); stop it on exit."""
-    await ensure_sandbox(settings.validator)
+    await prove_sandbox(settings.validator, section="validator")
     problem = await check_validation(settings.validator)
     if problem:
         # Every upload would fail for this reason, the platform's: the uploads wait in the

@@ -9,7 +9,6 @@ publishes nothing.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
@@ -18,15 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.ahead import StartedAhead
 from modelkit.files import readable, write_stream
-from modelkit.probe import SELFTEST_MODEL, prove_sandbox
+from modelkit.probe import SELFTEST_MODEL
 from schemas.config import Settings, ValidatorConfig
 from schemas.events import ModelRejected, ModelUploaded, ModelValidated
 from schemas.reports import CheckOutcome, CheckResult, ValidationReport
-from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError
-from services.common.bus import Bus
+from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError, ArtifactSource
+from services.common.bus import Bus, derived_event_id
 from services.common.db import claim_event, is_processed
 from services.common.logging import get_logger
-from services.validator.artifacts import ArtifactSource
 from services.validator.errors import ArtifactUnavailableError
 from services.validator.pipeline import (
     CheckWorkers,
@@ -39,33 +37,15 @@ __all__ = [
     "CONSUMER",
     "Validator",
     "check_validation",
-    "derived_event_id",
-    "ensure_sandbox",
 ]
 
 log = get_logger(__name__)
 
 CONSUMER = "validator"
-_EVENT_NAMESPACE = uuid.UUID("6f1d3c1e-4a47-5d0b-9a53-2f0c6b1f9e11")
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def derived_event_id(consumer: str, source: uuid.UUID) -> uuid.UUID:
-    """The id of the event ``consumer`` publishes in answer to event ``source``."""
-    return uuid.uuid5(_EVENT_NAMESPACE, f"{consumer}:{source}")
-
-
-async def ensure_sandbox(config: ValidatorConfig) -> str:
-    """Start one worker to prove it can confine itself; returns the isolation it got."""
-    return await prove_sandbox(
-        work_dir=config.work_dir,
-        memory_mb=config.sandbox.memory_mb,
-        require_isolation=config.require_network_isolation,
-        section="validator",
-    )
 
 
 async def check_validation(config: ValidatorConfig) -> str:

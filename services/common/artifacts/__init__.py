@@ -14,6 +14,7 @@ from services.common.artifacts._format import (
     ArtifactNotFoundError,
     ArtifactTooLargeError,
 )
+from services.common.artifacts._source import ArtifactSource, open_artifacts
 from services.common.artifacts._store import ArtifactStore, PutResult
 
 __all__ = [
@@ -22,7 +23,9 @@ __all__ = [
     "ArtifactError",
     "ArtifactInfo",
     "ArtifactNotFoundError",
+    "ArtifactSource",
     "ArtifactStore",
     "ArtifactTooLargeError",
     "PutResult",
+    "open_artifacts",
 ]

@@ -1,4 +1,4 @@
-"""Where the analyzer reads validated models from."""
+"""Where services read artifacts from: the store on the registry's host."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from schemas.config import Settings
-from services.common.artifacts import ArtifactStore
+from services.common.artifacts._store import ArtifactStore
 from services.common.keys import load_kek
 
 __all__ = ["ArtifactSource", "open_artifacts"]
