@@ -28,7 +28,7 @@ from edge_runtime.metrics import MetricsCollector, MetricsReporter
 from edge_runtime.spool import MetricsSpool
 from edgeaiforge import EdgeAIForgeError, ModelManager, NotFoundError
 
-__all__ = ["FleetError", "device_ids", "enroll_fleet", "enrolled", "run_fleet"]
+__all__ = ["FleetError", "device_ids", "enroll_fleet", "enrolled", "run_fleet", "serve_fleet"]
 
 
 class FleetError(EdgeAIForgeError):
@@ -200,6 +200,29 @@ async def run_fleet(
         say("stopped")
 
 
+def serve_fleet(
+    root: Path,
+    ids: list[str],
+    *,
+    rate: float,
+    interval: float,
+    http_port: int,
+    log: Callable[[str], None],
+) -> None:
+    """Run the devices in this process until SIGTERM or SIGINT."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_fleet(
+            root, ids, rate=rate, interval=interval, http_port=http_port, stop=stop, log=log
+        )
+
+    asyncio.run(serve())
+
+
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} fleet: {message}", file=sys.stderr, flush=True)
 
@@ -214,23 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--http-port", type=int, default=0, help="first device's HTTP port")
     args = parser.parse_args(argv)
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_fleet(
-            args.root,
-            args.ids,
-            rate=args.rate,
-            interval=args.interval,
-            http_port=args.http_port,
-            stop=stop,
-            log=_log,
-        )
-
     try:
-        asyncio.run(serve())
+        serve_fleet(
+            args.root, args.ids, rate=args.rate, interval=args.interval,
+            http_port=args.http_port, log=_log,
+        )  # fmt: skip
     except (FleetError, NoModelError) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import typer
 from edgeaiforge import EdgeAIForgeError, ModelManager
 from edgeaiforge.commands import console, err_console, manager
 from edgeaiforge_stack.commands import ConfigOption, load, print_stopped
-from edgeaiforge_stack.fleet import device_ids, enroll_fleet, run_fleet
+from edgeaiforge_stack.fleet import device_ids, enroll_fleet, serve_fleet
 from edgeaiforge_stack.layout import StackLayout, api_url, extras
 from edgeaiforge_stack.processes import process_running, spawn, stop_processes
 
@@ -191,22 +190,10 @@ def _run_foreground(
                 child.wait()
         return
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_fleet(
-            root,
-            ids,
-            rate=rate,
-            interval=interval,
-            http_port=port,
-            stop=stop,
-            log=lambda msg: err_console.print(f"fleet: {msg}", highlight=False),
-        )
-
-    asyncio.run(serve())
+    serve_fleet(
+        root, ids, rate=rate, interval=interval, http_port=port,
+        log=lambda msg: err_console.print(f"fleet: {msg}", highlight=False),
+    )  # fmt: skip
 
 
 @app.command()
