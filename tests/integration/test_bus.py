@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from schemas.config import NatsConfig
 from schemas.events import ModelUploaded
 from schemas.rpc import Rpc
-from services.common.bus import DLQ_PREFIX, Bus
+from services.common.bus import Bus
 from services.common.errors import NotFound
+from services.common.middleware import DLQ_PREFIX
 
 SHA = "ef" * 32
 

@@ -13,7 +13,8 @@ from faststream.nats.testing import PatchedMessage
 
 from schemas.config import NatsConfig
 from schemas.events import ModelUploaded
-from services.common.bus import DLQ_PREFIX, Bus
+from services.common.bus import Bus
+from services.common.middleware import DLQ_PREFIX
 
 DURABLE = "validator"
 
