@@ -42,7 +42,7 @@ async def env(database_url: str | None, make_env: EnvFactory) -> Env:
     return await make_env(database_url=database_url)
 
 
-async def create(env: Env, req: CreateDeployment) -> DeploymentInfo:
+async def create(env: Env, req: CreateDeployment) -> KeyedDeploymentInfo:
     return await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, req)
 
 

@@ -26,16 +26,20 @@ from schemas.deployer import (
     DeploymentRef,
     DeploymentStatus,
     DeviceRef,
+    KeyedDeploymentInfo,
     ListDeployments,
     TargetSelector,
 )
 from schemas.events import DeploymentOutcome, TargetState
+from schemas.rpc import Rpc
 from services.common.errors import Conflict
 from tests.support.deploy import bias_model, put
 from tests.support.deployer_env import Env, EnvFactory, devices, fleet
 
 
-async def deploy(env: Env, model: str, version: str, target: TargetSelector, **kw: Any):
+async def deploy(
+    env: Env, model: str, version: str, target: TargetSelector, **kw: Any
+) -> KeyedDeploymentInfo:
     return await env.bus.call(
         DeployerRpc.CREATE_DEPLOYMENT,
         CreateDeployment(model=model, version=version, target=target, **kw),
@@ -43,7 +47,7 @@ async def deploy(env: Env, model: str, version: str, target: TargetSelector, **k
 
 
 async def control(env: Env, action: str, deployment_id: str) -> DeploymentInfo:
-    rpc = getattr(DeployerRpc, action.upper())
+    rpc: Rpc[DeploymentRef, DeploymentInfo] = getattr(DeployerRpc, action.upper())
     return await env.bus.call(rpc, DeploymentRef(deployment_id=deployment_id))
 
 
