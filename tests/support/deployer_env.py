@@ -1,13 +1,14 @@
 """The deployer in-process on real NATS and Mosquitto, with in-process edge runtimes.
 
 ``make_env`` is a fixture (loaded by ``pytest_plugins`` in ``tests/conftest.py``); ``Env``,
-``devices`` and ``fleet`` are plain helpers the tests import.
+``devices``, ``fleet``, ``device_info`` and ``until_online`` are plain helpers the tests import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,34 @@ import pytest
 
 from edge_runtime import EdgeRuntime
 from schemas.config import Settings
-from schemas.deployer import DeployerRpc, DeploymentInfo, DeploymentRef, DeploymentStatus
+from schemas.deployer import (
+    DeployerRpc,
+    DeploymentInfo,
+    DeploymentRef,
+    DeploymentStatus,
+    DeviceInfo,
+    DeviceRef,
+)
 from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.keys import load_kek
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import DeployerApp, create_service
 from tests.support.deploy import StaticCatalog, deployer_settings, enroll_via_rpc, forget_device
+
+
+async def device_info(bus: Bus, device_id: str) -> DeviceInfo:
+    return await bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
+
+
+async def until_online(bus: Bus, device_id: str, online: bool, timeout: float) -> DeviceInfo:
+    """Polls the deployer until it shows ``device_id`` with ``online``."""
+    deadline = time.monotonic() + timeout
+    while (info := await device_info(bus, device_id)).online is not online:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{device_id} not shown online={online} within {timeout} s")
+        await asyncio.sleep(0.05)
+    return info
 
 
 @dataclass
@@ -39,6 +61,12 @@ class Env:
         return await self.bus.call(
             DeployerRpc.GET_DEPLOYMENT, DeploymentRef(deployment_id=deployment_id)
         )
+
+    async def device(self, device_id: str) -> DeviceInfo:
+        return await device_info(self.bus, device_id)
+
+    async def until_online(self, device_id: str, online: bool, timeout: float) -> DeviceInfo:
+        return await until_online(self.bus, device_id, online, timeout)
 
     async def wait_completed(self, deployment_id: str, timeout: float = 60) -> DeploymentInfo:
         async with asyncio.timeout(timeout):
