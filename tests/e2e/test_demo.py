@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_stack import ROOT, clean_env, eaf, leftovers, stack_config
 
 from edgeaiforge import ModelManager
 from edgeaiforge_stack.stack import StackLayout, api_url, down
 from services.common.config import load_settings
+from tests.support.stack import ROOT, clean_env, eaf, leftovers, stack_config
 
 pytestmark = pytest.mark.slow
 

@@ -72,4 +72,5 @@ async def test_both_reports_are_visible_through_the_api(
     assert analysis.latency is not None
     print(f"upload to both reports via the API: {elapsed:.1f} s")
     assert rejected.rejection_reason.startswith("load: not a valid ONNX protobuf")
-    assert ValidationReport.model_validate(rejected.validation).first_failure.name == "load"
+    first_failure = ValidationReport.model_validate(rejected.validation).first_failure
+    assert first_failure is not None and first_failure.name == "load"

@@ -286,7 +286,7 @@ def test_bad_input_is_4xx_problem_json_never_500(platform: Platform, tmp_path: P
     upload(platform, tmp_path, name, "1.0.0")
     url = f"/api/v1/models/{name}/versions"
     with platform.client(platform.admin) as c:
-        cases = [
+        cases: list[tuple[httpx.Response, int | tuple[int, ...]]] = [
             (
                 c.put(f"{url}/2.0.0", content=b"{}", headers={"Content-Type": "application/json"}),
                 415,

@@ -74,9 +74,11 @@ def readme_commands() -> list[Documented]:
     roots = set(get_command(app).commands)  # type: ignore[attr-defined]
     found: list[Documented] = []
     for cells in _table_rows():
-        program, path = "", ()
+        program = ""
+        path: tuple[str, ...] = ()
         for span in re.findall(r"`([^`]+)`", cells[0]):
             words = span.split()
+            base: tuple[str, ...]
             if words[0] in PROGRAMS:
                 program, base = words.pop(0), ()
             else:

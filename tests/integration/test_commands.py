@@ -5,6 +5,7 @@ does, a bad or unauthorised one gets an error and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import time
@@ -206,7 +207,8 @@ async def test_integrator_starts_a_deployment_that_runs_like_one_from_rest(
 
         async def analyzed() -> bool:
             r = await p.http.get(f"/api/v1/models/{name}/versions/1.0.0")
-            return r.json()["status"] == "analyzed"
+            status: str = r.json()["status"]
+            return status == "analyzed"
 
         await wait_for(analyzed, "analysis")  # the analyzer, as its own user, got through
         rest_story = story(p.events, rest_final["deployment_id"])
@@ -524,7 +526,7 @@ async def test_a_retried_rollback_by_rest_or_command_makes_one_rollback(
             )
             assert made.status_code == 201, made.text
             v2 = made.json()["deployment_id"]
-            done = await wait_for(lambda d=v2: finished(d), version)
+            done = await wait_for(functools.partial(finished, v2), version)
             assert done["outcome"] == "succeeded", done
 
         key = {"Idempotency-Key": "undo-v2"}

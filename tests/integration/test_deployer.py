@@ -3,96 +3,32 @@ devices, preflight, wave thresholds, retention."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
 from edge_runtime import EdgeRuntime, capabilities
-from schemas.config import Settings
 from schemas.deployer import (
     CreateDeployment,
     CreateEnrollmentToken,
     DeployerRpc,
-    DeploymentInfo,
-    DeploymentRef,
-    DeploymentStatus,
     DeviceRef,
     TargetSelector,
 )
 from schemas.events import DeploymentOutcome, TargetState
 from schemas.registry import VersionsInUseRequest
 from schemas.reports import DeviceRequirements
-from services.common.artifacts import ArtifactStore
-from services.common.bus import Bus
 from services.common.errors import Conflict, Forbidden
-from services.common.keys import load_kek
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import DeployerApp, create_service
 from tests.support.deploy import (
-    StaticCatalog,
     bias_model,
-    deployer_settings,
     enroll_via_rpc,
-    forget_device,
     padded_model,
     put,
 )
-
-
-@dataclass
-class Env:
-    app: DeployerApp
-    bus: Bus
-    settings: Settings
-    store: ArtifactStore
-    catalog: StaticCatalog
-    tmp: Path
-
-    async def deployment(self, deployment_id: str) -> DeploymentInfo:
-        return await self.bus.call(
-            DeployerRpc.GET_DEPLOYMENT, DeploymentRef(deployment_id=deployment_id)
-        )
-
-    async def wait_completed(self, deployment_id: str, timeout: float = 60) -> DeploymentInfo:
-        async with asyncio.timeout(timeout):
-            while True:
-                info = await self.deployment(deployment_id)
-                if info.status is DeploymentStatus.COMPLETED:
-                    return info
-                await asyncio.sleep(0.2)
+from tests.support.deployer_env import Env, EnvFactory, devices
 
 
 @pytest.fixture
-async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:
-    user = await mqtt_user(roles=[SERVICE_ROLE])
-    settings = deployer_settings(
-        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
-    )
-    catalog = StaticCatalog()
-    async with create_service(settings, catalog=catalog) as app:
-        store = ArtifactStore(
-            root=settings.model_repository.storage_path,
-            kek=load_kek(settings.security),
-            chunk_size=settings.deployment.chunk_size,
-        )
-        yield Env(app, app.bus, settings, store, catalog, tmp_path)
-
-
-@contextlib.asynccontextmanager
-async def devices(runtimes: list[EdgeRuntime]) -> AsyncIterator[list[EdgeRuntime]]:
-    tasks = [asyncio.create_task(rt.run()) for rt in runtimes]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(rt.wait_connected() for rt in runtimes)), 30)
-        yield runtimes
-    finally:
-        for rt in runtimes:
-            rt.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(forget_device(rt.state.root) for rt in runtimes))
+async def env(make_env: EnvFactory) -> Env:
+    return await make_env()
 
 
 async def test_64mb_model_arrives_byte_identical_and_active(env: Env, unique_id) -> None:

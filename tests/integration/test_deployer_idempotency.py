@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, update
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_deployer import Env, devices
-from test_deployer_lifecycle import EnvFactory, fleet, make_env  # noqa: F401 (fixture)
 
 from schemas.deployer import (
     CreateDeployment,
@@ -27,6 +25,7 @@ from schemas.events import DeploymentOutcome
 from services.common.errors import Conflict
 from services.deployer.store import Base, DeviceRemoval, RequestKey
 from tests.support.deploy import bias_model, put
+from tests.support.deployer_env import Env, EnvFactory, devices, fleet
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,12 +37,12 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-async def env(database_url: str | None, make_env: EnvFactory) -> Env:  # noqa: F811
+async def env(database_url: str | None, make_env: EnvFactory) -> Env:
     # The database before the deployer: it is dropped only after the deployer has stopped.
     return await make_env(database_url=database_url)
 
 
-async def create(env: Env, req: CreateDeployment) -> DeploymentInfo:
+async def create(env: Env, req: CreateDeployment) -> KeyedDeploymentInfo:
     return await env.bus.call(DeployerRpc.CREATE_DEPLOYMENT, req)
 
 
@@ -195,7 +194,7 @@ async def test_a_retried_rollback_makes_one_rollback(env: Env, unique_id) -> Non
 
 
 async def test_a_database_of_an_earlier_version_gains_the_key_table(
-    make_env: EnvFactory,  # noqa: F811
+    make_env: EnvFactory,
     tmp_path: Path,
     unique_id,
 ) -> None:

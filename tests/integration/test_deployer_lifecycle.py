@@ -8,14 +8,13 @@ import argparse
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
-from test_deployer import Env, devices
 
 from edge_runtime import EdgeRuntime
 from edge_runtime.local_api import create_http_app
@@ -27,61 +26,20 @@ from schemas.deployer import (
     DeploymentRef,
     DeploymentStatus,
     DeviceRef,
+    KeyedDeploymentInfo,
     ListDeployments,
     TargetSelector,
 )
 from schemas.events import DeploymentOutcome, TargetState
-from services.common.artifacts import ArtifactStore
+from schemas.rpc import Rpc
 from services.common.errors import Conflict
-from services.common.keys import load_kek
-from services.common.mqtt_admin import SERVICE_ROLE
-from services.deployer.app import create_service
-from tests.support.deploy import StaticCatalog, bias_model, deployer_settings, enroll_via_rpc, put
-
-EnvFactory = Callable[..., Awaitable[Env]]
+from tests.support.deploy import bias_model, put
+from tests.support.deployer_env import Env, EnvFactory, devices, fleet
 
 
-@pytest.fixture
-async def make_env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[EnvFactory]:
-    """Starts the deployer in-process; keyword arguments go to ``deployer_settings``."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(database_url: str | None = None, **overrides: Any) -> Env:
-            user = await mqtt_user(roles=[SERVICE_ROLE])
-            settings = deployer_settings(
-                tmp_path,
-                nats_url=nats_server.url,
-                mosquitto=mosquitto_server,
-                service_user=tuple(user),
-                **overrides,
-            )
-            if database_url is not None:
-                settings = settings.model_copy(
-                    update={"database": settings.database.model_copy(update={"url": database_url})}
-                )
-            catalog = StaticCatalog()
-            app = await stack.enter_async_context(create_service(settings, catalog=catalog))
-            store = ArtifactStore(
-                root=settings.model_repository.storage_path,
-                kek=load_kek(settings.security),
-                chunk_size=settings.deployment.chunk_size,
-            )
-            return Env(app, app.bus, settings, store, catalog, tmp_path)
-
-        yield start
-
-
-async def fleet(env: Env, prefix: str, count: int) -> list[EdgeRuntime]:
-    """``count`` enrolled devices of group ``prefix`` (not running yet), in id order."""
-    runtimes = []
-    for i in range(count):
-        device_id = f"{prefix}-{i}"
-        await enroll_via_rpc(env.bus, env.tmp / device_id, device_id, group=prefix)
-        runtimes.append(EdgeRuntime(env.tmp / device_id))
-    return runtimes
-
-
-async def deploy(env: Env, model: str, version: str, target: TargetSelector, **kw: Any):
+async def deploy(
+    env: Env, model: str, version: str, target: TargetSelector, **kw: Any
+) -> KeyedDeploymentInfo:
     return await env.bus.call(
         DeployerRpc.CREATE_DEPLOYMENT,
         CreateDeployment(model=model, version=version, target=target, **kw),
@@ -89,7 +47,7 @@ async def deploy(env: Env, model: str, version: str, target: TargetSelector, **k
 
 
 async def control(env: Env, action: str, deployment_id: str) -> DeploymentInfo:
-    rpc = getattr(DeployerRpc, action.upper())
+    rpc: Rpc[DeploymentRef, DeploymentInfo] = getattr(DeployerRpc, action.upper())
     return await env.bus.call(rpc, DeploymentRef(deployment_id=deployment_id))
 
 

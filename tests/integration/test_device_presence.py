@@ -18,9 +18,7 @@ import aiomqtt
 
 from edge_runtime import ConnectionState, EdgeRuntime
 from edgeaiforge_stack.servers import MosquittoServer, NatsServer
-from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef
 from schemas.topics import Topics
-from services.common.bus import Bus
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.deployer.app import create_service
 from tests.support.deploy import (
@@ -30,21 +28,9 @@ from tests.support.deploy import (
     forget_device,
     running,
 )
+from tests.support.deployer_env import device_info, until_online
 
 TOPICS = Topics("eaf/v1")
-
-
-async def device(bus: Bus, device_id: str) -> DeviceInfo:
-    return await bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
-
-
-async def until_online(bus: Bus, device_id: str, online: bool, timeout: float) -> DeviceInfo:
-    deadline = time.monotonic() + timeout
-    while (info := await device(bus, device_id)).online is not online:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{device_id} not shown online={online} within {timeout} s")
-        await asyncio.sleep(0.05)
-    return info
 
 
 async def retained_online(server: MosquittoServer, user: tuple[str, str], device_id: str) -> bytes:
@@ -88,7 +74,7 @@ async def test_a_restarted_deployer_does_not_take_retained_reports_for_signs_of_
             async with running(EdgeRuntime(tmp_path / live)):
                 now_live = await until_online(app.bus, live, True, 10)
                 assert now_live.last_seen is not None and now_live.last_seen > before.last_seen
-                after = await device(app.bus, gone)
+                after = await device_info(app.bus, gone)
             assert not after.online
             assert after.last_seen == before.last_seen
     finally:
@@ -118,7 +104,7 @@ async def test_a_reenrolled_device_is_shown_offline_until_it_connects_again(
             await enroll_via_rpc(app.bus, new_dir, device_id)
             # The broker dropped the old session (new password, no will): the platform says
             # so itself, in its database and in the retained flag.
-            shown = await device(app.bus, device_id)
+            shown = await device_info(app.bus, device_id)
             assert not shown.online
             assert shown.last_seen is not None and shown.last_seen < enrolling
             assert await retained_online(mosquitto_server, tuple(user), device_id) == b"0"
@@ -126,6 +112,6 @@ async def test_a_reenrolled_device_is_shown_offline_until_it_connects_again(
             while old.connection.state is not ConnectionState.NOT_AUTHORIZED:
                 assert time.monotonic() < deadline, old.connection
                 await asyncio.sleep(0.05)
-            assert not (await device(app.bus, device_id)).online
+            assert not (await device_info(app.bus, device_id)).online
         async with running(EdgeRuntime(new_dir)):
             await until_online(app.bus, device_id, True, 10)

@@ -21,6 +21,7 @@ from services.common.mqtt_admin import SERVICE_ROLE
 from services.ingester import Ingester
 from tests.support.metrics import (
     batch,
+    counted,
     enrol,
     influx_count,
     influx_query,
@@ -119,13 +120,13 @@ async def test_100k_points_from_50_devices_survive_an_influxdb_outage(
                 await publish_all(client, [m for r in rounds[half:] for m in r])
 
                 async def all_spooled() -> bool:
-                    return ingester.figures.spooled._value.get() == 100_000
+                    return counted(ingester.figures.spooled) == 100_000
 
                 await wait_until(all_spooled, timeout=120, what="every point in the spool")
                 assert ingester.spool.count > 0  # held on disk while InfluxDB is away
                 remaining = OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at)
                 await asyncio.sleep(max(0.0, remaining))
-                assert ingester.figures.write_retries._value.get() > 0
+                assert counted(ingester.figures.write_retries) > 0
                 await asyncio.to_thread(influx.start)
 
             async def everything_written() -> bool:

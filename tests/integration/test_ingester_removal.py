@@ -17,6 +17,7 @@ from services.ingester.domain import Reason
 from services.ingester.handlers import create_router
 from tests.support.metrics import (
     batch,
+    counted,
     enrol,
     influx_count,
     metrics_topic,
@@ -64,7 +65,7 @@ async def test_a_removed_device_metrics_are_refused_from_then_on(
                 await publish_all(client, batches(0, 4), window=1)
 
                 async def accepted() -> bool:
-                    return ingester.figures.accepted._value.get() >= 4
+                    return counted(ingester.figures.accepted) >= 4
 
                 await wait_until(accepted, timeout=30, what="the 4 batches accepted")
                 removed_at = datetime.now(UTC)

@@ -16,6 +16,7 @@ from services.ingester.handlers import create_router
 from services.ingester.store import Spool
 from tests.support.metrics import (
     batch,
+    counted,
     make_settings,
     metrics_topic,
     publish_all,
@@ -54,7 +55,7 @@ async def test_full_spool_drops_the_oldest_and_counts_them(
             await publish_all(client, messages, window=1)
 
         async def all_taken() -> bool:
-            return ingester.figures.accepted._value.get() == 20
+            return counted(ingester.figures.accepted) == 20
 
         await wait_until(all_taken, timeout=30, what="all 20 batches accepted")
         assert ingester.spool.count == 50

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_runtime import EdgeRuntime
 from edgeaiforge_stack.servers import MosquittoServer, free_port
-from schemas.deployer import DeployerRpc, DeviceInfo, DeviceRef, RemoveDevice
-from services.common.bus import Bus
-from services.common.mqtt_admin import SERVICE_ROLE, MqttAdmin
-from services.deployer.app import create_service
+from schemas.deployer import DeployerRpc, RemoveDevice
+from services.common.mqtt_admin import MqttAdmin
 from tests.support.deploy import (
-    StaticCatalog,
-    deployer_settings,
     enroll_device,
     enroll_via_rpc,
     forget_device,
 )
+from tests.support.deployer_env import Env, EnvFactory
 
 NOT_AUTHORIZED = (
     "not authorized: this device was removed or its credentials revoked; enrol it again"
@@ -85,31 +82,9 @@ async def until(check: Callable[[], object], timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-class Env:
-    def __init__(self, bus: Bus, tmp: Path) -> None:
-        self.bus = bus
-        self.tmp = tmp
-
-    async def device(self, device_id: str) -> DeviceInfo:
-        return await self.bus.call(DeployerRpc.GET_DEVICE, DeviceRef(device_id=device_id))
-
-    async def until_online(self, device_id: str, online: bool, timeout: float) -> DeviceInfo:
-        deadline = time.monotonic() + timeout
-        while (info := await self.device(device_id)).online is not online:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{device_id} not shown online={online} in {timeout} s")
-            await asyncio.sleep(0.1)
-        return info
-
-
 @pytest.fixture
-async def env(nats_server, mosquitto_server, mqtt_user, tmp_path) -> AsyncIterator[Env]:
-    user = await mqtt_user(roles=[SERVICE_ROLE])
-    settings = deployer_settings(
-        tmp_path, nats_url=nats_server.url, mosquitto=mosquitto_server, service_user=tuple(user)
-    )
-    async with create_service(settings, catalog=StaticCatalog()) as app:
-        yield Env(app.bus, tmp_path)
+async def env(make_env: EnvFactory) -> Env:
+    return await make_env()
 
 
 async def test_sigterm_stops_a_connected_runtime_at_once_and_the_platform_shows_it_offline(

@@ -12,7 +12,8 @@ import asyncpg
 import httpx
 import nats
 import pytest
-from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeaiforge_stack import _launcher

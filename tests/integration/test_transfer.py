@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -71,7 +72,7 @@ def state_is(deployment_id: str, *states: TargetState) -> Callable[[EdgeRuntime]
 
 async def deploy(
     platform: FakePlatform, rt: EdgeRuntime, state_dir: Path, data: bytes, *, sequence: int,
-    version: str = "1.0.0", timeout: float = 30.0, **kw: object,
+    version: str = "1.0.0", timeout: float = 30.0, **kw: Any,
 ) -> str:  # fmt: skip
     info = await put(platform.store, data)
     m = manifest_for(

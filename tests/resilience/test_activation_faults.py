@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ OLD_BIAS, NEW_BIAS = 0.25, 0.75
 NEW_FROM = ("installed", "recorded")
 
 
-def served_bias(output: dict[str, object]) -> float:
+def served_bias(output: Mapping[str, object]) -> float:
     # bias_model answers relu(x + b); the runtime's sample input is all ones.
     return round(float(output["y"].flat[0]) - 1.0, 3)  # type: ignore[attr-defined]
 

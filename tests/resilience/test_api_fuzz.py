@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.core.result import Err
 
 #: Examples per operation: about 30 operations, so a few hundred requests in all.
 EXAMPLES = 12
@@ -22,6 +23,8 @@ def test_no_request_gets_a_server_error(api_platform) -> None:
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
         operations += 1
 

@@ -70,8 +70,7 @@ async def deploy(bus: Bus, model: str, version: str, **target: Any) -> Deploymen
         model=model, version=version, target=TargetSelector(**target),
         **({"strategy": "waves", "waves": waves} if waves else {}),
     )  # fmt: skip
-    created: DeploymentInfo = await bus.call(DeployerRpc.CREATE_DEPLOYMENT, request)
-    return created
+    return await bus.call(DeployerRpc.CREATE_DEPLOYMENT, request)
 
 
 async def test_device_offline_across_manifest_expiry_gets_a_fresh_one_and_completes(

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -154,7 +155,7 @@ async def test_tokens_passwords_and_keys_never_reach_a_log(
 def flow(
     url: str, admin_token: str, device_id: str, state_dir: Path, env, logs: Path, procs,
     model: str,
-) -> tuple[dict[str, bytes], dict[str, object]]:  # fmt: skip
+) -> tuple[dict[str, bytes], dict[str, Any]]:  # fmt: skip
     """Upload, validate, enrol, deploy, with some refusals; returns the secrets it made."""
     secrets: dict[str, bytes] = {}
     admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token}"},

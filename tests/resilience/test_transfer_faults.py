@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,13 @@ async def platform(
         yield p
 
 
-async def new_device(mqtt_admin, mosquitto_server, tmp_path, unique_id, key) -> Path:
+async def new_device(
+    mqtt_admin,
+    mosquitto_server,
+    tmp_path: Path,
+    unique_id: Callable[[str], str],
+    key: Ed25519PrivateKey,
+) -> Path:
     device_id = unique_id("dev-")
     state_dir = tmp_path / device_id
     await enroll_device(mqtt_admin, mosquitto_server, state_dir, device_id, key, stall=1.0)

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 
 from edge_runtime import EdgeRuntime, complete, prepare
 from schemas import crypto
-from schemas.config import MqttConfig
+from schemas.config import MqttConfig, Settings
 from schemas.deployer import DeviceMqttSettings, EnrollReply
 from schemas.manifest import Manifest
 from schemas.topics import Topics
@@ -65,7 +65,8 @@ def bias_model(bias: float = 0.5, *, width: int = 4, nan: bool = False) -> bytes
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def padded_model(size_bytes: int, *, seed: int = 0) -> bytes:
@@ -83,7 +84,8 @@ def padded_model(size_bytes: int, *, seed: int = 0) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 async def put(store: ArtifactStore, data: bytes) -> ArtifactInfo:
@@ -389,7 +391,7 @@ async def enroll_via_rpc(
 
 def platform_on_broker(
     tmp_path: Path, *, nats_url: str, mosquitto: Any, user: Any, **sections: Any
-) -> Any:
+) -> Settings:
     """``platform_settings`` with the test broker: the services' MQTT account ``user``
     (username, password), the deployer as the broker's admin, fast ticks; more sections
     (or deployer keys) as keyword arguments."""

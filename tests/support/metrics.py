@@ -13,6 +13,7 @@ from typing import Any
 
 import aiomqtt
 import httpx
+from prometheus_client import Counter
 
 from edgeaiforge_stack.servers import free_port
 from schemas.config import Settings
@@ -166,6 +167,12 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(0.25)
+
+
+def counted(counter: Counter) -> float:
+    """The current value of a counter without labels."""
+    (metric,) = counter.collect()
+    return next(s.value for s in metric.samples if s.name.endswith("_total"))
 
 
 def recent(minutes: float = 30) -> datetime:

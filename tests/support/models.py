@@ -36,7 +36,8 @@ IR_VERSION = 8
 
 def to_bytes(model: onnx.ModelProto) -> bytes:
     """The model's protobuf bytes (weights embedded)."""
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def _model(graph: onnx.GraphProto, *, opset: int = OPSET, **extra: int) -> onnx.ModelProto:

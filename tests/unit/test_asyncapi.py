@@ -91,4 +91,4 @@ async def test_the_api_serves_the_document() -> None:
     assert [r.path for r in route.router.routes] == ["/asyncapi"]  # type: ignore[attr-defined]
     response = await route.asyncapi()
     assert response.status_code == 200
-    assert json.loads(response.body) == json.loads(DOC.read_text())
+    assert json.loads(bytes(response.body)) == json.loads(DOC.read_text())

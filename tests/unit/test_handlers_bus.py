@@ -4,7 +4,7 @@ nats-server: FastStream's ``TestNatsBroker`` hands each message straight to the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from unittest.mock import AsyncMock, patch
 
 import pytest
@@ -48,7 +48,7 @@ class Witness:
 
 
 @pytest.fixture
-def nak() -> AsyncIterator[AsyncMock]:
+def nak() -> Iterator[AsyncMock]:
     with patch.object(PatchedMessage, "nak", autospec=True) as mock:
         yield mock
 

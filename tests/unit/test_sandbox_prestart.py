@@ -191,7 +191,7 @@ async def test_a_worker_that_cannot_start_says_so_instead_of_ready() -> None:
 
 @pytest.mark.parametrize("service_kind", ["validator", "analyzer"])
 async def test_a_model_whose_artifact_is_missing_starts_no_worker(
-    tmp_path: Path, service_kind: str
+    tmp_path: Path, service_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uuid
 
@@ -215,7 +215,7 @@ async def test_a_model_whose_artifact_is_missing_starts_no_worker(
         started.append(stack)
         return await prepare(stack)
 
-    service.workers._prepare = counted
+    monkeypatch.setattr(service.workers, "_prepare", counted)
     errors = validator_errors if service_kind == "validator" else analyzer_errors
     with pytest.raises(errors.ArtifactUnavailableError):
         if isinstance(service, Validator):

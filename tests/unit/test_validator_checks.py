@@ -6,10 +6,12 @@ that runs them, ``tests/integration/test_validation_pipeline.py`` the whole serv
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -121,10 +123,10 @@ def test_policy_limits_ir_opset_size_and_nesting() -> None:
     strict = ValidatorConfig(
         allowed_opsets={"ai.onnx": (18, 24)}, ir_version_max=7, max_node_count=1
     )
-    problems = " | ".join(policy_problems(model, strict))
-    assert "IR version 8 is outside the allowed range 3..7" in problems
-    assert "opset 17 of domain 'ai.onnx' is outside the allowed range 18..24" in problems
-    assert "2 nodes, more than the limit of 1" in problems
+    refused = " | ".join(policy_problems(model, strict))
+    assert "IR version 8 is outside the allowed range 3..7" in refused
+    assert "opset 17 of domain 'ai.onnx' is outside the allowed range 18..24" in refused
+    assert "2 nodes, more than the limit of 1" in refused
     huge = policy_problems(huge_tensor_model(), ValidatorConfig())
     assert any("declares 1,000,000,000,000 elements" in p for p in huge)
 
@@ -147,8 +149,8 @@ def test_policy_limits_ir_opset_size_and_nesting() -> None:
     assert any("nested 3 deep, more than the limit of 2" in p for p in problems)
 
 
-def _reference(path: Path, **arrays: np.ndarray) -> str:
-    np.savez(path, **arrays)
+def _reference(path: Path, **arrays: npt.ArrayLike) -> str:
+    np.savez(path, allow_pickle=False, **arrays)
     return str(path)
 
 
@@ -168,7 +170,11 @@ def test_reference_outputs_are_compared_with_tolerance(tmp_path: Path) -> None:
 
 def test_reference_files_with_pickles_are_refused(tmp_path: Path) -> None:
     model = _save(tmp_path / "m", tiny_model())
-    np.savez(tmp_path / "pickled.npz", **{"inputs/x": np.array([{"evil": 1}], dtype=object)})
+    np.savez(
+        tmp_path / "pickled.npz",
+        allow_pickle=True,
+        **{"inputs/x": np.array([{"evil": 1}], dtype=object)},
+    )
     result = runtime.check_reference(_session(model), str(tmp_path / "pickled.npz"))
     assert not result["passed"] and "not a readable .npz" in result["message"]
 
@@ -236,18 +242,17 @@ def test_the_runtime_checks_share_one_session(tmp_path: Path) -> None:
     reference = _reference(
         tmp_path / "ref.npz", **{"inputs/x": x, "outputs/y": np.maximum(x + BIAS, 0)}
     )
-    settings = {
-        "dynamic_dim_default": 1,
-        "dynamic_dims": {},
-        "reference_atol": 1e-4,
-        "reference_rtol": 1e-4,
-    }
+    run = functools.partial(
+        runtime.run_runtime_checks,
+        dynamic_dim_default=1,
+        dynamic_dims={},
+        reference_atol=1e-4,
+        reference_rtol=1e-4,
+    )
     checks = ["session", "trial_inference", "reference"]
-    results = list(runtime.run_runtime_checks(str(model), checks, reference, **settings))
+    results = list(run(str(model), checks, reference))
     assert [r["check"] for r in results] == checks and all(r["passed"] for r in results)
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
-    results = list(
-        runtime.run_runtime_checks(str(tmp_path / "broken.onnx"), checks, None, **settings)
-    )
+    results = list(run(str(tmp_path / "broken.onnx"), checks, None))
     assert [r["check"] for r in results] == ["session"]
     assert "onnxruntime cannot load the model" in results[0]["message"]
