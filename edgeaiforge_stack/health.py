@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Collection, Sequence
 
@@ -24,6 +23,8 @@ from edgeaiforge_stack.layout import (
 )
 from edgeaiforge_stack.processes import ours_starting, process_running
 from schemas.config import Settings
+from schemas.rpc import health_rpc
+from services.common.bus import parse_reply
 
 __all__ = ["check_services", "connect_bus", "extra_rows", "log_hint", "quiet", "service_health"]
 
@@ -73,13 +74,14 @@ async def service_health(name: str, settings: Settings, nc: NatsClient | None) -
     if nc is None:
         return False, "the bus does not answer"
     try:
-        message = await nc.request(f"eaf.rpc.{name}.health", b"{}", timeout=2.0)
-        answer = json.loads(message.data)
+        rpc = health_rpc(name)
+        message = await nc.request(rpc.subject, b"{}", timeout=2.0)
+        answer = parse_reply(rpc.subject, message.data, rpc.reply)
     except Exception as exc:
         return False, f"no health answer ({type(exc).__name__})"
-    if answer.get("status") != "ok":
-        return False, f"{answer.get('status')}: {answer.get('detail') or 'no detail'}"
-    return True, f"answers on eaf.rpc.{name}.health"
+    if answer.status != "ok":
+        return False, f"{answer.status}: {answer.detail or 'no detail'}"
+    return True, f"answers on {rpc.subject}"
 
 
 _HINT_LINES = 3

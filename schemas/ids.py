@@ -29,7 +29,6 @@ __all__ = [
     "Sha256Hex",
     "VersionRef",
     "is_semver",
-    "semver_key",
 ]
 
 #: Model names: no slashes, no leading dot, nothing a path or a subject could trip on.
@@ -49,11 +48,6 @@ ARTIFACT_ID_RE = re.compile(ARTIFACT_ID_PATTERN)
 def is_semver(value: str) -> bool:
     """True when ``value`` is a semantic version such as ``1.2.0`` or ``2.0.0-rc.1``."""
     return semver.Version.is_valid(value)
-
-
-def semver_key(value: str) -> semver.Version:
-    """The sort key of a version string, by semver precedence (``1.2.0`` < ``1.10.0``)."""
-    return semver.Version.parse(value)
 
 
 def _check_semver(value: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +20,7 @@ from services.common.artifacts import (
     ArtifactTooLargeError,
 )
 from services.common.bus import BusError
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, validation_detail
 from services.common.logging import get_logger
 
 __all__ = ["install_problem_handlers", "problem_response"]
@@ -51,14 +50,6 @@ def problem_response(
     )
 
 
-def _validation_detail(errors: list[Any]) -> str:
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every exception the API can meet to problem details; a bug is a 500 problem."""
 
@@ -76,7 +67,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def request_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)
         return problem_response(
-            422, _validation_detail(list(exc.errors())), code="invalid", instance=request.url.path
+            422, validation_detail(exc.errors()), code="invalid", instance=request.url.path
         )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

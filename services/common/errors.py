@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 __all__ = [
     "BadRequest",
     "Conflict",
@@ -9,6 +12,7 @@ __all__ = [
     "NotFound",
     "ServiceError",
     "ServiceUnavailable",
+    "validation_detail",
 ]
 
 
@@ -62,3 +66,12 @@ def from_code(code: str, status: int, detail: str) -> ServiceError:
         err.status = status
         return err
     return cls(detail)
+
+
+def validation_detail(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's errors in one line, the first five: ``field.path: message; ...``."""
+    parts = []
+    for e in list(errors)[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.config import NatsConfig
 from schemas.rpc import Rpc, RpcError, RpcErrorReply
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, validation_detail
 from services.common.logging import get_logger
 
 __all__ = ["DLQ_PREFIX", "DeadLetters", "RpcReplies"]
@@ -135,7 +135,7 @@ class _RpcReplyMiddleware(BaseMiddleware):
         try:
             rpc.request.model_validate_json(msg.body)
         except ValidationError as exc:
-            return _error_reply("invalid", 422, _validation_detail(exc))
+            return _error_reply("invalid", 422, validation_detail(exc.errors()))
         try:
             reply = await call_next(msg)
         except ServiceError as exc:
@@ -156,14 +156,6 @@ def _error_reply(code: str, status: int, detail: str) -> bytes:
         .model_dump_json()
         .encode()
     )
-
-
-def _validation_detail(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def _durable(subscriber: Any) -> str | None:

@@ -9,12 +9,13 @@ refuses says so, once, in its log and in ``edge-runtime status``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,27 @@ class Device:
         return took, [line for line in self.text()[before:].splitlines() if line.strip()]
 
 
+@contextlib.asynccontextmanager
+async def online_device(env: Env, state_dir: Path, device_id: str) -> AsyncIterator[Device]:
+    """An enrolled ``edge-runtime run`` the platform sees online; killed if still running."""
+    await enroll_via_rpc(env.bus, state_dir, device_id)
+    device = Device(state_dir, state_dir.parent / f"{device_id}.log")
+    try:
+        await env.until_online(device_id, True, 20)
+        yield device
+    finally:
+        if device.proc.poll() is None:
+            device.proc.kill()
+
+
+async def stops_cleanly(device: Device) -> None:
+    """SIGTERM ends it within 3 s, with one log line and no traceback."""
+    took, lines = await asyncio.to_thread(device.stop)
+    assert took < 3.0, f"took {took:.1f} s to stop"
+    assert "Traceback" not in device.text(), device.text()
+    assert len(lines) == 1 and "stopping" in lines[0], lines
+
+
 async def until(check: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``check`` (in a thread: it may run ``edge-runtime status``) until it holds."""
     deadline = time.monotonic() + timeout
@@ -92,23 +114,16 @@ async def test_sigterm_stops_a_connected_runtime_at_once_and_the_platform_shows_
 ) -> None:
     device_id = unique_id("dev-")
     state_dir = tmp_path / device_id
-    await enroll_via_rpc(env.bus, state_dir, device_id)
-    device = Device(state_dir, tmp_path / "runtime.log")
     try:
-        await env.until_online(device_id, True, 20)
-        assert device.status()["connection"]["state"] == "connected"  # type: ignore[index]
-        await asyncio.sleep(1.5)  # a metrics batch, inference, the HTTP server: all busy
-        took, lines = await asyncio.to_thread(device.stop)
-        assert device.proc.returncode == 0
-        assert took < 3.0, f"took {took:.1f} s to stop"
-        assert "Traceback" not in device.text(), device.text()
-        assert len(lines) == 1 and "stopping" in lines[0], lines
-        # It said goodbye: no will needed (a clean disconnect sends none).
-        await env.until_online(device_id, False, 3)
-        assert device.status()["connection"]["state"] == "stopped"  # type: ignore[index]
+        async with online_device(env, state_dir, device_id) as device:
+            assert device.status()["connection"]["state"] == "connected"  # type: ignore[index]
+            await asyncio.sleep(1.5)  # a metrics batch, inference, the HTTP server: all busy
+            await stops_cleanly(device)
+            assert device.proc.returncode == 0
+            # It said goodbye: no will needed (a clean disconnect sends none).
+            await env.until_online(device_id, False, 3)
+            assert device.status()["connection"]["state"] == "stopped"  # type: ignore[index]
     finally:
-        if device.proc.poll() is None:
-            device.proc.kill()
         await forget_device(state_dir)
 
 
@@ -116,11 +131,7 @@ async def test_a_removed_device_says_not_authorized_and_stops_at_once_from_its_b
     env: Env, unique_id: Callable[[str], str], tmp_path: Path
 ) -> None:
     device_id = unique_id("dev-")
-    state_dir = tmp_path / device_id
-    await enroll_via_rpc(env.bus, state_dir, device_id)
-    device = Device(state_dir, tmp_path / "runtime.log")
-    try:
-        await env.until_online(device_id, True, 20)
+    async with online_device(env, tmp_path / device_id, device_id) as device:
         await env.bus.call(
             DeployerRpc.REMOVE_DEVICE, RemoveDevice(device_id=device_id, removed_by="test")
         )
@@ -132,13 +143,7 @@ async def test_a_removed_device_says_not_authorized_and_stops_at_once_from_its_b
         await until(refused, 15, "the status to say not authorized")
         assert device.text().count(NOT_AUTHORIZED) == 1, device.text()
         # It waits long before trying again; a stop does not wait for that.
-        took, lines = await asyncio.to_thread(device.stop)
-        assert took < 3.0, f"took {took:.1f} s to stop"
-        assert "Traceback" not in device.text(), device.text()
-        assert len(lines) == 1 and "stopping" in lines[0], lines
-    finally:
-        if device.proc.poll() is None:
-            device.proc.kill()
+        await stops_cleanly(device)
 
 
 async def test_refusals_are_logged_once_and_retried_slower_than_network_errors(
