@@ -75,6 +75,9 @@ class ModelValidated(_VersionEvent):
 
     artifact_id: Sha256Hex
     report: ValidationReport
+    #: The upload's ``sequence`` (``ModelUploaded.sequence``): the registry's upload order.
+    #: ``None`` in events published before validated events carried it.
+    sequence: int | None = None
 
 
 class ModelRejected(_VersionEvent):

@@ -2,7 +2,8 @@
 
 Everything here is deterministic and does no I/O; the sandboxed worker
 (``services.analyzer.tasks``) calls ``analyze`` and adds the latency it measures, and the
-service adds the diff against the previous version (``diff_reports``). The cost of each
+service adds the diff against the version uploaded before it (``previous_analysis`` picks
+it, ``diff_reports`` compares). The cost of each
 operator is counted in ``_costs``, weights, activations and quantization in ``_memory``;
 the counting conventions are written down in ``docs/analysis.md``.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import onnx
+import semver
 
 from modelkit.onnx_utils import concrete_input_dims, graph_inputs, iter_graphs, op_key, type_string
 from schemas.reports import (
@@ -27,7 +30,7 @@ from schemas.reports import (
 from services.analyzer._costs import node_cost, shape_map
 from services.analyzer._memory import parameter_stats, peak_activation_bytes, quantization
 
-__all__ = ["analyze", "diff_reports", "latency_warning"]
+__all__ = ["Analysed", "analyze", "diff_reports", "latency_warning", "previous_analysis"]
 
 
 # ---- signature -----------------------------------------------------------------------
@@ -178,6 +181,57 @@ def _signature_changes(
             elif not isinstance(a, int) and isinstance(b, int):
                 changes.append(f"{what} {old.name!r} axis {axis} is now fixed at {b}")
     return changes
+
+
+class Analysed(Protocol):
+    """What ``previous_analysis`` reads of a stored analysis."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def sequence(self) -> int | None: ...
+
+
+_A = TypeVar("_A", bound=Analysed)
+
+
+def _semver(value: str) -> semver.Version | None:
+    try:
+        return semver.Version.parse(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def _by_semver(analysed: Sequence[_A], version: str) -> _A | None:
+    """The rule from before analyses carried the upload order: the highest semantic version
+    below ``version``; for a version that is not one, the last analysed."""
+    current = _semver(version)
+    if current is None:
+        return analysed[-1] if analysed else None
+    older = [(parsed, a) for a in analysed if (parsed := _semver(a.version)) is not None]
+    older = [(parsed, a) for parsed, a in older if parsed < current]
+    return max(older, key=lambda item: item[0])[1] if older else None
+
+
+def previous_analysis(analysed: Sequence[_A], *, version: str, sequence: int | None) -> _A | None:
+    """The analysis to diff ``version`` (uploaded as ``sequence``) against: the version
+    uploaded just before it, i.e. the greatest ``sequence`` below its own.
+
+    ``analysed`` holds the model's analyses in the order they were made. Analyses made
+    before they carried a sequence (``None``) are weighed only when no later-uploaded one
+    qualifies, by the older rule: highest semantic version below, else the last analysed.
+    A ``version`` without a sequence (an event from before validated events carried it)
+    is placed by that rule among all analyses.
+    """
+    others = [a for a in analysed if a.version != version]
+    if sequence is not None:
+        earlier = [(a.sequence, a) for a in others if a.sequence is not None]
+        earlier = [(seq, a) for seq, a in earlier if seq < sequence]
+        if earlier:
+            return max(earlier, key=lambda item: item[0])[1]
+        others = [a for a in others if a.sequence is None]
+    return _by_semver(others, version)
 
 
 def diff_reports(

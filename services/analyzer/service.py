@@ -1,6 +1,6 @@
 """The analyzer's use cases: for each ``eaf.model.validated``, profile the model in a
 sandboxed worker, measures its latency in another (once the profile is done), diffs it
-against the previous version and publishes ``eaf.model.analyzed``.
+against the version uploaded before it and publishes ``eaf.model.analyzed``.
 
 It keeps its own table of past analyses (``analyzer_reports``) for the diff; the
 incoming event id is recorded in the same transaction, and the outgoing event id is
@@ -23,9 +23,9 @@ from modelkit.sandbox import Worker, Workers, run_task, start_workers
 from schemas.config import Settings
 from schemas.events import ModelAnalyzed, ModelValidated
 from schemas.reports import AnalysisReport, LatencyStats
-from services.analyzer.domain import diff_reports, latency_warning
+from services.analyzer.domain import diff_reports, latency_warning, previous_analysis
 from services.analyzer.errors import AnalysisFailedError, ArtifactUnavailableError
-from services.analyzer.store import previous_analysis, save_analysis
+from services.analyzer.store import analyses_of, analysis_report, save_analysis
 from services.common.artifacts import ArtifactCorruptError, ArtifactNotFoundError, ArtifactSource
 from services.common.bus import Bus, derived_event_id
 from services.common.db import claim_event, is_processed
@@ -100,11 +100,13 @@ class Analyzer:
             if await is_processed(session, consumer=self.consumer, event_id=event.event_id):
                 log.info("version already analysed", event_id=str(event.event_id))
                 return
-            previous = await previous_analysis(session, model=event.model, version=event.version)
+            past = await analyses_of(session, model=event.model)
+            chosen = previous_analysis(past, version=event.version, sequence=event.sequence)
+            before = None if chosen is None else await analysis_report(session, chosen)
         report = await self.analyze(event.artifact_id)
-        if previous is not None:
-            version, before = previous
-            report = report.model_copy(update={"diff": diff_reports(version, before, report)})
+        if chosen is not None and before is not None:
+            diff = diff_reports(chosen.version, before, report)
+            report = report.model_copy(update={"diff": diff})
         await self.bus.publish(
             ModelAnalyzed(
                 event_id=derived_event_id(CONSUMER, event.event_id),
@@ -119,6 +121,7 @@ class Analyzer:
                 session,
                 model=event.model,
                 version=event.version,
+                sequence=event.sequence,
                 artifact_id=event.artifact_id,
                 report=report,
             )

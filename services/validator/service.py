@@ -111,7 +111,7 @@ class Validator:
         }
         failure = report.first_failure
         if failure is None:
-            await self.bus.publish(ModelValidated(**common))
+            await self.bus.publish(ModelValidated(**common, sequence=event.sequence))
         else:
             reason = f"{failure.name}: {failure.message}"
             await self.bus.publish(ModelRejected(**common, reason=reason[:1000]))

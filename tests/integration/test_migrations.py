@@ -1,6 +1,7 @@
 """Schema migrations on SQLite and a real PostgreSQL: the migrations build what the models
-describe, adopt a database made before migrations existed without losing a row, and
-replicas that start together upgrade once."""
+describe, adopt a database made before migrations existed without losing a row, upgrade a
+database of an earlier revision with its rows, and replicas that start together upgrade
+once."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, MetaData, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from services.analyzer.store import AnalyzerBase
+from schemas.reports import AnalysisReport
+from services.analyzer.domain import analyze, previous_analysis
+from services.analyzer.store import AnalyzerBase, analyses_of, save_analysis
 from services.common.db import CommonBase
 from services.common.migrate import missing_from_migrations, upgrade
 from services.deployer.store import Base as DeployerBase
 from services.registry.tables import RegistryBase
 from services.tracker.store import TrackerBase
+from tests.support.models import tiny_model
 
 #: Every package that owns tables, with its models.
 OWNERS: dict[str, MetaData] = {
@@ -51,6 +57,22 @@ async def _tables(engine: AsyncEngine) -> set[str]:
         return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
 
 
+async def _upgrade_to(engine: AsyncEngine, package: str, revision: str) -> None:
+    """Bring ``package``'s tables to ``revision`` of its history, as a release that ended
+    there left them."""
+
+    def run(conn: Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", f"{package}:migrations")
+        cfg.attributes.update(
+            connection=conn, version_table="alembic_version_" + package.rsplit(".", 1)[-1]
+        )
+        command.upgrade(cfg, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
 async def test_the_migrations_build_what_the_models_describe(engine: AsyncEngine) -> None:
     await upgrade(engine, *OWNERS)
     for package in OWNERS:
@@ -77,10 +99,13 @@ def test_a_model_change_without_a_migration_is_reported() -> None:
 
 
 async def test_a_database_made_before_migrations_keeps_its_rows(engine: AsyncEngine) -> None:
-    # What every release before migrations did: create_all, no version tables.
+    # What every release before migrations did: the tables as the first revision of each
+    # package describes them (today's models may have more), and no version tables.
+    for package in OWNERS:
+        await _upgrade_to(engine, package, package.rsplit(".", 1)[-1] + "_0001")
     async with engine.begin() as conn:
-        for md in OWNERS.values():
-            await conn.run_sync(md.create_all)
+        for package in OWNERS:
+            await conn.execute(text(f"DROP TABLE alembic_version_{package.rsplit('.', 1)[-1]}"))
         now = datetime.now(UTC)
         await conn.execute(
             text(
@@ -108,6 +133,45 @@ async def test_a_database_made_before_migrations_keeps_its_rows(engine: AsyncEng
     assert [r[0] for r in heads] == ["registry_0001"]
     for package in OWNERS:
         assert await missing_from_migrations(engine, package) == "", package
+
+
+async def test_analyses_of_an_earlier_revision_are_kept_and_still_diffed(
+    engine: AsyncEngine,
+) -> None:
+    # A database at analyzer_0001, whose analyses carry no upload sequence.
+    await _upgrade_to(engine, "services.analyzer", "analyzer_0001")
+    report = analyze(tiny_model())
+    async with engine.begin() as conn:
+        for version in ("1.0.0", "2.0.0"):
+            await conn.execute(
+                text(
+                    "INSERT INTO analyzer_reports (model, version, artifact_id, report, "
+                    "analyzed_at) VALUES ('kept', :version, 'a', :report, :now)"
+                ),
+                {"version": version, "report": report.model_dump_json(), "now": datetime.now(UTC)},
+            )
+    await upgrade(engine, "services.analyzer")
+    assert await missing_from_migrations(engine, "services.analyzer") == ""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT version, sequence, report FROM analyzer_reports ORDER BY id")
+            )
+        ).all()
+    assert [(v, seq) for v, seq, _ in rows] == [("1.0.0", None), ("2.0.0", None)]
+    assert AnalysisReport.model_validate_json(rows[0][2]) == report
+    # New analyses carry their sequence; the old rows are still candidates for a diff.
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions.begin() as session:
+        past = await analyses_of(session, model="kept")
+        assert previous_analysis(past, version="1.0.1", sequence=3) == past[0]  # by semver
+        await save_analysis(
+            session, model="kept", version="1.0.1", sequence=3, artifact_id="b", report=report
+        )
+    async with sessions() as session:
+        past = await analyses_of(session, model="kept")
+    chosen = previous_analysis(past, version="1.1.0", sequence=4)
+    assert chosen is not None and (chosen.version, chosen.sequence) == ("1.0.1", 3)
 
 
 async def test_a_database_missing_later_tables_gains_them(engine: AsyncEngine) -> None:
