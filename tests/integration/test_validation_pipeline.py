@@ -56,16 +56,19 @@ class Pipeline:
     store: ArtifactStore
     bus: Bus
     seen: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    #: The last upload sequence given per model, as the registry counts them.
+    sequences: dict[str, int] = field(default_factory=dict)
 
     async def upload(
         self, model: str, data: bytes, *, version: str = "1.0.0", reference: bytes | None = None
     ) -> ModelUploaded:
         put = await self.store.put(_chunks(data))
         ref_id = (await self.store.put(_chunks(reference))).info.artifact_id if reference else None
+        self.sequences[model] = self.sequences.get(model, 0) + 1
         event = ModelUploaded(
             model=model,
             version=version,
-            sequence=1,
+            sequence=self.sequences[model],
             artifact_id=put.info.artifact_id,
             size_bytes=len(data),
             reference_artifact_id=ref_id,
@@ -226,6 +229,37 @@ async def test_second_version_is_diffed_against_the_first(pipeline: Pipeline, un
     assert any("'logits' axis 1 changed 10 -> 5" in c for c in diff.signature_changes)
     assert diff.parameters_before - diff.parameters_after == 5 * 32 + 5  # fc weights + bias
     assert diff.operators_added == () and diff.operators_removed == ()
+
+
+async def test_a_hotfix_is_diffed_against_the_version_uploaded_before_it(
+    pipeline: Pipeline, unique_id
+) -> None:
+    name = unique_id("hotfix-")
+    uploads = [("1.0.0", 10), ("2.0.0", 7), ("1.0.1", 3)]  # the hotfix comes last
+    for count, (version, classes) in enumerate(uploads, 1):
+        await pipeline.upload(name, to_bytes(cnn_model(classes=classes)), version=version)
+        async with asyncio.timeout(90):
+            while len(pipeline.events(ModelAnalyzed.SUBJECT, name)) < count:
+                await asyncio.sleep(0.05)
+    analyzed = [
+        ModelAnalyzed.model_validate(b) for b in pipeline.events(ModelAnalyzed.SUBJECT, name)
+    ]
+    hotfix = analyzed[2]
+    assert hotfix.version == "1.0.1" and hotfix.report.diff is not None
+    # Diffed against 2.0.0, uploaded just before it, not against 1.0.0 (semver order).
+    assert hotfix.report.diff.previous_version == "2.0.0"
+    assert any("'logits' axis 1 changed 7 -> 3" in c for c in hotfix.report.diff.signature_changes)
+    assert analyzed[1].report.diff is not None
+    assert analyzed[1].report.diff.previous_version == "1.0.0"
+    # The validator passes the registry's upload order on.
+    validated = [
+        ModelValidated.model_validate(b) for b in pipeline.events(ModelValidated.SUBJECT, name)
+    ]
+    assert [(v.version, v.sequence) for v in validated] == [
+        ("1.0.0", 1),
+        ("2.0.0", 2),
+        ("1.0.1", 3),
+    ]
 
 
 HOSTILE: list[tuple[str, Callable[[], bytes], str, str]] = [
