@@ -164,7 +164,7 @@ class DeviceRequirements(WireModel):
 
 
 class VersionDiff(WireModel):
-    """How this version differs from the one analysed before it."""
+    """How this version differs from the version uploaded before it."""
 
     previous_version: str
     #: Every input and output of the previous version is still there, with the same
