@@ -3,9 +3,9 @@
 Everything here is deterministic and does no I/O; the sandboxed worker
 (``services.analyzer.tasks``) calls ``analyze`` and adds the latency it measures, and the
 service adds the diff against the version uploaded before it (``previous_analysis`` picks
-it, ``diff_reports`` compares). The cost of each
-operator is counted in ``_costs``, weights, activations and quantization in ``_memory``;
-the counting conventions are written down in ``docs/analysis.md``.
+it, ``diff_reports`` compares). The cost of each operator is counted in ``_costs``,
+weights, activations and quantization in ``_memory``; the counting conventions are
+written down in ``docs/analysis.md``.
 """
 
 from __future__ import annotations
