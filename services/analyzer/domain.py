@@ -27,8 +27,13 @@ from schemas.reports import (
     VersionDiff,
     normalize_domain,
 )
-from services.analyzer._costs import node_cost, shape_map
-from services.analyzer._memory import parameter_stats, peak_activation_bytes, quantization
+from services.analyzer._costs import Cost, node_cost, shape_map
+from services.analyzer._memory import (
+    find_weights,
+    parameter_stats,
+    peak_activation_bytes,
+    quantization,
+)
 
 __all__ = ["Analysed", "analyze", "diff_reports", "latency_warning", "previous_analysis"]
 
@@ -81,7 +86,7 @@ def analyze(
     g = model.graph
     inputs = tuple(_signature(vi) for vi in graph_inputs(g))
     outputs = tuple(_signature(vi) for vi in g.output)
-    params = parameter_stats(g)
+    weights = find_weights(g)
 
     histogram: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for ref in iter_graphs(g):
@@ -90,10 +95,15 @@ def analyze(
 
     assumed = concrete_input_dims(model, default=dim_default, named=dims or {})
     shapes, types = shape_map(model, keep_weights=keep_weights)
+    params, unknown_weights = parameter_stats(g, weights, shapes, types)
     costs: list[NodeCost] = []
     unknown_nodes = 0
     for index, node in enumerate(g.node):
-        cost = node_cost(node, lambda name: shapes.get(name))
+        if all(name in weights.fixed for name in node.output if name):
+            # Computed from weights alone: runtimes fold it when they load the model.
+            cost = Cost(0, 0)
+        else:
+            cost = node_cost(node, lambda name: shapes.get(name))
         if not cost.known:
             unknown_nodes += 1
         key = op_key(node)
@@ -107,13 +117,18 @@ def analyze(
         # Keep the costliest, in graph order.
         top = sorted(range(len(costs)), key=lambda i: -costs[i].flops)[:max_nodes]
         kept = [costs[i] for i in sorted(top)]
-    peak, unknown_tensors = peak_activation_bytes(g, shapes, types)
+    peak, unknown_tensors = peak_activation_bytes(g, shapes, types, weights.fixed)
 
     warnings = []
     if unknown_nodes:
         warnings.append(
             f"{unknown_nodes} node(s) have shapes that inference could not determine; "
             "their cost is counted as 0"
+        )
+    if unknown_weights:
+        warnings.append(
+            f"{unknown_weights} weight(s) computed from constants have a size that inference "
+            "could not determine; they are left out of the parameter count"
         )
     if unknown_tensors:
         warnings.append(

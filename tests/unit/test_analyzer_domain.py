@@ -55,17 +55,86 @@ def test_constant_nodes_count_as_weights() -> None:
     graph = helper.make_graph(
         [
             helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weights)),
-            helper.make_node("Constant", [], ["shift"], value_ints=[1, 2, 3]),
-            helper.make_node("MatMul", ["x", "w"], ["y"]),
+            helper.make_node("Constant", [], ["shape"], value_ints=[4, 2]),
+            helper.make_node("Constant", [], ["unused"], value_ints=[1, 2, 3]),
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Reshape", ["xw", "shape"], ["y"]),
         ],
         "constants",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
     )
     report = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     by_dtype = {p.dtype: (p.count, p.bytes) for p in report.parameters}
-    assert by_dtype == {"float32": (12, 48), "int64": (3, 24)}
+    # What the operators read counts; a constant that nothing reads does not.
+    assert by_dtype == {"float32": (12, 48), "int64": (2, 16)}
     assert report.macs == 2 * 4 * 3  # the Constant's shape is known to the MatMul
+
+
+def _weights_computed_at_run_time(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every float weight made at run time from its shape, as some exporters
+    write them: ``ConstantOfShape(Constant(dims))`` times a scalar ``Constant``."""
+    computed = onnx.ModelProto()
+    computed.CopyFrom(model)
+    g = computed.graph
+    makers: list[onnx.NodeProto] = []
+    kept = []
+    for t in g.initializer:
+        if t.data_type != TensorProto.FLOAT:
+            kept.append(t)
+            continue
+        n = t.name
+        makers += [
+            helper.make_node("Constant", [], [f"{n}.dims"], value_ints=list(t.dims)),
+            helper.make_node(
+                "ConstantOfShape",
+                [f"{n}.dims"],
+                [f"{n}.ones"],
+                value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+            ),
+            helper.make_node("Constant", [], [f"{n}.scale"], value_float=0.01),
+            helper.make_node("Mul", [f"{n}.ones", f"{n}.scale"], [n]),
+        ]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = makers + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return computed
+
+
+def test_weights_computed_at_run_time_count_as_the_folded_model_does() -> None:
+    folded = cnn_model(classes=10)
+    computed = _weights_computed_at_run_time(folded)
+    assert not any(t.data_type == TensorProto.FLOAT for t in computed.graph.initializer)
+    a, b = analyze(folded), analyze(computed)
+    assert b.parameter_count == a.parameter_count == 448 + 64 + 4640 + 128 + 330
+    assert b.parameters == a.parameters
+    # The weights are not activations, and making them is no work per inference.
+    assert b.peak_activation_bytes == a.peak_activation_bytes
+    assert b.macs == a.macs and b.flops == a.flops
+    assert b.warnings == a.warnings
+
+
+def test_a_weight_cast_from_half_precision_counts_once_as_what_the_operator_reads() -> None:
+    w16 = numpy_helper.from_array(np.ones((8, 4), dtype=np.float16), "w16")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+            helper.make_node("MatMul", ["y", "w_t"], ["z"]),
+            helper.make_node("Transpose", ["w"], ["w_t"]),
+        ],
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])],
+        initializer=[w16],
+    )
+    graph.node.insert(2, graph.node.pop(3))  # Transpose before the MatMul that reads it
+    report = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    # Folded, the model stores w and its transpose (32 floats each), not the float16 source.
+    assert {p.dtype: p.count for p in report.parameters} == {"float32": 64}
+    assert report.macs == 8 * 4 + 4 * 8
 
 
 def test_attention_matmul_chain_is_costed_from_inferred_shapes() -> None:
