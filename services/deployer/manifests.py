@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -28,16 +29,28 @@ log = get_logger(__name__)
 class ChunkGrants:
     """Chunks go only to devices with an unfinished target for the artifact.
 
-    A grant is remembered when a manifest goes out or the database confirms one, so a
-    chunk request seldom costs a query; a removed device's grants are forgotten.
+    The database decides. A yes is remembered for ``GRANT_TTL`` seconds so that a transfer
+    costs about one query a second rather than one per chunk request; so a grant ends at
+    most that long after its target does (finished, failed, cancelled, timed out, on this
+    deployer or another). A removed device's grants end at once.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    #: Seconds a confirmed grant is trusted before the database is asked again.
+    GRANT_TTL = 1.0
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sessions = sessions
+        self.clock = clock
+        #: (device, artifact) -> until when the grant is trusted without a query.
         self._allowed: dict[tuple[str, str], float] = {}
 
     def allow(self, device_id: str, artifact_id: str) -> None:
-        self._allowed[(device_id, artifact_id)] = time.monotonic()
+        self._allowed[(device_id, artifact_id)] = self.clock() + self.GRANT_TTL
 
     def forget(self, device_id: str) -> None:
         for key in [k for k in self._allowed if k[0] == device_id]:
@@ -45,8 +58,10 @@ class ChunkGrants:
 
     async def authorize(self, device_id: str, artifact_id: str) -> bool:
         """May ``device_id`` fetch ``artifact_id`` now? (the chunk server's question)"""
-        if (device_id, artifact_id) in self._allowed:
+        key = (device_id, artifact_id)
+        if self._allowed.get(key, 0.0) > self.clock():
             return True
+        self._allowed.pop(key, None)
         async with self.sessions() as s:
             found = await s.scalar(
                 select(Target.device_id).where(

@@ -33,6 +33,7 @@ from schemas.deployer import (
 from schemas.events import DeploymentOutcome, TargetState
 from schemas.rpc import Rpc
 from services.common.errors import Conflict
+from services.deployer.manifests import ChunkGrants
 from tests.support.deploy import bias_model, put
 from tests.support.deployer_env import Env, EnvFactory, devices, fleet
 
@@ -108,7 +109,14 @@ async def test_cancel_ends_unfinished_targets_cancelled(make_env: EnvFactory, un
     async with devices([online]):
         created = await deploy(env, model, "1.0.0", TargetSelector(group=group))
         await wait_target(env, created.deployment_id, online.device_id, {TargetState.ACTIVE})
+        artifact = created.artifact_id
+        # The offline device was sent its manifest: it may fetch the chunks, until ...
+        assert await env.app.chunks.authorize(offline.device_id, artifact)
         cancelled = await control(env, "cancel", created.deployment_id)
+    # ... its target ends with the deployment (a remembered grant lasts GRANT_TTL at most).
+    await asyncio.sleep(ChunkGrants.GRANT_TTL + 0.1)
+    assert not await env.app.chunks.authorize(offline.device_id, artifact)
+    assert not await env.app.chunks.authorize(online.device_id, artifact)
     assert cancelled.status is DeploymentStatus.COMPLETED
     assert cancelled.outcome is DeploymentOutcome.CANCELLED
     states = {t.device_id: t.state for t in cancelled.targets}
