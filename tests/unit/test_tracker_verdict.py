@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from schemas.stats import MetricComparison
 from schemas.telemetry import InferenceSample
 from services.tracker.domain import (
     MIN_INTERVALS,
@@ -20,7 +21,6 @@ from services.tracker.domain import (
 from tests.support.metrics import noisy_samples
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-LIMITS = {"p95_threshold": 0.2, "error_rate_threshold": 0.02, "min_inferences": 100}
 
 
 def intervals(
@@ -34,10 +34,22 @@ def side(seed: int, version: str, n: int, *, device: str = "cam-1", **noise) -> 
     return intervals(samples, version=version, device=device)
 
 
+def judge(
+    new: list[Interval], old: list[Interval], alpha: float = 0.01
+) -> tuple[MetricComparison, MetricComparison]:
+    """The defaults' thresholds: 20 % on p95, 2 points on error rate, 100 inferences."""
+    return compare_intervals(
+        new,
+        old,
+        p95_threshold=0.2,
+        error_rate_threshold=0.02,
+        min_inferences=100,
+        significance_level=alpha,
+    )
+
+
 def verdicts(new: list[Interval], old: list[Interval], alpha: float) -> dict[str, str]:
-    return {
-        m.metric: m.verdict for m in compare_intervals(new, old, significance_level=alpha, **LIMITS)
-    }
+    return {m.metric: m.verdict for m in judge(new, old, alpha)}
 
 
 def test_two_equal_versions_under_noise_are_not_called_regressed() -> None:
@@ -74,10 +86,10 @@ def test_a_slowdown_right_at_the_threshold_is_called_regressed_at_most_at_the_le
 def test_a_version_twice_as_slow_is_regressed(seed) -> None:
     new = side(2 * seed, "new", 20, slowdown=2.0)
     old = side(2 * seed + 1, "old", 20)
-    latency, errors = compare_intervals(new, old, significance_level=0.01, **LIMITS)
+    latency, _ = judge(new, old)
     assert latency.verdict == "regressed"
-    assert latency.change_low is not None and latency.change_low > 0.2
-    assert latency.change_low < latency.change < (latency.change_high or float("inf"))
+    assert latency.change_low is not None and latency.change is not None
+    assert 0.2 < latency.change_low < latency.change < (latency.change_high or float("inf"))
     # (The count-weighted p95 figures need not agree: one load burst in a few intervals
     # can make the baseline's figure the larger one. The rank test is not moved by that.)
 
@@ -136,7 +148,7 @@ def test_a_changed_device_mix_is_not_a_regression() -> None:
     # version mostly on cam-2: the pooled figure is far worse, the version is not.
     old = side(1, "old", 40, device="cam-1") + side(2, "old", 8, device="cam-2", slowdown=3)
     new = side(3, "new", 8, device="cam-1") + side(4, "new", 40, device="cam-2", slowdown=3)
-    latency, _ = compare_intervals(new, old, significance_level=0.01, **LIMITS)
+    latency, _ = judge(new, old)
     assert latency.value > 1.5 * latency.baseline_value
     assert latency.verdict != "regressed"
     assert latency.change_low is not None and latency.change_low < 0.2
@@ -161,7 +173,13 @@ def test_compare_versions_reports_the_figures_and_the_verdict() -> None:
         + side(4, "1.2.0", 2)
     )
     first, second = compare_versions(
-        "m", ["1.0.0", "1.1.0", "1.2.0"], rows, significance_level=0.01, **LIMITS
+        "m",
+        ["1.0.0", "1.1.0", "1.2.0"],
+        rows,
+        p95_threshold=0.2,
+        error_rate_threshold=0.02,
+        min_inferences=100,
+        significance_level=0.01,
     )
     # 1.1.0 ran on cam-1 only: compared there only.
     assert (first.version, first.baseline_version, first.devices) == ("1.1.0", "1.0.0", ("cam-1",))
