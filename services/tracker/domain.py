@@ -137,7 +137,7 @@ _TOLERANCE = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """A change, its confidence interval (``None``: no bound) and the verdict on it."""
+    """A change and its confidence interval (``None``: the samples set no bound)."""
 
     change: float | None
     low: float | None
