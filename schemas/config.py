@@ -91,6 +91,9 @@ class PerformanceTrackingConfig(_Section):
     evaluation_interval: PositiveFloat = 60.0
     #: Inferences each side needs before a comparison counts.
     min_inferences: PositiveInt = 100
+    #: Chance, at most, that a version no worse than the thresholds is called regressed
+    #: (one-sided, per comparison; docs/tracker.md).
+    significance_level: Annotated[float, Field(gt=0, le=0.2)] = 0.01
 
 
 class NatsConfig(_Section):

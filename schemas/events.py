@@ -215,7 +215,11 @@ class DeviceRemoved(Event):
 
 
 class ModelPerformanceRegressed(_VersionEvent):
-    """A version performs worse than the one before it on the same devices."""
+    """A version performs worse than the one before it on the same devices, by more than
+    ``threshold`` for all of the confidence interval ``change_low``..``change_high``
+    (two-sided, ``1 - 2 * significance_level``; see ``schemas.stats.MetricComparison`` for
+    what ``change`` measures per metric). Fields after ``devices`` are absent (defaults)
+    in events published before the tracker judged significance."""
 
     SUBJECT: ClassVar[str] = "eaf.model.performance.regressed"
 
@@ -225,6 +229,15 @@ class ModelPerformanceRegressed(_VersionEvent):
     value: float
     threshold: float
     devices: tuple[str, ...] = ()
+    change: float | None = None
+    change_low: float | None = None
+    change_high: float | None = None
+    significance_level: float | None = None
+    #: Inferences and intervals (``inference`` points) on each side.
+    count: int = 0
+    baseline_count: int = 0
+    intervals: int = 0
+    baseline_intervals: int = 0
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -15,7 +15,7 @@ A version's figures apply these to all its points; a device's to that device's p
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -26,10 +26,13 @@ __all__ = [
     "DeviceStats",
     "EvaluateReply",
     "EvaluateRequest",
+    "Metric",
+    "MetricComparison",
     "ModelStats",
     "PerformanceFigures",
     "StatsRequest",
     "TrackerRpc",
+    "Verdict",
     "VersionComparison",
     "VersionStats",
 ]
@@ -100,6 +103,36 @@ class EvaluateRequest(WireModel):
     end: AwareDatetime | None = None
 
 
+#: The metrics a comparison judges.
+Metric = Literal["latency_p95_ms", "error_rate"]
+#: ``regressed``: worse than the threshold, beyond doubt at ``significance_level``;
+#: ``unchanged``: no worse than the threshold, beyond the same doubt; ``improved``: better,
+#: beyond doubt; ``insufficient_data``: the samples cannot tell yet (docs/tracker.md).
+Verdict = Literal["improved", "unchanged", "regressed", "insufficient_data"]
+
+
+class MetricComparison(WireModel):
+    """One metric of a comparison and its verdict.
+
+    ``change`` is the estimate the verdict rests on, ``change_low``..``change_high`` its
+    confidence interval (two-sided, ``1 - 2 * significance_level``; ``None``: the samples set
+    no bound). For ``latency_p95_ms`` the change is relative (0.5 = 50 % slower): the
+    typical ratio of an interval's p95 on the version to one on the baseline on the same
+    device (Hodges-Lehmann). For ``error_rate`` it is the difference of the error rates
+    (0.01 = one percentage point more). ``value`` and ``baseline_value`` are the figures
+    of ``ModelStats``; ``threshold`` is the configured one for this metric.
+    """
+
+    metric: Metric
+    verdict: Verdict
+    value: float
+    baseline_value: float
+    change: float | None = None
+    change_low: float | None = None
+    change_high: float | None = None
+    threshold: float
+
+
 class VersionComparison(WireModel):
     """One version against its baseline, over the devices that ran both."""
 
@@ -107,16 +140,25 @@ class VersionComparison(WireModel):
     version: str
     baseline_version: str
     devices: tuple[str, ...]
+    #: Inferences on each side.
     count: int
     baseline_count: int
     latency_p95_ms: float
     baseline_latency_p95_ms: float
     error_rate: float
     baseline_error_rate: float
-    #: Metrics that worsened past their thresholds: ``latency_p95_ms``, ``error_rate``.
+    #: Metrics judged ``regressed``: ``latency_p95_ms``, ``error_rate``.
     regressed: tuple[str, ...] = ()
-    #: False when either side had fewer than ``min_inferences``: no verdict was made.
+    #: False when the verdict is ``insufficient_data``.
     conclusive: bool = True
+    #: The worst of the metrics' verdicts: regressed, then insufficient_data, improved, unchanged.
+    verdict: Verdict = "unchanged"
+    #: Intervals (``inference`` points) on each side.
+    intervals: int = 0
+    baseline_intervals: int = 0
+    #: One-sided: the chance, at most, of a verdict beyond a bound that does not hold.
+    significance_level: float = 0.01
+    metrics: tuple[MetricComparison, ...] = ()
 
 
 class EvaluateReply(WireModel):

@@ -379,44 +379,62 @@ async def _evaluate(settings: Settings, window: float) -> EvaluateReply:
 
 
 def comparison(settings: Settings, version: str, window: float) -> VersionComparison | None:
-    """The tracker's verdict on ``version`` against its predecessor, once it has one.
+    """The tracker's comparison of ``version`` with its predecessor, once it has one.
 
     The tracker picks the predecessor itself: the nearest earlier version that ran on the
     same devices in the window. What it picked is in the answer (``baseline_version``).
     """
     reply = asyncio.run(_evaluate(settings, window))
-    for c in reply.comparisons:
-        if c.version == version and c.conclusive:
-            return c
-    return None
+    return next((c for c in reply.comparisons if c.version == version), None)
+
+
+def _signed(value: float | None, unit: str) -> str:
+    """A change in percent (relative) or in points (absolute); ``?`` for no bound."""
+    if value is None:
+        return "?"
+    return f"{value:+.0%}" if unit == "%" else f"{value * 100:+.2f} pt"
+
+
+VERDICT_STYLE = {
+    "regressed": "red",
+    "insufficient_data": "yellow",
+    "improved": "green",
+    "unchanged": "green",
+}
 
 
 def comparison_table(c: VersionComparison) -> Table:
     table = Table(title=f"{c.version} against {c.baseline_version} on {', '.join(c.devices)}")
-    for col in ("", c.baseline_version, c.version, "change"):
+    confidence = f"{1 - 2 * c.significance_level:.0%} interval"
+    for col in ("", c.baseline_version, c.version, "change", confidence, "verdict"):
         table.add_column(col, justify="left" if not col else "right")
-    table.add_row("inferences", f"{c.baseline_count:,}", f"{c.count:,}", "")
-    p95_change = (
-        (c.latency_p95_ms / c.baseline_latency_p95_ms - 1) if c.baseline_latency_p95_ms else 0
+    table.add_row("inferences", f"{c.baseline_count:,}", f"{c.count:,}", "", "", "")
+    table.add_row("intervals", f"{c.baseline_intervals:,}", f"{c.intervals:,}", "", "", "")
+    for m in c.metrics:
+        if m.metric == "latency_p95_ms":
+            label, old, new, unit = (
+                "p95 latency (ms)",
+                f"{m.baseline_value:.3f}",
+                f"{m.value:.3f}",
+                "%",
+            )
+        else:
+            label, old, new, unit = "error rate", f"{m.baseline_value:.2%}", f"{m.value:.2%}", "pt"
+        table.add_row(
+            label,
+            old,
+            new,
+            "" if m.change is None else _signed(m.change, unit),
+            f"{_signed(m.change_low, unit)} .. {_signed(m.change_high, unit)}",
+            f"[{VERDICT_STYLE[m.verdict]}]{m.verdict.replace('_', ' ')}[/]",
+        )
+    verdict = f"[{VERDICT_STYLE[c.verdict]}]{c.verdict.replace('_', ' ')}[/]"
+    if c.regressed:
+        verdict += f" ({', '.join(c.regressed)})"
+    table.caption = (
+        f"tracker verdict: {verdict}\n[dim]latency change: the typical ratio of an interval's "
+        "p95 (a rank estimate), not the ratio of the p95 figures[/dim]"
     )
-    table.add_row(
-        "p95 latency (ms)",
-        f"{c.baseline_latency_p95_ms:.3f}",
-        f"{c.latency_p95_ms:.3f}",
-        f"{p95_change:+.0%}",
-    )
-    table.add_row(
-        "error rate",
-        f"{c.baseline_error_rate:.2%}",
-        f"{c.error_rate:.2%}",
-        f"{(c.error_rate - c.baseline_error_rate) * 100:+.2f} pt",
-    )
-    verdict = (
-        f"[red]regressed: {', '.join(c.regressed)}[/red]"
-        if c.regressed
-        else "[green]no regression[/green]"
-    )
-    table.caption = f"tracker verdict: {verdict}"
     return table
 
 
@@ -529,9 +547,18 @@ def run(config: Path, devices: int) -> None:
         canary = mm.deploy_model(MODEL, "sim-001", version=candidate)
         follow(mm, canary)
 
+        # A verdict once the samples tell; after a minute, whatever the tracker says (it
+        # may be "insufficient data" on a busy machine: that is its honest answer).
+        asked_from = time.monotonic()
+
+        def settled() -> VersionComparison | None:
+            c = comparison(settings, candidate, since_rollout())
+            patient = time.monotonic() - asked_from < 60
+            return None if c is None or (not c.conclusive and patient) else c
+
         verdict = wait_for(
-            f"the tracker needs enough inferences of {candidate} and its predecessor on sim-001",
-            lambda: comparison(settings, candidate, since_rollout()),
+            f"the tracker's verdict on {candidate} against its predecessor on sim-001",
+            settled,
             120,
             every=2.0,
         )
@@ -564,7 +591,7 @@ def run(config: Path, devices: int) -> None:
             f"{MODEL}: {baseline_version} -> {candidate} ({ALIAS}), on {len(final.targets)} "
             f"devices of group {GROUP!r}",
             f"canary verdict on {verdict.version} against {verdict.baseline_version}: "
-            f"{'regressed' if verdict.regressed else 'no regression'} "
+            f"{verdict.verdict.replace('_', ' ')} "
             f"(p95 {verdict.baseline_latency_p95_ms:.3f} -> {verdict.latency_p95_ms:.3f} ms)",
             "",
             "The stack and the fleet keep running. Try:",

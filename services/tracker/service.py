@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from schemas.config import Settings
 from schemas.events import ModelPerformanceRegressed
@@ -17,6 +16,7 @@ from schemas.registry import MAX_PAGE_LIMIT, ListVersionsRequest, RegistryRpc
 from schemas.stats import (
     EvaluateReply,
     EvaluateRequest,
+    MetricComparison,
     ModelStats,
     StatsRequest,
     VersionComparison,
@@ -84,67 +84,65 @@ class Tracker:
         end = request.end or datetime.now(UTC)
         window = request.window_seconds or self.config.evaluation_window
         start = end - timedelta(seconds=window)
-        rows = await self.influx.sums(request.model, start, end)
+        intervals = await self.influx.intervals(request.model, start, end)
         first_seen = await self.influx.first_seen(request.model, start, end)
         ordered = order_versions(first_seen, await self.upload_order(request.model), first_seen)
-        comparisons = compare_versions(
+        # Ranks over every point of the window: numpy work, off the event loop.
+        comparisons = await asyncio.to_thread(
+            compare_versions,
             request.model,
             ordered,
-            rows,
-            window_seconds=window,
+            intervals,
             p95_threshold=self.config.p95_regression_threshold,
             error_rate_threshold=self.config.error_rate_regression_threshold,
             min_inferences=self.config.min_inferences,
+            significance_level=self.config.significance_level,
         )
         for c in comparisons:
-            for metric in c.regressed:
-                await self._announce(
-                    c, "error_rate" if metric == "error_rate" else "latency_p95_ms"
-                )
+            for m in c.metrics:
+                if m.verdict == "regressed":
+                    await self._announce(c, m)
         return EvaluateReply(comparisons=tuple(comparisons))
 
-    async def _announce(
-        self, c: VersionComparison, metric: Literal["latency_p95_ms", "error_rate"]
-    ) -> None:
-        if await self.regressions.seen(c.model, c.version, c.baseline_version, metric):
+    async def _announce(self, c: VersionComparison, m: MetricComparison) -> None:
+        if await self.regressions.seen(c.model, c.version, c.baseline_version, m.metric):
             return
-        if metric == "latency_p95_ms":
-            value, baseline, threshold = (
-                c.latency_p95_ms,
-                c.baseline_latency_p95_ms,
-                self.config.p95_regression_threshold,
-            )
-        else:
-            value, baseline, threshold = (
-                c.error_rate,
-                c.baseline_error_rate,
-                self.config.error_rate_regression_threshold,
-            )
         event = ModelPerformanceRegressed(
             # The same regression always has the same id: the stream stores it once even
             # if two instances announce it at the same moment.
             event_id=uuid.uuid5(
-                _EVENT_NAMESPACE, f"{c.model}\0{c.version}\0{c.baseline_version}\0{metric}"
+                _EVENT_NAMESPACE, f"{c.model}\0{c.version}\0{c.baseline_version}\0{m.metric}"
             ),
             model=c.model,
             version=c.version,
             baseline_version=c.baseline_version,
-            metric=metric,
-            baseline_value=baseline,
-            value=value,
-            threshold=threshold,
+            metric=m.metric,
+            baseline_value=m.baseline_value,
+            value=m.value,
+            threshold=m.threshold,
             devices=c.devices,
+            change=m.change,
+            change_low=m.change_low,
+            change_high=m.change_high,
+            significance_level=c.significance_level,
+            count=c.count,
+            baseline_count=c.baseline_count,
+            intervals=c.intervals,
+            baseline_intervals=c.baseline_intervals,
         )
         await self.bus.publish(event)
-        await self.regressions.mark(c.model, c.version, c.baseline_version, metric)
+        await self.regressions.mark(c.model, c.version, c.baseline_version, m.metric)
         log.warning(
             "performance regression",
             model=c.model,
             version=c.version,
             baseline=c.baseline_version,
-            metric=metric,
-            value=value,
-            baseline_value=baseline,
+            metric=m.metric,
+            value=m.value,
+            baseline_value=m.baseline_value,
+            change=m.change,
+            change_low=m.change_low,
+            change_high=m.change_high,
         )
 
     async def evaluate_all(self) -> None:

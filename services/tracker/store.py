@@ -13,8 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from schemas.config import InfluxDBConfig
 from schemas.telemetry import timestamp_ns
 from services.common.migrate import upgrade
-from services.tracker.domain import Sums
-from services.tracker.errors import InfluxUnavailable
+from services.tracker.domain import Interval, Sums
+from services.tracker.errors import InfluxTruncated, InfluxUnavailable
 
 __all__ = [
     "InfluxReader",
@@ -117,6 +117,32 @@ class InfluxReader:
                 )
             )
         return rows
+
+    async def intervals(self, model: str, start: datetime, end: datetime) -> list[Interval]:
+        """Every ``inference`` point of ``model`` in the window: count, errors and p95."""
+        where = self._where(model, start, end, None)
+        q = (
+            'SELECT "count", "errors", "latency_p95_ms" FROM "inference" '  # noqa: S608
+            f'WHERE {where} GROUP BY "version", "device"'
+        )
+        out = []
+        for series in await self.query(q):
+            if series.get("partial"):
+                raise InfluxTruncated
+            tags = series.get("tags") or {}
+            assert isinstance(tags, dict)
+            version, device = str(tags["version"]), str(tags["device"])
+            for _, c, e, p95 in series["values"]:  # type: ignore[attr-defined]
+                out.append(
+                    Interval(
+                        version=version,
+                        device=device,
+                        count=int(c or 0),
+                        errors=int(e or 0),
+                        p95_ms=float(p95 or 0.0),
+                    )
+                )
+        return out
 
     async def first_seen(self, model: str, start: datetime, end: datetime) -> dict[str, datetime]:
         """Each version's first point in the window."""

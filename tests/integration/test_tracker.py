@@ -1,5 +1,6 @@
 """The tracker against real InfluxDB and NATS: its numbers equal the ones computed
-directly from the seeded points, and a regression is announced once."""
+directly from the seeded points, a regression is announced once, and only when the points
+show it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 
 import httpx
 import nats
+import numpy as np
 import pytest
 
 from schemas.config import NatsConfig
@@ -29,7 +31,7 @@ from services.common.bus import Bus
 from services.ingester.domain import batch_lines
 from services.registry import create_service as create_registry
 from services.tracker import create_service
-from tests.support.metrics import make_settings, recent
+from tests.support.metrics import make_settings, noisy_samples, recent
 from tests.support.settings import platform_settings
 
 
@@ -182,7 +184,15 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
             assert c.baseline_latency_p95_ms == pytest.approx(base["latency_p95_ms"], rel=1e-9)
             assert c.latency_p95_ms == pytest.approx(new["latency_p95_ms"], rel=1e-9)
             assert "latency_p95_ms" in c.regressed
-            assert ("error_rate" in c.regressed) == (new["error_rate"] - base["error_rate"] > 0.02)
+            assert c.verdict == "regressed" and c.conclusive
+            latency, errors = c.metrics
+            assert latency.change_low is not None and latency.change_low > 0.2
+            assert errors.change == pytest.approx(new["error_rate"] - base["error_rate"])
+            assert ("error_rate" in c.regressed) == (errors.verdict == "regressed")
+            assert (c.intervals, c.baseline_intervals) == (
+                sum(1 for d in "ab" for s in seeded[("1.10.0", d)] if s.count),
+                sum(1 for d in "ab" for s in seeded[("1.9.0", d)] if s.count),
+            )
 
             # Asked again: the same verdict, but no second announcement.
             await bus.call(
@@ -197,3 +207,116 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
             assert len(received) == len(c.regressed)
     finally:
         await nc.close()
+
+
+async def write_points(url: str, db: str, lines: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=url) as http:
+        (await http.post("/query", data={"q": f'CREATE DATABASE "{db}"'})).raise_for_status()
+        r = await http.post(
+            "/write", params={"db": db, "precision": "ns"}, content="\n".join(lines)
+        )
+        assert r.status_code == 204, r.text
+
+
+async def test_the_verdict_through_influxdb_noise_is_no_regression_2x_is_too_few_is_no_verdict(
+    tmp_path, nats_server, influxdb_server, unique_id
+) -> None:
+    db = unique_id("db")
+    unused = SimpleNamespace(host="127.0.0.1", port=1, username="unused", password="unused")
+    settings = make_settings(
+        tmp_path=tmp_path, mosquitto=unused, user=unused, unique_id=unique_id,
+        nats_url=nats_server.url, influx_url=influxdb_server.url, database=db,
+    )  # fmt: skip
+    registry_settings = platform_settings(tmp_path / "registry", nats_url=nats_server.url)
+    store = ArtifactStore(
+        root=registry_settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=4096
+    )
+    start = recent(minutes=60)
+    # model -> (intervals a side, slowdown of 2.0.0): 20 seeded pairs of the same noisy
+    # model, one twice as slow, one with too few inferences (3 intervals of about 10).
+    plan = {unique_id(f"same{k}-"): (20, 1.0) for k in range(20)}
+    slow, few = unique_id("slow-"), unique_id("few-")
+    plan[slow] = (20, 2.0)
+    plan[few] = (3, 2.0)
+    rng = np.random.default_rng(2026)
+    seeded: dict[tuple[str, str], list[InferenceSample]] = {}
+    for model, (n, slowdown) in plan.items():
+        seeded[(model, "1.0.0")] = noisy_samples(
+            rng, start, n, model=model, version="1.0.0", error_rate=0.02
+        )
+        seeded[(model, "2.0.0")] = noisy_samples(
+            rng, start + timedelta(minutes=10), n, model=model, version="2.0.0",
+            slowdown=slowdown, error_rate=0.02,
+        )  # fmt: skip
+    lines = [
+        line
+        for samples in seeded.values()
+        for line in batch_lines(
+            MetricsBatch(batch_id=uuid.uuid4(), device_id="cam-1", inference=tuple(samples))
+        )
+    ]
+    await write_points(influxdb_server.url, db, lines)
+    received: list[ModelPerformanceRegressed] = []
+    nc = await nats.connect(nats_server.url)
+
+    async def on_event(msg) -> None:
+        event = ModelPerformanceRegressed.model_validate_json(msg.data)
+        if event.model in plan:
+            received.append(event)
+
+    await nc.subscribe(ModelPerformanceRegressed.SUBJECT, cb=on_event)
+    end = start + timedelta(minutes=40)
+    try:
+        async with (
+            create_registry(registry_settings),
+            create_service(settings),
+            Bus(NatsConfig(url=nats_server.url), service="t") as bus,
+        ):
+            verdicts = {}
+            for model in plan:
+                for version in ("1.0.0", "2.0.0"):
+                    await upload(bus, store, model, version)
+                reply = await bus.call(
+                    TrackerRpc.EVALUATE,
+                    EvaluateRequest(model=model, window_seconds=2400, end=end),
+                )
+                (verdicts[model],) = reply.comparisons
+            await asyncio.sleep(1.0)
+    finally:
+        await nc.close()
+
+    same = [c for model, c in verdicts.items() if model.startswith("same")]
+    assert not [c for c in same if c.verdict == "regressed"]
+    assert all(c.regressed == () for c in same)
+
+    c = verdicts[slow]
+    assert (c.verdict, c.regressed, c.conclusive) == ("regressed", ("latency_p95_ms",), True)
+    assert (c.intervals, c.baseline_intervals, c.significance_level) == (20, 20, 0.01)
+    assert c.count == sum(s.count for s in seeded[(slow, "2.0.0")])
+    assert c.baseline_count == sum(s.count for s in seeded[(slow, "1.0.0")])
+    latency = c.metrics[0]
+    assert latency.change_low is not None and latency.change_low > 0.2
+
+    assert verdicts[few].verdict == "insufficient_data"
+    assert not verdicts[few].conclusive and verdicts[few].regressed == ()
+
+    # Announced: the 2x slower version, and nothing else.
+    (event,) = received
+    assert (event.model, event.version, event.baseline_version) == (slow, "2.0.0", "1.0.0")
+    assert (event.metric, event.value, event.baseline_value) == (
+        "latency_p95_ms",
+        latency.value,
+        latency.baseline_value,
+    )
+    assert (event.change, event.change_low, event.change_high) == (
+        latency.change,
+        latency.change_low,
+        latency.change_high,
+    )
+    assert (event.count, event.baseline_count, event.intervals, event.baseline_intervals) == (
+        c.count,
+        c.baseline_count,
+        20,
+        20,
+    )
+    assert event.significance_level == 0.01

@@ -13,8 +13,10 @@ from typing import Any
 
 import aiomqtt
 import httpx
+import numpy as np
 from prometheus_client import Counter
 
+from edge_runtime.metrics import LatencyHistogram
 from edgeaiforge_stack.servers import free_port
 from schemas.config import Settings
 from schemas.events import DeviceEnrolled
@@ -109,6 +111,54 @@ def batch(
             )
         )
     return MetricsBatch(batch_id=uuid.uuid4(), device_id=device_id, inference=tuple(samples))
+
+
+def noisy_samples(
+    rng: np.random.Generator,
+    start: datetime,
+    intervals: int,
+    *,
+    model: str = "m",
+    version: str = "1.0.0",
+    rate: float = 10.0,
+    slowdown: float = 1.0,
+    error_rate: float = 0.0,
+    step: timedelta = timedelta(seconds=10),
+) -> list[InferenceSample]:
+    """``intervals`` intervals of a 0.03 ms model on a busy machine, as a device reports them.
+
+    Each interval has a Poisson(``rate``) number of inferences (at least one) with
+    log-normal latencies (median 0.03 ms times ``slowdown``, sigma 0.3); one interval in
+    five is hit by load that makes a random 2-30 % of its inferences 3-20 times slower.
+    Errors come in bursts: one interval in five fails at 3 times ``error_rate``, the others
+    at half of it. The figures are read from the device's own ``LatencyHistogram``.
+    """
+    samples = []
+    for i in range(intervals):
+        count = max(1, int(rng.poisson(rate)))
+        latencies = 0.03 * slowdown * rng.lognormal(0.0, 0.3, count)
+        if rng.random() < 0.2:
+            hit = rng.random(count) < rng.uniform(0.02, 0.3)
+            latencies[hit] *= rng.uniform(3, 20)
+        failing = min(1.0, error_rate * (3 if rng.random() < 0.2 else 0.5))
+        histogram = LatencyHistogram()
+        for latency in latencies:
+            histogram.record(float(latency), ok=bool(rng.random() >= failing))
+        samples.append(
+            InferenceSample(
+                ts=start + (i + 1) * step,
+                model=model,
+                version=version,
+                count=histogram.count,
+                errors=histogram.errors,
+                latency_p50_ms=histogram.percentile(0.50),
+                latency_p95_ms=histogram.percentile(0.95),
+                latency_p99_ms=histogram.percentile(0.99),
+                latency_max_ms=histogram.max_ms,
+                throughput=histogram.count / step.total_seconds(),
+            )
+        )
+    return samples
 
 
 def metrics_topic(device_id: str) -> str:
