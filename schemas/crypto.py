@@ -3,7 +3,9 @@
 - Artifacts are encrypted once with a per-artifact data key (DEK) using the STREAM
   construction over AES-256-GCM: nonce = 7-byte random prefix ‖ 4-byte big-endian chunk
   counter ‖ 1-byte last-chunk flag. Reordered, truncated or extended ciphertext fails.
-- At rest the DEK is wrapped with the key-encryption key (AES key wrap, RFC 3394).
+- At rest the DEK is wrapped with the key-encryption key (AES key wrap, RFC 3394); the
+  wrapped key is stored with the KEK's id (``kek_id``), so a keyring of several KEKs
+  opens it and a rotation knows what is left to wrap again.
 - For a device the DEK is sealed to its X25519 public key with HPKE (RFC 9180,
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode); ``info`` binds the
   sealed key to the device and the artifact.
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 __all__ = [
     "DEK_LEN",
     "HPKE_SUITE_NAME",
+    "KEK_ID_LEN",
     "KEK_LEN",
     "MANIFEST_SIGNATURE_CONTEXT",
     "NONCE_PREFIX_LEN",
@@ -40,6 +43,7 @@ __all__ = [
     "SignatureError",
     "chunk_count",
     "dek_info",
+    "kek_id",
     "key_id",
     "new_dek",
     "new_nonce_prefix",
@@ -56,6 +60,8 @@ __all__ = [
 
 DEK_LEN = 32
 KEK_LEN = 32
+#: Bytes of a KEK id as stored in an artifact's header (16 hex digits).
+KEK_ID_LEN = 8
 NONCE_PREFIX_LEN = 7
 TAG_LEN = 16
 HPKE_SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
@@ -143,6 +149,14 @@ def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
         return aes_key_unwrap(kek, wrapped)
     except (InvalidUnwrap, ValueError):
         raise KeyUnwrapError() from None
+
+
+def kek_id(kek: bytes) -> str:
+    """A key-encryption key's public name: 16 hex digits of a domain-separated SHA-256.
+
+    It tells which key wrapped a data key without revealing anything of the key.
+    """
+    return hashlib.sha256(b"EdgeAIForge KEK id v1\x00" + kek).hexdigest()[: 2 * KEK_ID_LEN]
 
 
 def dek_info(device_id: str, artifact_id: str) -> bytes:
