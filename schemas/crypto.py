@@ -32,6 +32,7 @@ __all__ = [
     "DEK_LEN",
     "HPKE_SUITE_NAME",
     "KEK_ID_LEN",
+    "KEY_ROTATION_SIGNATURE_CONTEXT",
     "KEK_LEN",
     "MANIFEST_SIGNATURE_CONTEXT",
     "NONCE_PREFIX_LEN",
@@ -66,6 +67,7 @@ NONCE_PREFIX_LEN = 7
 TAG_LEN = 16
 HPKE_SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
 MANIFEST_SIGNATURE_CONTEXT = b"EdgeAIForge manifest v1\x00"
+KEY_ROTATION_SIGNATURE_CONTEXT = b"EdgeAIForge key rotation v1\x00"
 _MAX_CHUNKS = 2**32
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -190,12 +192,26 @@ def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def sign(private_key: Ed25519PrivateKey, message: bytes) -> bytes:
-    return private_key.sign(MANIFEST_SIGNATURE_CONTEXT + message)
+def sign(
+    private_key: Ed25519PrivateKey,
+    message: bytes,
+    *,
+    context: bytes = MANIFEST_SIGNATURE_CONTEXT,
+) -> bytes:
+    """Ed25519 over ``context ‖ message``: a manifest's signature never passes for a key
+    rotation statement's, nor the other way."""
+    return private_key.sign(context + message)
 
 
-def verify(public_key: Ed25519PublicKey, message: bytes, signature: bytes, *, what: str) -> None:
+def verify(
+    public_key: Ed25519PublicKey,
+    message: bytes,
+    signature: bytes,
+    *,
+    what: str,
+    context: bytes = MANIFEST_SIGNATURE_CONTEXT,
+) -> None:
     try:
-        public_key.verify(signature, MANIFEST_SIGNATURE_CONTEXT + message)
+        public_key.verify(signature, context + message)
     except InvalidSignature:
         raise SignatureError(what) from None
