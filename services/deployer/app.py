@@ -20,10 +20,10 @@ from services.common.artifacts import ArtifactStore
 from services.common.bus import Bus
 from services.common.db import create_engine
 from services.common.keys import load_kek, load_signing_key
-from services.common.signing_keys import load_signing_chain
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
 from services.common.mqtt_admin import MqttAdmin
+from services.common.signing_keys import load_signing_chain
 from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
 from services.deployer.handlers import create_router

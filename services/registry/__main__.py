@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.config import Settings
@@ -83,10 +84,21 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
         store = RegistryStore(engine)
         await store.create_tables()
         if args.command == "create-key":
-            created = await store.create_api_key(
-                name=args.name, role=args.role, created_by="registry create-key"
+            lifetime = (
+                settings.api.key_lifetime_days if args.expires_in is None else args.expires_in
             )
-            print(f"key id: {created.key.key_id}  role: {created.key.role}", file=sys.stderr)
+            created = await store.create_api_key(
+                name=args.name,
+                role=args.role,
+                created_by="registry create-key",
+                lifetime_days=lifetime,
+            )
+            expires = created.key.expires_at
+            print(
+                f"key id: {created.key.key_id}  role: {created.key.role}  expires: "
+                f"{expires.isoformat(timespec='seconds') if expires else 'never'}",
+                file=sys.stderr,
+            )
             print("token (shown once; store it now):", file=sys.stderr)
             print(created.token)
         elif args.command == "revoke-key":
@@ -94,8 +106,16 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
             print(f"revoked {info.key_id} ({info.name}, {info.role})")
         else:
             for key in await store.list_api_keys(include_revoked=args.all):
-                state = "revoked" if key.revoked_at else "active"
-                print(f"{key.key_id}  {key.role:8}  {state:7}  {key.name}")
+                now = datetime.now(UTC)
+                state = (
+                    "revoked"
+                    if key.revoked_at
+                    else "expired"
+                    if key.expires_at and key.expires_at <= now
+                    else "active"
+                )
+                until = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "never"
+                print(f"{key.key_id}  {key.role:8}  {state:7}  {until:25}  {key.name}")
     finally:
         await engine.dispose()
 
@@ -107,6 +127,12 @@ def _key_main(argv: list[str]) -> None:
     create = sub.add_parser("create-key", help="create an API key and print its token")
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=["admin", "deployer", "viewer"])
+    create.add_argument(
+        "--expires-in",
+        type=int,
+        metavar="DAYS",
+        help="days until the key expires (0: never; default: api.key_lifetime_days)",
+    )
     revoke = sub.add_parser("revoke-key", help="revoke an API key")
     revoke.add_argument("key_id")
     listing = sub.add_parser("list-keys", help="list API keys")
