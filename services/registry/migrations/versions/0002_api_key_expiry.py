@@ -17,6 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A database adopted by registry_0001 from tables made by the models may have it.
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("registry_api_keys")}
+    if "expires_at" in columns:
+        return
     with op.batch_alter_table("registry_api_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
 
