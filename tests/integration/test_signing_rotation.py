@@ -1,12 +1,14 @@
 """Rotating the platform's signing key under a running fleet, on real NATS and Mosquitto:
 an enrolled device follows the rotation with its next manifest and deploys it; a manifest
 signed by the retired key is refused; a device offline over two rotations catches up
-through the chain, without enrolling again."""
+through the chain, without enrolling again, and installs, byte for byte, a model whose KEK
+was rotated and retired meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,8 +28,8 @@ from schemas.deployer import (
 from schemas.events import DeploymentOutcome
 from schemas.topics import Topics
 from schemas.transfer import RejectionCode
-from services.common.artifacts import ArtifactInfo, ArtifactStore
-from services.common.keys import load_kek, load_signing_key, signing_key_from_pem
+from services.common.artifacts import ArtifactInfo, ArtifactStore, rotate_kek
+from services.common.keys import kek_pem, load_kek, load_signing_key, signing_key_from_pem
 from services.common.mqtt_admin import SERVICE_ROLE
 from services.common.signing_keys import rotate_signing_key
 from services.deployer.app import DeployerApp, create_service
@@ -137,6 +139,18 @@ async def test_devices_follow_signing_key_rotations(
     # Second rotation; the sleeper was offline through both and still trusts the first key.
     two = rotate_signing_key(settings.security)
     assert two.version == 2
+    # The KEK is rotated and retired too: the deployer keeps only the new one.
+    old_kek = settings.security.encryption_key_path
+    new_kek = tmp_path / "keys" / "kek-2.pem"
+    new_kek.write_bytes(kek_pem(os.urandom(32)))
+    during = with_security(
+        settings, encryption_key_path=new_kek, previous_encryption_key_paths=(old_kek,)
+    )
+    keyring = load_kek(during.security)
+    assert keyring is not None
+    rotated = rotate_kek(ArtifactStore(root=store.root, kek=keyring, chunk_size=store.chunk_size))
+    assert rotated.retired(keyring.active_id) == [crypto.kek_id(old_kek.read_bytes())]
+    settings = with_security(settings, encryption_key_path=new_kek)
     async with deployer(settings, catalog) as app:
         sleeper = EdgeRuntime(tmp_path / sleeper_id)
         async with devices([sleeper]):
@@ -148,3 +162,10 @@ async def test_devices_follow_signing_key_rotations(
                 one.previous_key_id,
                 two.previous_key_id,
             }
+            installed = sleeper.state.model_path(infos["3.0.0"].artifact_id)
+            assert installed.read_bytes() == bias_model(0.3)
+
+
+def with_security(settings: Settings, **values: object) -> Settings:
+    security = settings.security.model_copy(update=values)
+    return settings.model_copy(update={"security": security})
