@@ -21,7 +21,13 @@ from paho.mqtt.properties import Properties
 from edge_runtime import _faults
 from edge_runtime._activation import Activation, active_of
 from edge_runtime._reporting import PROGRESS_INTERVAL
-from edge_runtime._transfer import ChunkOutcome, Transfer, check_manifest, open_manifest_key
+from edge_runtime._transfer import (
+    ChunkOutcome,
+    Transfer,
+    check_manifest,
+    follow_key_chain,
+    open_manifest_key,
+)
 from edge_runtime.errors import TransferRefused
 from schemas.events import TargetState
 from schemas.manifest import Manifest
@@ -59,13 +65,21 @@ class Deployments(Activation):
         if not payload:
             return  # the platform cleared the desired state
         try:
+            self._follow_key_chain(payload)
             manifest = check_manifest(
                 payload,
                 device_id=self.device_id,
                 platform_key=self._platform_key,
                 sequences=self.state.sequences(),
+                retired=self.state.retired_key_ids(),
             )
         except TransferRefused as refusal:
+            if refusal.code is RejectionCode.SIGNATURE and (
+                self.state.outcomes().get(refusal.deployment_id or "") in _FINAL
+            ):
+                # The retained manifest of a finished deployment, signed before a rotation
+                # this device has followed since: nothing to do, nothing to report.
+                return
             self._refuse(refusal)
             return
         deployment = manifest.deployment_id
@@ -121,6 +135,17 @@ class Deployments(Activation):
         if self._job.complete:
             self._start_finish(self._job)
         self._wake.set()
+
+    def _follow_key_chain(self, payload: bytes) -> None:
+        """Move to a newer platform key through the rotation statements in ``payload``."""
+        trusted, applied = follow_key_chain(payload, self.state.trusted_key())
+        if applied:
+            self.state.save_trust(trusted, applied)
+            self._platform_key = trusted.public_key
+            self._log(
+                f"platform key rotated to {trusted.key_id} (version {trusted.version}) "
+                f"through {len(applied)} statement(s)"
+            )
 
     async def _follow_broadcast(self, manifest: Manifest) -> None:
         client = self._client

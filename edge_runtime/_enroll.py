@@ -104,7 +104,9 @@ def complete(state_dir: Path, reply: EnrollReply) -> None:
         raise EnrollmentError("the platform key in the reply is not an Ed25519 key") from None
     if crypto.key_id(key) != reply.platform_key_id:
         raise EnrollmentError("the platform key does not match its key id")
-    StateDir(state_dir).save_enrollment(reply)
+    state = StateDir(state_dir)
+    state.forget_trust()
+    state.save_enrollment(reply)
 
 
 def enroll(

@@ -3,6 +3,8 @@
 Layout (everything written atomically: temp file, fsync, rename)::
 
     device.json        enrolment reply: MQTT credentials, pinned platform key (0600)
+    keys.json          after a rotation of the platform key: the key trusted now, its
+                       version, and the rotation statements that led there (in order)
     device.key         X25519 private key, raw 32 bytes (0600); never leaves the device
     installed.json     the active and the previous model (paths under models/)
     sequences.json     highest manifest sequence accepted per model (anti-replay)
@@ -15,6 +17,7 @@ Layout (everything written atomically: temp file, fsync, rename)::
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat
 from edge_runtime.errors import NotEnrolledError
 from modelkit.durable import atomic_write
 from schemas.deployer import EnrollReply
+from schemas.keychain import RotationStatement, TrustedKey, public_key_b64
 from schemas.transfer import ActiveModel
 
 __all__ = ["Connection", "ConnectionState", "Installed", "StateDir"]
@@ -124,10 +128,36 @@ class StateDir:
             raise NotEnrolledError(self.root) from None
 
     def platform_key(self) -> Ed25519PublicKey:
-        import base64
+        """The platform key trusted now: the enrolment's, or where rotations led from it."""
+        return self.trusted_key().public_key
 
+    def trusted_key(self) -> TrustedKey:
+        data = self._read_json("keys.json")
+        if data.get("key"):
+            raw = base64.b64decode(data["key"])
+            version = data.get("version")
+            return TrustedKey(Ed25519PublicKey.from_public_bytes(raw), version)
         raw = base64.b64decode(self.enrollment().platform_public_key)
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return TrustedKey(Ed25519PublicKey.from_public_bytes(raw), None)
+
+    def key_chain(self) -> list[RotationStatement]:
+        """The rotation statements this device followed, oldest first."""
+        chain = self._read_json("keys.json").get("chain", [])
+        return [RotationStatement.model_validate(s) for s in chain]
+
+    def retired_key_ids(self) -> frozenset[str]:
+        """Platform keys this device trusted once and no longer does."""
+        return frozenset(s.body().previous_key_id for s in self.key_chain())
+
+    def save_trust(self, trusted: TrustedKey, applied: list[RotationStatement]) -> None:
+        """Record a move to ``trusted`` through ``applied`` (written atomically)."""
+        chain = [s.model_dump() for s in (*self.key_chain(), *applied)]
+        data = {"key": public_key_b64(trusted.public_key), "version": trusted.version}
+        atomic_write(self.root / "keys.json", json.dumps({**data, "chain": chain}).encode())
+
+    def forget_trust(self) -> None:
+        """A new enrolment pins the platform's key afresh."""
+        (self.root / "keys.json").unlink(missing_ok=True)
 
     # -- installed models --
     def installed(self) -> Installed:

@@ -28,10 +28,17 @@ from edge_runtime._state import StateDir
 from edge_runtime.errors import TransferRefused
 from modelkit.durable import atomic_write, sync_directory
 from schemas import crypto
+from schemas.keychain import KeyChainError, RotationStatement, TrustedKey, follow_chain
 from schemas.manifest import Manifest, ManifestError, SignedManifest
 from schemas.transfer import RejectionCode
 
-__all__ = ["ChunkOutcome", "Transfer", "check_manifest", "open_manifest_key"]
+__all__ = [
+    "ChunkOutcome",
+    "Transfer",
+    "check_manifest",
+    "follow_key_chain",
+    "open_manifest_key",
+]
 
 #: Times one chunk may fail authentication (or have the wrong size) before the transfer fails.
 MAX_CHUNK_FAILURES = 3
@@ -41,6 +48,27 @@ MAX_CLOCK_SKEW = 300
 _PERSIST_EVERY = 8
 
 
+def follow_key_chain(
+    payload: bytes, trusted: TrustedKey
+) -> tuple[TrustedKey, list[RotationStatement]]:
+    """The platform key to trust after the rotation statements a ``desired`` payload
+    carries, and the statements that moved it (none: ``trusted`` stays). A payload that
+    is not a signed manifest moves nothing (``check_manifest`` says why); an invalid
+    chain raises ``TransferRefused`` (signature) and moves nothing either."""
+    try:
+        signed = SignedManifest.from_bytes(payload)
+    except ManifestError:
+        return trusted, []
+    if not signed.key_chain:
+        return trusted, []
+    try:
+        return follow_chain(trusted, signed.key_chain)
+    except KeyChainError as exc:
+        raise TransferRefused(
+            RejectionCode.SIGNATURE, str(exc), deployment_id=_claimed_id(payload)
+        ) from None
+
+
 def check_manifest(
     payload: bytes,
     *,
@@ -48,15 +76,22 @@ def check_manifest(
     platform_key: Ed25519PublicKey,
     sequences: dict[str, int],
     now: float | None = None,
+    retired: frozenset[str] = frozenset(),
 ) -> Manifest:
     """Verify a ``desired`` payload; raises ``TransferRefused`` with the reason.
 
-    Checks, in order: well-formed, signed by the pinned key, for this device, not expired,
-    not issued in this device's future (its clock is behind), sequence not below the
-    highest accepted for the model (replay).
+    Checks, in order: well-formed, not signed by a ``retired`` platform key, signed by the
+    trusted key, for this device, not expired, not issued in this device's future (its
+    clock is behind), sequence not below the highest accepted for the model (replay).
     """
     try:
         signed = SignedManifest.from_bytes(payload)
+        if signed.key_id in retired:
+            raise ManifestError(
+                f"signed by the retired platform key {signed.key_id}; this device trusts "
+                f"{crypto.key_id(platform_key)} since a rotation",
+                bad_signature=True,
+            )
         manifest = signed.verify(platform_key)
     except ManifestError as exc:
         code = RejectionCode.SIGNATURE if exc.bad_signature else RejectionCode.MALFORMED

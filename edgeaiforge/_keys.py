@@ -19,9 +19,16 @@ class KeysMixin:
         out = self._http.call("GET", "/api/v1/whoami", Principal)
         return out
 
-    def create_api_key(self, name: str, role: ApiRole) -> ApiKeyCreated:
-        """A new key (admin only). Its ``token`` is in this answer only: keep it."""
-        body = NewApiKey(name=name, role=role).model_dump(mode="json")
+    def create_api_key(
+        self, name: str, role: ApiRole, *, lifetime_days: int | None = None
+    ) -> ApiKeyCreated:
+        """A new key (admin only). Its ``token`` is in this answer only: keep it.
+
+        It expires after ``lifetime_days`` (0: never; ``None``: the platform's default).
+        """
+        body = NewApiKey(name=name, role=role, lifetime_days=lifetime_days).model_dump(
+            mode="json", exclude_none=True
+        )
         out = self._http.call("POST", "/api/v1/keys", ApiKeyCreated, json=body)
         return out
 

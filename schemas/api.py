@@ -45,6 +45,9 @@ class NewApiKey(WireModel):
 
     name: str = Field(min_length=1, max_length=200)
     role: ApiRole
+    #: Days until the key expires; absent: the platform's default (``api.key_lifetime_days``);
+    #: 0: it never expires.
+    lifetime_days: int | None = Field(default=None, ge=0, le=36_500)
 
 
 class ApiHealth(WireModel):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-__all__ = ["WireModel", "between"]
+__all__ = ["WireModel", "between", "canonical_json"]
+
+
+def canonical_json(data: object) -> bytes:
+    """Sorted keys, no insignificant whitespace, UTF-8; signed bodies hold no floats."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class WireModel(BaseModel):

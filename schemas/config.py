@@ -68,10 +68,19 @@ class SecurityConfig(_Section):
     """Encryption at rest and manifest signing."""
 
     encryption_enabled: bool = True
-    #: Key-encryption key (32 random bytes) that wraps every artifact's data key.
+    #: The current key-encryption key, which wraps every new artifact's data key: a file of
+    #: 32 raw bytes, or PEM (a ``EDGEAIFORGE KEK`` block of 32 bytes, or a private key the
+    #: KEK is derived from with HKDF); see docs/security.md.
     encryption_key_path: Path = Path("./var/keys/kek.key")
+    #: Earlier KEKs that still open the data keys they wrapped (never wrap new ones): kept
+    #: here while ``python -m services.registry rotate-kek`` wraps everything again.
+    previous_encryption_key_paths: tuple[Path, ...] = ()
     #: Ed25519 private key (PEM) that signs deployment manifests.
     signing_key_path: Path = Path("./var/keys/signing.pem")
+    #: The signed statements that moved the signing key from one key to the next (JSON),
+    #: sent to devices with each manifest; written by ``python -m services.deployer
+    #: rotate-signing-key``. Absent: the signing key was never rotated.
+    signing_chain_path: Path = Path("./var/keys/signing-chain.json")
     #: Development mode generates missing keys; otherwise a missing key stops the service.
     dev_mode: bool = False
 
@@ -250,6 +259,11 @@ class ApiConfig(_Section):
     #: Bearer token that services on hosts without ``storage_path`` send to
     #: ``model_repository.artifact_url`` (an API key, role ``deployer`` or ``viewer``).
     service_token: SecretStr | None = None
+    #: Days an API key is valid unless its creator gives another lifetime; 0: no expiry.
+    key_lifetime_days: Annotated[int, Field(ge=0)] = 365
+    #: Days after its creation a key without an expiry (one made before keys expired, or
+    #: created with lifetime 0) is still accepted; 0: such keys never expire.
+    unexpiring_key_max_age_days: Annotated[int, Field(ge=0)] = 0
 
 
 class DeployerConfig(_Section):

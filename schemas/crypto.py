@@ -3,7 +3,9 @@
 - Artifacts are encrypted once with a per-artifact data key (DEK) using the STREAM
   construction over AES-256-GCM: nonce = 7-byte random prefix ‖ 4-byte big-endian chunk
   counter ‖ 1-byte last-chunk flag. Reordered, truncated or extended ciphertext fails.
-- At rest the DEK is wrapped with the key-encryption key (AES key wrap, RFC 3394).
+- At rest the DEK is wrapped with the key-encryption key (AES key wrap, RFC 3394); the
+  wrapped key is stored with the KEK's id (``kek_id``), so a keyring of several KEKs
+  opens it and a rotation knows what is left to wrap again.
 - For a device the DEK is sealed to its X25519 public key with HPKE (RFC 9180,
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode); ``info`` binds the
   sealed key to the device and the artifact.
@@ -29,7 +31,9 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 __all__ = [
     "DEK_LEN",
     "HPKE_SUITE_NAME",
+    "KEK_ID_LEN",
     "KEK_LEN",
+    "KEY_ROTATION_SIGNATURE_CONTEXT",
     "MANIFEST_SIGNATURE_CONTEXT",
     "NONCE_PREFIX_LEN",
     "TAG_LEN",
@@ -40,6 +44,7 @@ __all__ = [
     "SignatureError",
     "chunk_count",
     "dek_info",
+    "kek_id",
     "key_id",
     "new_dek",
     "new_nonce_prefix",
@@ -56,10 +61,13 @@ __all__ = [
 
 DEK_LEN = 32
 KEK_LEN = 32
+#: Bytes of a KEK id as stored in an artifact's header (16 hex digits).
+KEK_ID_LEN = 8
 NONCE_PREFIX_LEN = 7
 TAG_LEN = 16
 HPKE_SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
 MANIFEST_SIGNATURE_CONTEXT = b"EdgeAIForge manifest v1\x00"
+KEY_ROTATION_SIGNATURE_CONTEXT = b"EdgeAIForge key rotation v1\x00"
 _MAX_CHUNKS = 2**32
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -145,6 +153,14 @@ def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
         raise KeyUnwrapError() from None
 
 
+def kek_id(kek: bytes) -> str:
+    """A key-encryption key's public name: 16 hex digits of a domain-separated SHA-256.
+
+    It tells which key wrapped a data key without revealing anything of the key.
+    """
+    return hashlib.sha256(b"EdgeAIForge KEK id v1\x00" + kek).hexdigest()[: 2 * KEK_ID_LEN]
+
+
 def dek_info(device_id: str, artifact_id: str) -> bytes:
     """HPKE ``info``: binds a sealed key to one device and one artifact."""
     return f"EdgeAIForge dek v1|{device_id}|{artifact_id}".encode()
@@ -176,12 +192,26 @@ def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def sign(private_key: Ed25519PrivateKey, message: bytes) -> bytes:
-    return private_key.sign(MANIFEST_SIGNATURE_CONTEXT + message)
+def sign(
+    private_key: Ed25519PrivateKey,
+    message: bytes,
+    *,
+    context: bytes = MANIFEST_SIGNATURE_CONTEXT,
+) -> bytes:
+    """Ed25519 over ``context ‖ message``: a manifest's signature never passes for a key
+    rotation statement's, nor the other way."""
+    return private_key.sign(context + message)
 
 
-def verify(public_key: Ed25519PublicKey, message: bytes, signature: bytes, *, what: str) -> None:
+def verify(
+    public_key: Ed25519PublicKey,
+    message: bytes,
+    signature: bytes,
+    *,
+    what: str,
+    context: bytes = MANIFEST_SIGNATURE_CONTEXT,
+) -> None:
     try:
-        public_key.verify(signature, MANIFEST_SIGNATURE_CONTEXT + message)
+        public_key.verify(signature, context + message)
     except InvalidSignature:
         raise SignatureError(what) from None

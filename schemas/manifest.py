@@ -3,21 +3,23 @@
 On the wire (the retained ``devices/{id}/desired`` topic) it travels as a
 ``SignedManifest``: the canonical JSON bytes of the ``Manifest`` (base64) and an Ed25519
 signature over them. The device verifies the signature over the exact bytes it received
-and only then parses them, so no re-encoding ambiguity can creep in.
+and only then parses them, so no re-encoding ambiguity can creep in. After a rotation of
+the platform's key, the envelope also carries the chain of rotation statements
+(``schemas.keychain``) that leads a device from the key it trusts to the signing key.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError, field_validator
 
 from schemas import crypto
-from schemas.base import WireModel
+from schemas.base import WireModel, canonical_json
 from schemas.ids import Sha256Hex
+from schemas.keychain import MAX_CHAIN_LENGTH, RotationStatement
 from schemas.topics import validate_device_id
 
 __all__ = ["Manifest", "ManifestError", "SignedManifest", "canonical_json"]
@@ -35,11 +37,6 @@ class ManifestError(ValueError):
         #: True when the signature does not verify (as opposed to a malformed message).
         self.bad_signature = bad_signature
         super().__init__(f"manifest refused: {reason}")
-
-
-def canonical_json(data: object) -> bytes:
-    """Sorted keys, no insignificant whitespace, UTF-8; manifests hold no floats."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Manifest(WireModel):
@@ -93,12 +90,16 @@ class Manifest(WireModel):
             if len(prefix) != crypto.NONCE_PREFIX_LEN:
                 raise ManifestError("nonce_prefix has the wrong length")
 
-    def sign(self, key: Ed25519PrivateKey) -> SignedManifest:
+    def sign(
+        self, key: Ed25519PrivateKey, chain: tuple[RotationStatement, ...] = ()
+    ) -> SignedManifest:
+        """Sign with ``key``; ``chain``: the statements that lead to ``key`` (if rotated)."""
         body = canonical_json(self.model_dump(mode="json"))
         return SignedManifest(
             signed=base64.b64encode(body).decode(),
             signature=base64.b64encode(crypto.sign(key, body)).decode(),
             key_id=crypto.key_id(key.public_key()),
+            key_chain=chain,
         )
 
 
@@ -108,9 +109,14 @@ class SignedManifest(WireModel):
     signed: _B64
     signature: _B64
     key_id: str = ""
+    #: Every rotation of the platform's signing key, oldest first (``schemas.keychain``):
+    #: a device that trusts an older key follows it to the signing key before it checks
+    #: the signature. Left out of the payload while the key was never rotated.
+    key_chain: tuple[RotationStatement, ...] = Field(default=(), max_length=MAX_CHAIN_LENGTH)
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        exclude = None if self.key_chain else {"key_chain"}
+        return self.model_dump_json(exclude=exclude).encode()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> SignedManifest:

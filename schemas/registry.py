@@ -300,6 +300,8 @@ class CreateApiKeyRequest(WireModel):
     name: str = Field(min_length=1, max_length=200)
     role: ApiRole
     created_by: str = ""
+    #: Days until the key expires; absent: ``api.key_lifetime_days``; 0: it never expires.
+    lifetime_days: int | None = Field(default=None, ge=0, le=36_500)
 
 
 class ApiKeyInfo(WireModel):
@@ -309,6 +311,8 @@ class ApiKeyInfo(WireModel):
     created_at: AwareDatetime
     created_by: str
     revoked_at: datetime | None = None
+    #: When the key stops working; ``None``: never (unless ``api.unexpiring_key_max_age_days``).
+    expires_at: datetime | None = None
 
 
 class ApiKeyCreated(WireModel):

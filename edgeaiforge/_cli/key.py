@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -24,17 +25,29 @@ def create(
         str, typer.Argument(metavar="NAME", help="Who or what the key is for, e.g. ci-release")
     ],
     role: Annotated[ApiRole, typer.Option(help="admin, deployer or viewer")] = "viewer",
+    expires_in: Annotated[
+        int | None,
+        typer.Option(
+            "--expires-in",
+            metavar="DAYS",
+            min=0,
+            help="Days until the key expires; 0: never; default: the platform's",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """A new key. Its token is printed once, here: only its hash is stored."""
 
     def action(mm: ModelManager) -> None:
-        created = mm.create_api_key(name, role)
+        created = mm.create_api_key(name, role, lifetime_days=expires_in)
         if json_out:
             print_json(created)
             return
         k = created.key
-        console.print(f"key {k.key_id} ({k.name}, {k.role}) created; its token, shown once:")
+        until = f"expires {_when(k.expires_at)}" if k.expires_at else "never expires"
+        console.print(
+            f"key {k.key_id} ({k.name}, {k.role}) created, {until}; its token, shown once:"
+        )
         print(created.token)
 
     run(ctx, action)
@@ -54,16 +67,24 @@ def list_(
             print_json(ApiKeyList(items=tuple(keys)))
             return
         table = Table()
-        for column in ("key", "name", "role", "created", "by", "revoked"):
+        for column in ("key", "name", "role", "created", "by", "expires", "revoked"):
             table.add_column(column)
+        now = datetime.now(UTC)
         for k in keys:
+            expires = _when(k.expires_at) if k.expires_at else "never"
+            if k.expires_at and k.expires_at <= now:
+                expires += " (expired)"
             table.add_row(
-                k.key_id, k.name, k.role, k.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                k.created_by, k.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_at else "",
+                k.key_id, k.name, k.role, _when(k.created_at), k.created_by, expires,
+                _when(k.revoked_at) if k.revoked_at else "",
             )  # fmt: skip
         console.print(table)
 
     run(ctx, action)
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @app.command()

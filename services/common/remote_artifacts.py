@@ -23,6 +23,7 @@ import httpx
 from schemas.config import Settings
 from schemas.topics import validate_artifact_id
 from services.common.artifacts import ArtifactError, ArtifactStore
+from services.common.keys import KeyRing
 
 __all__ = [
     "RemoteArtifactError",
@@ -92,7 +93,7 @@ class RemoteArtifacts:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def store(self, kek: bytes | None) -> ArtifactStore:
+    def store(self, kek: KeyRing | bytes | None) -> ArtifactStore:
         """An ``ArtifactStore`` over the cached stored-form artifacts (fetch them first)."""
         return ArtifactStore(root=self.cache_dir / "stored", kek=kek, chunk_size=self.chunk_size)
 

@@ -23,6 +23,7 @@ from services.common.keys import load_kek, load_signing_key
 from services.common.logging import get_logger
 from services.common.migrate import upgrade
 from services.common.mqtt_admin import MqttAdmin
+from services.common.signing_keys import load_signing_chain
 from services.deployer.catalog import Catalog, RegistryCatalog
 from services.deployer.chunks import ChunkServer
 from services.deployer.handlers import create_router
@@ -53,6 +54,7 @@ async def create_service(
     """Start the deployer; ``catalog`` replaces the registry (tools and tests)."""
     kek = load_kek(settings.security)
     signing_key = load_signing_key(settings.security)
+    key_chain = load_signing_chain(settings.security, signing_key)
     store = ArtifactStore(
         root=settings.model_repository.storage_path,
         kek=kek,
@@ -91,6 +93,7 @@ async def create_service(
         sessions=sessions,
         store=store,
         signing_key=signing_key,
+        key_chain=key_chain,
         bus=bus,
         catalog=catalog or RegistryCatalog(bus),
         admin=admin,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import crypto
 from schemas.events import TargetState
+from schemas.keychain import RotationStatement
 from schemas.manifest import Manifest
 from services.common.artifacts import ArtifactError, ArtifactStore
 from services.common.logging import get_logger
@@ -84,11 +85,14 @@ class Manifests:
         *,
         store: ArtifactStore,
         signing_key: Ed25519PrivateKey,
+        key_chain: tuple[RotationStatement, ...] = (),
         grants: ChunkGrants,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.signing_key = signing_key
+        #: The rotations that lead devices from older keys to ``signing_key``: sent along.
+        self.key_chain = key_chain
         self.grants = grants
 
     def build(self, t: Target, d: Device) -> Manifest:
@@ -126,7 +130,7 @@ class Manifests:
         manifest = self.build(t, d)
         await self.ctx.link.publish(
             self.ctx.topics.desired(t.device_id),
-            manifest.sign(self.signing_key).to_bytes(),
+            manifest.sign(self.signing_key, self.key_chain).to_bytes(),
             qos=1,
             retain=True,
         )

@@ -29,6 +29,7 @@ from schemas.deployer import (
     RemoveDevice,
     SetLabels,
 )
+from schemas.keychain import RotationStatement
 from schemas.registry import VersionsInUseReply, VersionsInUseRequest
 from schemas.topics import Topics
 from services.common.artifacts import ArtifactStore
@@ -61,6 +62,7 @@ class Deployer:
         sessions: async_sessionmaker[AsyncSession],
         store: ArtifactStore,
         signing_key: Ed25519PrivateKey,
+        key_chain: tuple[RotationStatement, ...] = (),
         bus: Bus,
         catalog: Catalog,
         admin: MqttAdmin,
@@ -79,7 +81,9 @@ class Deployer:
         )
         self.sessions = sessions
         self.admin = admin
-        self.manifests = Manifests(ctx, store=store, signing_key=signing_key, grants=grants)
+        self.manifests = Manifests(
+            ctx, store=store, signing_key=signing_key, key_chain=key_chain, grants=grants
+        )
         self.supervisor = Supervisor(ctx, manifests=self.manifests, chunks=chunks)
         self.devices = Devices(
             ctx, admin=admin, manifests=self.manifests, grants=grants, supervisor=self.supervisor

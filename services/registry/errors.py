@@ -7,6 +7,7 @@ from services.common.errors import BadRequest, Conflict, NotFound, ServiceError
 __all__ = [
     "AliasInUse",
     "AliasOnRejected",
+    "ApiKeyExpired",
     "ApiKeyNotFound",
     "ArtifactMissing",
     "ModelNotFound",
@@ -83,3 +84,16 @@ class Unauthorized(RegistryError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"{reason}; send 'Authorization: Bearer <API key>' with a valid key")
+
+
+class ApiKeyExpired(Unauthorized):
+    """A known key past its expiry: 401 with its own code, so clients can tell."""
+
+    code = "api_key_expired"
+
+    def __init__(self, key_id: str, expired_at: str) -> None:
+        self.key_id = key_id
+        super().__init__(
+            f"API key {key_id} expired at {expired_at}; an admin makes a new one with "
+            "`edgeaiforge key create`"
+        )

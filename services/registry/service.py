@@ -402,11 +402,17 @@ class Registry:
 
     async def authenticate(self, req: AuthenticateRequest) -> Principal:
         """Who a bearer token belongs to; ``unauthorized`` (401) if nobody."""
-        return await self.store.authenticate(req.token)
+        return await self.store.authenticate(
+            req.token, unexpiring_max_age_days=self.settings.api.unexpiring_key_max_age_days
+        )
 
     async def create_api_key(self, req: CreateApiKeyRequest) -> ApiKeyCreated:
+        lifetime = req.lifetime_days
         return await self.store.create_api_key(
-            name=req.name, role=req.role, created_by=req.created_by
+            name=req.name,
+            role=req.role,
+            created_by=req.created_by,
+            lifetime_days=self.settings.api.key_lifetime_days if lifetime is None else lifetime,
         )
 
     async def list_api_keys(self, req: ListApiKeysRequest) -> ApiKeyList:

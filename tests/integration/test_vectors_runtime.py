@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from edge_runtime import EdgeRuntime, StateDir, complete, prepare
 from schemas.deployer import DeviceMqttSettings, EnrollReply
+from schemas.keychain import RotationStatement
 from schemas.topics import Topics
 from schemas.transfer import ChunkRequest
 from services.common.mqtt_admin import SERVICE_ROLE, device_role_acls, device_role_name
@@ -40,8 +41,15 @@ def read(name: str) -> bytes:
     return (V1 / name).read_bytes()
 
 
-def device_state(state_dir: Path, server: Any, password: str, sequences: dict[str, int]) -> None:
-    """An enrolled device holding the vectors' keys (as if enrolment had made them)."""
+def device_state(
+    state_dir: Path,
+    server: Any,
+    password: str,
+    sequences: dict[str, int],
+    followed: list[str] | None = None,
+) -> None:
+    """An enrolled device holding the vectors' keys (as if enrolment had made them), that
+    has followed the rotation statements ``followed`` since."""
     prepare(state_dir, device_id=DEVICE_ID, token="t" * 16)
     key_file = StateDir(state_dir).key_file
     key_file.write_bytes(bytes.fromhex(KEYS["device_private_key"]))
@@ -61,6 +69,10 @@ def device_state(state_dir: Path, server: Any, password: str, sequences: dict[st
     )  # fmt: skip
     if sequences:
         (state_dir / "sequences.json").write_text(json.dumps(sequences))
+    state = StateDir(state_dir)
+    for name in followed or []:
+        statement = RotationStatement.model_validate_json(read(name))
+        state.save_trust(statement.verify(state.trusted_key()), [statement])
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +149,13 @@ async def test_the_edge_runtime_passes_every_vector(
             if case["kind"] == "chunk" and case["artifact"] != VECTORS["artifact_id"]:
                 continue
             state_dir = tmp_path / f"case-{n}"
-            device_state(state_dir, mosquitto_server, password, case.get("sequences", {}))
+            device_state(
+                state_dir,
+                mosquitto_server,
+                password,
+                case.get("sequences", {}),
+                case.get("followed"),
+            )
             runtime = EdgeRuntime(state_dir, reconnect_min=0.1)
             task = asyncio.create_task(runtime.run())
             try:

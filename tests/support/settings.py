@@ -34,6 +34,7 @@ def platform_settings(
         "security": {
             "encryption_key_path": root / "keys" / "kek.key",
             "signing_key_path": root / "keys" / "signing.pem",
+            "signing_chain_path": root / "keys" / "signing-chain.json",
             "dev_mode": True,
         },
         "nats": {"url": nats_url, "request_timeout": 5.0},

@@ -15,9 +15,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge_runtime._state import StateDir
-from edge_runtime._transfer import ChunkOutcome, Transfer, check_manifest, open_manifest_key
+from edge_runtime._transfer import (
+    ChunkOutcome,
+    Transfer,
+    check_manifest,
+    follow_key_chain,
+    open_manifest_key,
+)
 from edge_runtime.errors import TransferRefused
 from schemas import crypto
+from schemas.keychain import KeyChainError, RotationStatement, TrustedKey
 from schemas.manifest import Manifest, canonical_json
 
 V1 = Path(__file__).resolve().parents[1] / "vectors" / "v1"
@@ -36,12 +43,23 @@ def read(name: str) -> bytes:
 
 
 def receive_manifest(case: dict[str, Any]) -> Manifest:
-    """What the runtime does with a ``desired`` payload: check it, open the data key."""
+    """What the runtime does with a ``desired`` payload: follow the key chain it carries,
+    check it, open the data key. ``followed``: statements the device followed before."""
+    trusted = TrustedKey(PLATFORM, 0)
+    retired: set[str] = set()
+    for name in case.get("followed", []):
+        statement = RotationStatement.model_validate_json(read(name))
+        retired.add(trusted.key_id)
+        trusted = statement.verify(trusted)
+    payload = read(case["desired"])
+    moved, applied = follow_key_chain(payload, trusted)
+    retired |= {s.body().previous_key_id for s in applied}
     manifest = check_manifest(
-        read(case["desired"]),
+        payload,
         device_id=KEYS["device_id"],
-        platform_key=PLATFORM,
+        platform_key=moved.public_key,
         sequences=dict(case.get("sequences", {})),
+        retired=frozenset(retired),
     )
     open_manifest_key(manifest, DEVICE)
     return manifest
@@ -82,6 +100,24 @@ def test_manifest(case: dict[str, Any]) -> None:
     with pytest.raises(TransferRefused) as caught:
         receive_manifest(case)
     assert caught.value.code.value == case["expect"], caught.value
+
+
+@pytest.mark.parametrize("case", cases("rotation"))
+def test_rotation(case: dict[str, Any]) -> None:
+    trusted = TrustedKey(
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(case["trusted_public_key"])),
+        case["trusted_version"],
+    )
+    statement = RotationStatement.model_validate_json(read(case["statement"]))
+    if case["expect"] == "accept":
+        moved = statement.verify(trusted)
+        assert moved.key_id == case["new_key_id"] == KEYS["rotated_key_id"]
+        assert moved.version == trusted.version + 1  # type: ignore[operator]
+        body = read("rotation/body.json")
+        assert base64.b64decode(statement.signed) == body == canonical_json(json.loads(body))
+        return
+    with pytest.raises(KeyChainError):
+        statement.verify(trusted)
 
 
 @pytest.mark.parametrize("case", cases("chunk"))

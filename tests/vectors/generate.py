@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parents[1]))
 
 from schemas import crypto  # noqa: E402 - after the path set-up for `python tests/vectors/...`
+from schemas.keychain import KeyRotation  # noqa: E402
 from schemas.manifest import Manifest, canonical_json  # noqa: E402
 
 OUT = ROOT / "v1"
@@ -72,6 +73,7 @@ def model_bytes() -> bytes:
 
 def main() -> None:
     platform = Ed25519PrivateKey.from_private_bytes(seed("platform signing key"))
+    rotated = Ed25519PrivateKey.from_private_bytes(seed("rotated platform signing key"))
     attacker = Ed25519PrivateKey.from_private_bytes(seed("another signing key"))
     device = X25519PrivateKey.from_private_bytes(seed("device key"))
     dek = seed("data key")
@@ -84,11 +86,14 @@ def main() -> None:
         crypto.seal_chunk(dek, prefix, i, i == count - 1, piece) for i, piece in enumerate(pieces)
     ]
 
+    readme = (OUT / "README.md").read_bytes() if (OUT / "README.md").exists() else None
     if OUT.exists():
         shutil.rmtree(OUT)
     (OUT / "chunks").mkdir(parents=True)
     (OUT / "desired").mkdir()
     files: dict[str, bytes] = {"plaintext.bin": plaintext}
+    if readme is not None:  # written by hand, not generated
+        files["README.md"] = readme
     files["plaintext.sha256"] = (artifact_id + "\n").encode()
     for i, chunk in enumerate(chunks):
         files[f"chunks/{i}.bin"] = chunk
@@ -153,6 +158,31 @@ def main() -> None:
     }
     files.update(manifests)
 
+    # Rotation of the platform key (version 0, pinned at enrolment) to ``rotated`` (1).
+    rotation = KeyRotation.between(
+        platform.public_key(), rotated.public_key(), version=1, issued_at=ISSUED_AT
+    )
+    statement = rotation.sign(platform, rotated)
+    wrong_version = rotation.model_copy(update={"version": 2}).sign(platform, rotated)
+    rotations = {
+        "rotation/valid.json": statement,
+        "rotation/missing-previous-signature.json": statement.model_copy(
+            update={"previous_signature": ""}
+        ),
+        "rotation/missing-new-signature.json": statement.model_copy(update={"new_signature": ""}),
+        "rotation/previous-signature-by-another-key.json": rotation.sign(attacker, rotated),
+        "rotation/wrong-version.json": wrong_version,
+    }
+    for name, value in rotations.items():
+        files[name] = (value.model_dump_json(indent=2) + "\n").encode()
+    files["rotation/body.json"] = base64.b64decode(statement.signed)
+    files["desired/rotated-key-with-chain.json"] = (
+        Manifest.model_validate({**good_fields, "sequence": SEQUENCE + 1})
+        .sign(rotated, (statement,))
+        .to_bytes()
+    )
+    files["desired/by-retired-key.json"] = signed(sequence=SEQUENCE + 1)
+
     last = count - 1
     flipped = bytearray(chunks[1])
     flipped[5] ^= 0x01
@@ -183,6 +213,17 @@ def main() -> None:
             **extra,
         }
 
+    def rotation_case(name: str, payload: str, expect: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "kind": "rotation",
+            "statement": payload,
+            "trusted_public_key": b64(raw_public(platform)),
+            "trusted_version": 0,
+            "expect": expect,
+            **({"new_key_id": crypto.key_id(rotated.public_key())} if expect == "accept" else {}),
+        }
+
     all_chunks = [f"chunks/{i}.bin" for i in range(count)]
     cases = [
         manifest_case("good manifest", "desired/good.json", "accept", sequences={MODEL: SEQUENCE}),
@@ -209,6 +250,32 @@ def main() -> None:
             "desired/key-for-other-artifact.json",
             "sealed_key",
         ),
+        manifest_case(
+            "signed by the rotated key, with the chain from the pinned key",
+            "desired/rotated-key-with-chain.json",
+            "accept",
+        ),
+        manifest_case(
+            "signed by the retired key after the device followed the rotation",
+            "desired/by-retired-key.json",
+            "signature",
+            followed=["rotation/valid.json"],
+        ),
+        rotation_case("valid rotation statement", "rotation/valid.json", "accept"),
+        rotation_case(
+            "previous key's signature missing",
+            "rotation/missing-previous-signature.json",
+            "refuse",
+        ),
+        rotation_case(
+            "new key's signature missing", "rotation/missing-new-signature.json", "refuse"
+        ),
+        rotation_case(
+            "previous key's signature made by another key",
+            "rotation/previous-signature-by-another-key.json",
+            "refuse",
+        ),
+        rotation_case("version skips one", "rotation/wrong-version.json", "refuse"),
         chunk_case("bit flipped", 1, "chunks/bad/1-bit-flipped.bin", "chunk_integrity"),
         chunk_case("chunk 0 sent as chunk 1", 1, "chunks/bad/1-is-chunk-0.bin", "chunk_integrity"),
         chunk_case(
@@ -254,6 +321,12 @@ def main() -> None:
         "hpke_suite": crypto.HPKE_SUITE_NAME,
         "hpke_info": crypto.dek_info(DEVICE_ID, artifact_id).decode(),
         "signature_context": crypto.MANIFEST_SIGNATURE_CONTEXT.decode().replace("\x00", "\\0"),
+        "rotated_signing_seed": seed("rotated platform signing key").hex(),
+        "rotated_public_key": b64(raw_public(rotated)),
+        "rotated_key_id": crypto.key_id(rotated.public_key()),
+        "rotation_signature_context": crypto.KEY_ROTATION_SIGNATURE_CONTEXT.decode().replace(
+            "\x00", "\\0"
+        ),
     }
     summary = {
         "protocol": "EdgeAIForge device protocol v1 (docs/device-protocol.md)",

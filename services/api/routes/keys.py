@@ -35,7 +35,12 @@ async def whoami(principal: Viewer) -> Principal:
 @router.post("/keys", status_code=201, response_model=ApiKeyCreated)
 async def create_key(ctx: Ctx, principal: Admin, body: NewApiKey) -> ApiKeyCreated:
     """A new key; the token is in this answer only (the registry keeps its hash)."""
-    req = CreateApiKeyRequest(name=body.name, role=body.role, created_by=principal.name)
+    req = CreateApiKeyRequest(
+        name=body.name,
+        role=body.role,
+        created_by=principal.name,
+        lifetime_days=body.lifetime_days,
+    )
     return await ctx.call(S.CREATE_API_KEY, req)
 
 

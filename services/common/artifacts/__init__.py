@@ -14,6 +14,7 @@ from services.common.artifacts._format import (
     ArtifactNotFoundError,
     ArtifactTooLargeError,
 )
+from services.common.artifacts._rekey import KekRotation, kek_usage, rotate_kek
 from services.common.artifacts._source import ArtifactSource, open_artifacts
 from services.common.artifacts._store import ArtifactStore, PutResult
 
@@ -26,6 +27,9 @@ __all__ = [
     "ArtifactSource",
     "ArtifactStore",
     "ArtifactTooLargeError",
+    "KekRotation",
     "PutResult",
+    "kek_usage",
     "open_artifacts",
+    "rotate_kek",
 ]

@@ -2,7 +2,8 @@
 
 header (96 bytes): magic "EAFA" | format 1 | flags (bit 0: encrypted) | wrapped-key
 length (u16) | chunk size (u32) | plaintext size (u64) | STREAM nonce prefix (7) |
-0 | wrapped data key (40) | zero padding
+0 | wrapped data key (40) | id of the KEK that wrapped it (8; zero in artifacts written
+before ids were stored: any KEK of the keyring may open those) | zero padding
 chunk 0 .. chunk n-1: AES-256-GCM(STREAM) ciphertext, chunk size + 16 bytes each
 (the last one shorter); or the plaintext itself when encryption is disabled.
 """
@@ -29,7 +30,7 @@ __all__ = [
 MAGIC = b"EAFA"
 FORMAT_VERSION = 1
 HEADER_LEN = 96
-_HEADER = struct.Struct(">4sBBHIQ7sB40s")
+_HEADER = struct.Struct(">4sBBHIQ7sB40s8s")
 _FLAG_ENCRYPTED = 0x01
 
 
@@ -64,6 +65,8 @@ class ArtifactInfo:
     encrypted: bool
     nonce_prefix: bytes
     wrapped_dek: bytes
+    #: The id of the KEK that wrapped ``wrapped_dek``; "" when unknown (older artifacts).
+    kek_id: str = ""
 
     @property
     def chunk_count(self) -> int:
@@ -99,6 +102,7 @@ class ArtifactInfo:
             self.nonce_prefix,
             0,
             self.wrapped_dek.ljust(40, b"\0"),
+            bytes.fromhex(self.kek_id) if self.kek_id else bytes(crypto.KEK_ID_LEN),
         )
         return packed.ljust(HEADER_LEN, b"\0")
 
@@ -108,7 +112,7 @@ def parse_header(artifact_id: str, raw: bytes, actual: int) -> ArtifactInfo:
     file's length ``actual``."""
     if len(raw) < HEADER_LEN:
         raise ArtifactCorruptError(artifact_id, "header is truncated")
-    magic, version, flags, wrapped_len, chunk_size, size, prefix, _, wrapped = _HEADER.unpack(
+    magic, version, flags, wrapped_len, chunk_size, size, prefix, _, wrapped, kek = _HEADER.unpack(
         raw[: _HEADER.size]
     )
     if magic != MAGIC or version != FORMAT_VERSION or chunk_size <= 0:
@@ -120,6 +124,7 @@ def parse_header(artifact_id: str, raw: bytes, actual: int) -> ArtifactInfo:
         encrypted=bool(flags & _FLAG_ENCRYPTED),
         nonce_prefix=prefix,
         wrapped_dek=wrapped[:wrapped_len],
+        kek_id=kek.hex() if any(kek) else "",
     )
     if actual != info.file_size:
         what = "truncated" if actual < info.file_size else "extended"

@@ -11,11 +11,11 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from modelkit.durable import sync_directory
+from modelkit.durable import atomic_write, sync_directory
 from schemas import crypto
 from schemas.topics import validate_artifact_id
 from services.common.artifacts._format import (
@@ -29,6 +29,7 @@ from services.common.artifacts._format import (
     read_plain,
 )
 from services.common.artifacts._writer import Writer
+from services.common.keys import KeyRing, UnknownKekError
 
 __all__ = ["ArtifactStore", "PutResult"]
 
@@ -43,11 +44,15 @@ class PutResult:
 
 
 class ArtifactStore:
-    """Artifacts under ``root``; ``kek`` is None when encryption at rest is disabled."""
+    """Artifacts under ``root``; ``kek`` is None when encryption at rest is disabled.
 
-    def __init__(self, *, root: Path, kek: bytes | None, chunk_size: int) -> None:
+    ``kek`` is a ``KeyRing`` (its current KEK wraps new data keys; every KEK in it opens
+    what it wrapped) or one KEK's 32 bytes.
+    """
+
+    def __init__(self, *, root: Path, kek: KeyRing | bytes | None, chunk_size: int) -> None:
         self.root = root
-        self.kek = kek
+        self.keys = KeyRing(active=kek) if isinstance(kek, bytes) else kek
         self.chunk_size = chunk_size
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
@@ -61,7 +66,8 @@ class ArtifactStore:
     async def put(self, data: AsyncIterable[bytes], *, max_bytes: int | None = None) -> PutResult:
         """Store a stream of plaintext; raises ``ArtifactTooLargeError`` past ``max_bytes``."""
         tmp = self.root / "tmp" / f"{os.getpid()}-{os.urandom(8).hex()}"
-        writer = await asyncio.to_thread(Writer, tmp, self.kek, self.chunk_size)
+        kek = self.keys.active if self.keys is not None else None
+        writer = await asyncio.to_thread(Writer, tmp, kek, self.chunk_size)
         # Each piece is copied at once into one of two reused batch buffers and let go:
         # pieces held on to until a thread copies them make the allocator hand memory back
         # to the kernel and fault it in again for every next piece (measured: 3x the CPU of
@@ -125,17 +131,91 @@ class ArtifactStore:
         return parse_header(artifact_id, raw, actual)
 
     def dek(self, info: ArtifactInfo) -> bytes:
-        """The artifact's data key, unwrapped with the key-encryption key."""
+        """The artifact's data key, unwrapped with the KEK that wrapped it.
+
+        A key rotation may rewrite the header while ``info`` was read: a key that does not
+        open is looked up again once in the header as it is now.
+        """
         if not info.encrypted:
             raise ArtifactError(f"artifact {info.artifact_id} is stored unencrypted")
-        if self.kek is None:
+        if self.keys is None:
             raise ArtifactError(
                 f"artifact {info.artifact_id} is encrypted but no key-encryption key is loaded"
             )
         try:
-            return crypto.unwrap_dek(self.kek, info.wrapped_dek)
-        except crypto.KeyUnwrapError as exc:
-            raise ArtifactCorruptError(info.artifact_id, str(exc)) from None
+            return self.keys.unwrap(info.wrapped_dek, info.kek_id)
+        except (crypto.KeyUnwrapError, UnknownKekError) as first:
+            try:
+                now = self.info(info.artifact_id)
+                if (now.kek_id, now.wrapped_dek) == (info.kek_id, info.wrapped_dek):
+                    raise first
+                return self.keys.unwrap(now.wrapped_dek, now.kek_id)
+            except UnknownKekError as exc:
+                raise ArtifactError(f"artifact {info.artifact_id}: {exc}") from None
+            except crypto.KeyUnwrapError as exc:
+                raise ArtifactCorruptError(info.artifact_id, str(exc)) from None
+
+    def rewrap(self, artifact_id: str) -> bool:
+        """Wrap the artifact's data key with the current KEK; False if it already was (or
+        the artifact is stored unencrypted). The chunks stay as they are.
+
+        Only the header changes, in place: the old one is first saved (fsynced) as
+        ``tmp/rewrap-<id>``, so ``recover_rewraps`` can put it back if the write was torn.
+        """
+        if self.keys is None:
+            raise ArtifactError("no key-encryption key is loaded")
+        info = self.info(artifact_id)
+        if not info.encrypted or info.kek_id == self.keys.active_id:
+            return False
+        dek = self.dek(info)
+        fresh = replace(
+            info,
+            wrapped_dek=crypto.wrap_dek(self.keys.active, dek),
+            kek_id=self.keys.active_id,
+        )
+        path = self.path(artifact_id)
+        saved = self.root / "tmp" / f"rewrap-{artifact_id}"
+        atomic_write(saved, info.header())
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, fresh.header(), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        saved.unlink()
+        return True
+
+    def recover_rewraps(self) -> int:
+        """After a crash in ``rewrap``: put back each saved header whose replacement does not
+        open (a torn write), and drop the saved copies. Returns the headers put back."""
+        restored = 0
+        for saved in (self.root / "tmp").glob("rewrap-*"):
+            artifact_id = saved.name.removeprefix("rewrap-")
+            try:
+                validate_artifact_id(artifact_id)
+                self.dek(self.info(artifact_id))
+            except ArtifactNotFoundError:
+                pass
+            except (ArtifactError, ValueError):
+                old = saved.read_bytes()
+                fd = os.open(self.path(artifact_id), os.O_WRONLY)
+                try:
+                    os.pwrite(fd, old, 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                restored += 1
+            saved.unlink()
+        return restored
+
+    def artifact_ids(self) -> list[str]:
+        """Every artifact in the store."""
+        found = []
+        for entry in self.root.glob("??/*"):
+            with contextlib.suppress(ValueError):
+                if entry.parent.name == validate_artifact_id(entry.name)[:2]:
+                    found.append(entry.name)
+        return sorted(found)
 
     async def read_chunk(self, info: ArtifactInfo, index: int) -> bytes:
         """Chunk ``index`` exactly as stored (ciphertext when encrypted)."""
@@ -234,7 +314,7 @@ class ArtifactStore:
         """Delete temp files last written before ``cutoff`` (left by a crashed upload)."""
         removed = 0
         for entry in (self.root / "tmp").iterdir():
-            if entry.name.startswith("aside-"):
+            if entry.name.startswith(("aside-", "rewrap-")):
                 continue
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < cutoff:

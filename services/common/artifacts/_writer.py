@@ -139,6 +139,7 @@ class Writer:
         self.wrapped = crypto.wrap_dek(kek, self.dek) if kek is not None else b""
         self.prefix = crypto.new_nonce_prefix() if kek is not None else b"\0" * 7
         self._aead = AESGCM(self.dek) if kek is not None else None
+        self.kek_id = crypto.kek_id(kek) if kek is not None else ""
         self.sha = hashlib.sha256()
         self.index = 0
         self.size = 0
@@ -186,6 +187,7 @@ class Writer:
             encrypted=self.encrypted,
             nonce_prefix=self.prefix,
             wrapped_dek=self.wrapped,
+            kek_id=self.kek_id,
         )
         try:
             self.out.finish(info.header())
