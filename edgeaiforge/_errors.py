@@ -140,13 +140,17 @@ class ModelRejectedError(EdgeAIForgeError):
 class ValidationTimeoutError(EdgeAIForgeError):
     """An uploaded version had no verdict within the time given; validation goes on."""
 
-    def __init__(self, model: str, version: str, status: str, timeout: float) -> None:
+    def __init__(
+        self, model: str, version: str, status: str, timeout: float, until: str = "validated"
+    ) -> None:
         self.model = model
         self.version = version
         self.status = status
         self.timeout = timeout
+        waited = "validation" if until == "validated" else "analysis"
         super().__init__(
-            f"{model} {version} is stored but still {status} after {timeout:g} s; validation "
-            f"goes on: look at it later with `edgeaiforge model show {model} {version}` "
+            f"{model} {version} is stored, but its {waited} did not finish within {timeout:g} s "
+            f"(it is {status}); it goes on: look at it later with "
+            f"`edgeaiforge model show {model} {version}` "
             f"(ModelManager.get_version({model!r}, {version!r}) in Python)"
         )

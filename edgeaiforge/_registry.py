@@ -78,7 +78,9 @@ class RegistryMixin:
         if info.status is VersionStatus.REJECTED:
             raise ModelRejectedError(info.model, info.version, self._reasons(info))
         if undecided(info.status, until):
-            raise ValidationTimeoutError(info.model, info.version, info.status.value, seconds)
+            raise ValidationTimeoutError(
+                info.model, info.version, info.status.value, seconds, until
+            )
         return info
 
     def _reasons(self, info: VersionInfo) -> list[str]:

@@ -199,11 +199,8 @@ async def upload_version(
     info = await wait_for_verdict(look, created, seconds=wait, until=until)
     if wait > 0 and undecided(info.status, until):
         response.status_code = 202
-    return UploadedVersion(
-        **info.model_dump(),
-        pruned=created.pruned,
-        retention_skipped=created.retention_skipped,
-    )
+    # The verdict's state of the version, with what retention did at the upload.
+    return created.model_copy(update=dict(info)) if info is not created else created
 
 
 @router.get("", response_model=ModelPage, summary="List models")
