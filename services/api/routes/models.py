@@ -70,6 +70,10 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+class _CallerGone(Exception):
+    """The uploader hung up while the API waited for the verdict."""
+
+
 def _properties(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -194,9 +198,14 @@ async def upload_version(
     )
 
     async def look() -> VersionInfo:
+        if await request.is_disconnected():
+            raise _CallerGone
         return await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version))
 
-    info = await wait_for_verdict(look, created, seconds=wait, until=until)
+    try:
+        info = await wait_for_verdict(look, created, seconds=wait, until=until)
+    except _CallerGone:
+        info = created  # nobody reads the answer: stop asking the registry
     if wait > 0 and undecided(info.status, until):
         response.status_code = 202
     # The verdict's state of the version, with what retention did at the upload.
