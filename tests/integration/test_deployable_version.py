@@ -43,7 +43,8 @@ async def _verdict(bus: Bus, info: VersionInfo, *, passed: bool) -> None:
         "artifact_id": info.artifact_id,
         "report": report,
     }
-    await bus.publish(ModelValidated(**common) if passed else ModelRejected(**common, reason=REASON))
+    event = ModelValidated(**common) if passed else ModelRejected(**common, reason=REASON)
+    await bus.publish(event)
 
 
 async def _until_status(mm: ModelManager, name: str, version: str, status: str) -> None:
