@@ -89,10 +89,11 @@ class Registry:
         self._prune_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def drain(self) -> None:
         """Wait for background work (retention after uploads) to finish."""
@@ -116,18 +117,24 @@ class Registry:
                 raise ArtifactMissing(artifact_id, "it was deleted as an orphan meanwhile")
         info = await self._announce(req.model, req.version) or info
         # Retention runs before the answer so that the uploader learns what it deleted;
-        # the upload itself has succeeded whatever retention does.
-        pruned: tuple[str, ...] = ()
-        skipped = ""
-        try:
-            result = await self._prune([req.model], trigger=f"upload of {req.version}")
-        except Exception:
-            log.exception("retention after an upload failed", model=req.model)
-            skipped = "retention failed; the registry's sweep tries again"
-        else:
-            pruned = tuple(v.version for v in result.deleted)
-            skipped = result.skipped.get(req.model, "")
-        return UploadedVersion(**info.model_dump(), pruned=pruned, retention_skipped=skipped)
+        # the upload itself has succeeded whatever retention does. It may queue behind a
+        # sweep's round (one lock): past a bound it goes on alone and the answer says so.
+        task = self._spawn(self._prune_quietly(req.model, trigger=f"upload of {req.version}"))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.nats.request_timeout / 2)
+        result = task.result() if done else None
+        if result is None:
+            skipped = (
+                "retention failed; the registry's sweep tries again"
+                if done
+                else "retention is still running (behind the registry's sweep); "
+                "eaf.model.version.deleted says what it deletes"
+            )
+            return UploadedVersion(**info.model_dump(), retention_skipped=skipped)
+        return UploadedVersion(
+            **info.model_dump(),
+            pruned=tuple(v.version for v in result.deleted),
+            retention_skipped=result.skipped.get(req.model, ""),
+        )
 
     def _check_artifact(self, artifact_id: str, size: int | None) -> None:
         try:
@@ -301,11 +308,13 @@ class Registry:
                     deleted.append(info)
         return PruneResult(deleted=tuple(deleted), skipped=skipped)
 
-    async def _prune_quietly(self, model: str, *, trigger: str) -> None:
+    async def _prune_quietly(self, model: str, *, trigger: str) -> PruneResult | None:
+        """Retention for one model in the background: a failure is logged (None)."""
         try:
-            await self._prune([model], trigger=trigger)
+            return await self._prune([model], trigger=trigger)
         except Exception:
-            log.exception("retention failed", model=model)
+            log.exception("retention failed", model=model, trigger=trigger)
+            return None
 
     async def sweep_forever(self, interval: float) -> None:
         """Periodically re-publish unannounced uploads and apply retention to every model
