@@ -5,7 +5,9 @@ from edgeaiforge import ModelManager, Model, ModelMetadata
 manager = ModelManager()  # EAF_API_URL, EAF_API_TOKEN
 model = Model("my_model", "/path/to/model.onnx")
 metadata = ModelMetadata("Image Classification", "1.0.0")
-manager.add_model(model, metadata)
+manager.add_model(model, metadata)  # returns once validated; raises if rejected
+manager.deploy_model("my_model", "edge_device_id")  # the newest validated version
+stats = manager.get_model_stats("my_model")
 """
 
 from edgeaiforge._errors import (
@@ -19,10 +21,12 @@ from edgeaiforge._errors import (
     InvalidInputError,
     InvalidRequestError,
     ModelFileError,
+    ModelRejectedError,
     NotFoundError,
     PermissionDeniedError,
     ServerError,
     UnexpectedResponseError,
+    ValidationTimeoutError,
 )
 from edgeaiforge._manager import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
@@ -41,8 +45,10 @@ __all__ = [
     "ModelFileError",
     "ModelManager",
     "ModelMetadata",
+    "ModelRejectedError",
     "NotFoundError",
     "PermissionDeniedError",
     "ServerError",
     "UnexpectedResponseError",
+    "ValidationTimeoutError",
 ]

@@ -22,7 +22,6 @@ from schemas.deployer import (
     EnrollmentToken,
     TargetSelector,
 )
-from schemas.registry import ModelInfo
 
 __all__ = ["DeployMixin", "DeploymentTimeoutError"]
 
@@ -155,8 +154,10 @@ class DeployMixin:
     ) -> DeploymentInfo:
         """Deploy ``model`` to a device (or ``group=``/``labels=``).
 
-        ``version`` is a version or an alias (``"production"``); by default the model's
-        latest version. With ``wait=True`` returns when every target has finished.
+        ``version`` is a version or an alias (``"production"``); by default the newest
+        version by upload sequence that is validated or analyzed — never a rejected one,
+        nor one still validating (the answer's ``version`` says which). With ``wait=True``
+        returns when every target has finished.
 
         ``request_id`` is the idempotency key (sent as ``Idempotency-Key``): calling again
         with the same key and arguments answers the deployment the first call started. By
@@ -164,11 +165,6 @@ class DeployMixin:
         the call is sent again with its key, up to ``ATTEMPTS`` times, so it starts one
         deployment at most.
         """
-        if version is None:
-            info = self._http.call("GET", f"/api/v1/models/{_seg(model)}", ModelInfo)
-            if info.latest_version is None:
-                raise EdgeAIForgeError(f"model {model!r} has no version to deploy yet")
-            version = info.latest_version
         target = TargetSelector(
             device_id=device_id, group=group, labels=dict(labels) if labels is not None else None
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -16,10 +17,12 @@ __all__ = [
     "InvalidRequestError",
     "InvalidTokenError",
     "ModelFileError",
+    "ModelRejectedError",
     "NotFoundError",
     "PermissionDeniedError",
     "ServerError",
     "UnexpectedResponseError",
+    "ValidationTimeoutError",
 ]
 
 
@@ -113,4 +116,41 @@ class DownloadIntegrityError(EdgeAIForgeError):
         super().__init__(
             f"download of {what} failed its integrity check: {reason}; nothing was kept. "
             "If it happens again the stored artifact may be damaged: tell an administrator"
+        )
+
+
+class ModelRejectedError(EdgeAIForgeError):
+    """The validator rejected an uploaded version; ``reasons`` are its failed checks.
+
+    The version stays in the repository as ``rejected`` (its number is taken): fix the
+    model and upload it under a new version number."""
+
+    def __init__(self, model: str, version: str, reasons: Sequence[str]) -> None:
+        self.model = model
+        self.version = version
+        self.reasons = tuple(reasons)
+        why = "; ".join(self.reasons) or "no reason given"
+        super().__init__(
+            f"{model} {version} was rejected by validation: {why}. Fix the model and upload "
+            f"it under a new version number (`edgeaiforge model reports {model} {version}` "
+            "shows every check)"
+        )
+
+
+class ValidationTimeoutError(EdgeAIForgeError):
+    """An uploaded version had no verdict within the time given; validation goes on."""
+
+    def __init__(
+        self, model: str, version: str, status: str, timeout: float, until: str = "validated"
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.status = status
+        self.timeout = timeout
+        waited = "validation" if until == "validated" else "analysis"
+        super().__init__(
+            f"{model} {version} is stored, but its {waited} did not finish within {timeout:g} s "
+            f"(it is {status}); it goes on: look at it later with "
+            f"`edgeaiforge model show {model} {version}` "
+            f"(ModelManager.get_version({model!r}, {version!r}) in Python)"
         )

@@ -80,6 +80,7 @@ class HttpClient:
     def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         _check_token(token)
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self._client = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}", "User-Agent": "edgeaiforge-sdk"},
@@ -148,8 +149,12 @@ class HttpClient:
         *,
         params: Params = None,
         progress: Progress | None = None,
+        server_wait: float = 0.0,
     ) -> T:
-        """PUT the file as a raw, streamed body (never read whole into memory)."""
+        """PUT the file as a raw, streamed body (never read whole into memory).
+
+        ``server_wait``: seconds the server may hold the answer back (``?wait=``); the read
+        timeout grows by as much."""
         size = file.stat().st_size
 
         def body() -> Iterator[bytes]:
@@ -167,6 +172,7 @@ class HttpClient:
             params=params,
             content=body(),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            timeout=httpx.Timeout(self.timeout + server_wait, connect=10.0),
         )
         response = self._send(request)
         _raise_for(response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+from edgeaiforge._errors import EdgeAIForgeError, ModelRejectedError, ValidationTimeoutError
 from edgeaiforge._http import HttpClient, Progress
 from edgeaiforge._model import Model, ModelMetadata
 from schemas.registry import (
@@ -12,13 +13,22 @@ from schemas.registry import (
     Deleted,
     ModelInfo,
     ModelPage,
+    UploadedVersion,
     VersionInfo,
     VersionPage,
     VersionReports,
     VersionStatus,
+    WaitUntil,
+    undecided,
 )
+from schemas.reports import CheckOutcome, ValidationReport
 
-__all__ = ["RegistryMixin"]
+__all__ = ["DEFAULT_VALIDATION_TIMEOUT", "MAX_SERVER_WAIT", "RegistryMixin"]
+
+#: Seconds ``add_model`` waits for the validator by default.
+DEFAULT_VALIDATION_TIMEOUT = 300.0
+#: The longest wait the API grants one upload (``services.api.verdict.MAX_WAIT``).
+MAX_SERVER_WAIT = 600.0
 
 
 def _seg(value: str) -> str:
@@ -32,16 +42,56 @@ class RegistryMixin:
     _http: HttpClient
 
     def add_model(
-        self, model: Model, metadata: ModelMetadata, *, progress: Progress | None = None
-    ) -> VersionInfo:
-        """Upload ``model``'s file as version ``metadata.version``; streamed, not loaded."""
-        return self._http.upload(
+        self,
+        model: Model,
+        metadata: ModelMetadata,
+        *,
+        progress: Progress | None = None,
+        wait: bool = True,
+        timeout: float = DEFAULT_VALIDATION_TIMEOUT,
+        until: WaitUntil = "validated",
+    ) -> UploadedVersion:
+        """Upload ``model``'s file as version ``metadata.version`` (streamed, not loaded)
+        and return once the validator has passed it, so it can be deployed.
+
+        Raises ``ModelRejectedError`` with the validator's reasons when it fails, and
+        ``ValidationTimeoutError`` when there is no verdict within ``timeout`` seconds (at
+        most 600; validation goes on). ``until="analyzed"`` also waits for the analyzer's
+        report. ``wait=False`` returns as soon as the bytes are stored (status
+        ``validating``). The answer's ``pruned`` names the older versions that retention
+        deleted because of this upload.
+        """
+        seconds = min(max(timeout, 0.0), MAX_SERVER_WAIT) if wait else 0.0
+        params = list(metadata.query())
+        if wait:
+            params += [("wait", f"{seconds:g}"), ("until", until)]
+        info = self._http.upload(
             f"/api/v1/models/{_seg(model.name)}/versions/{_seg(metadata.version)}",
             model.path,
-            VersionInfo,
-            params=metadata.query(),
+            UploadedVersion,
+            params=params,
             progress=progress,
+            server_wait=seconds,
         )
+        if not wait:
+            return info
+        if info.status is VersionStatus.REJECTED:
+            raise ModelRejectedError(info.model, info.version, self._reasons(info))
+        if undecided(info.status, until):
+            raise ValidationTimeoutError(
+                info.model, info.version, info.status.value, seconds, until
+            )
+        return info
+
+    def _reasons(self, info: VersionInfo) -> list[str]:
+        """The failed checks of a rejected version, as ``check: message`` lines."""
+        try:
+            report = self.get_reports(info.model, info.version).validation or {}
+            checks = ValidationReport.model_validate(report).checks
+        except (EdgeAIForgeError, ValueError):
+            checks = ()
+        failed = [f"{c.name}: {c.message}" for c in checks if c.outcome is CheckOutcome.FAILED]
+        return failed or ([info.rejection_reason] if info.rejection_reason else [])
 
     def list_models(
         self,

@@ -267,8 +267,10 @@ class DeploymentSpec(WireModel):
     """What to deploy where, and how: the body of ``POST /api/v1/deployments``."""
 
     model: Label
-    #: A version, or an alias of the registry (``@production`` or ``production``).
-    version: Label
+    #: A version, or an alias of the registry (``@production`` or ``production``). Left
+    #: out: the model's ``deployable_version``, the newest by upload sequence that is
+    #: validated or analyzed (never a rejected one, nor one still validating).
+    version: Label | None = None
     target: TargetSelector
     strategy: DeploymentStrategy = DeploymentStrategy.ALL_AT_ONCE
     #: Cumulative wave sizes for ``waves``; the last wave always takes the rest.
@@ -293,6 +295,8 @@ class CreateDeployment(DeploymentSpec):
     ``Idempotency-Key`` header; a command sets them from ``actor`` and ``request_id``.
     """
 
+    #: Always named here: the API resolves a spec without a version before asking.
+    version: Label
     created_by: str = ""
     request_id: RequestId | None = None
 

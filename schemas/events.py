@@ -96,10 +96,17 @@ class ModelAnalyzed(_VersionEvent):
 
 
 class ModelVersionDeleted(_VersionEvent):
+    """A version is gone, and why: ``user`` (a ``DELETE`` by ``deleted_by``) or
+    ``retention`` (pushed out by ``model_repository.max_versions_per_model``; ``detail``
+    says by which upload or sweep and what the limit was)."""
+
     SUBJECT: ClassVar[str] = "eaf.model.version.deleted"
 
     artifact_id: Sha256Hex
     reason: Literal["user", "retention"]
+    #: The API key's name for a user's deletion; ``""`` for retention.
+    deleted_by: str = ""
+    detail: str = ""
 
 
 class TargetState(StrEnum):

@@ -50,6 +50,7 @@ __all__ = [
     "SetAliasRequest",
     "SizeBytes",
     "UpdateMetadataRequest",
+    "UploadedVersion",
     "VersionInUse",
     "VersionInfo",
     "VersionMetadata",
@@ -58,6 +59,10 @@ __all__ = [
     "VersionStatus",
     "VersionsInUseReply",
     "VersionsInUseRequest",
+    "WaitUntil",
+    "is_deployable",
+    "is_pending",
+    "undecided",
 ]
 
 
@@ -87,6 +92,28 @@ class VersionStatus(StrEnum):
     VALIDATED = "validated"
     REJECTED = "rejected"
     ANALYZED = "analyzed"
+
+
+def is_pending(status: VersionStatus) -> bool:
+    """Is the validator's verdict on a version still to come?"""
+    return status in (VersionStatus.UPLOADED, VersionStatus.VALIDATING)
+
+
+def is_deployable(status: VersionStatus) -> bool:
+    """May a version in ``status`` be deployed (validated, and perhaps analysed)?"""
+    return status in (VersionStatus.VALIDATED, VersionStatus.ANALYZED)
+
+
+#: What an upload may wait for: ``validated`` (what a deployment needs), or ``analyzed``
+#: (also the analyzer's report: parameters, latency, device requirements).
+WaitUntil = Literal["validated", "analyzed"]
+
+
+def undecided(status: VersionStatus, until: WaitUntil) -> bool:
+    """Is what a waiting uploader asked for still to come for a version in ``status``?"""
+    if is_pending(status):
+        return True
+    return until == "analyzed" and status is VersionStatus.VALIDATED
 
 
 class VersionMetadata(WireModel):
@@ -125,6 +152,15 @@ class VersionInfo(WireModel):
     reference_artifact_id: Sha256Hex | None = None
 
 
+class UploadedVersion(VersionInfo):
+    """The answer to an upload: the new version, and what retention did because of it."""
+
+    #: Older versions this upload pushed out (``max_versions_per_model``), oldest first.
+    pruned: tuple[str, ...] = ()
+    #: Why retention was put off for now (it runs again in the registry's sweep); "" if not.
+    retention_skipped: str = ""
+
+
 class ModelInfo(WireModel):
     name: ModelName
     created_at: AwareDatetime
@@ -132,6 +168,9 @@ class ModelInfo(WireModel):
     version_count: int
     latest_version: str | None
     latest_sequence: int
+    #: What a deployment without a version takes: the newest version by upload sequence
+    #: that is validated or analyzed (never a rejected one, nor one still validating).
+    deployable_version: str | None = None
     #: alias → version
     aliases: dict[str, str]
     task: str = ""
@@ -358,7 +397,11 @@ class RegistryRpc:
     """What the registry answers on ``eaf.rpc.registry.*``."""
 
     CREATE_VERSION = Rpc.of(
-        "registry", "create_version", CreateVersionRequest, VersionInfo, "Record a stored version"
+        "registry",
+        "create_version",
+        CreateVersionRequest,
+        UploadedVersion,
+        "Record a stored version; applies retention",
     )
     GET_VERSION = Rpc.of(
         "registry", "get_version", GetVersionRequest, VersionInfo, "A version or an alias"

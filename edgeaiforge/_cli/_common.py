@@ -29,6 +29,7 @@ __all__ = [
     "print_json",
     "progress_bar",
     "run",
+    "upload_then_wait",
 ]
 
 console = Console()
@@ -71,13 +72,8 @@ def run(ctx: typer.Context, action: Callable[[ModelManager], None]) -> None:
         action(mm)
 
 
-@contextmanager
-def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich transfer bar (on stderr); yields the SDK's progress callback."""
-    if not enabled:
-        yield None
-        return
-    with Progress(
+def _transfer_bar() -> Progress:
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
@@ -85,13 +81,55 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, 
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
-    ) as bar:
+    )
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich transfer bar (on stderr); yields the SDK's progress callback."""
+    if not enabled:
+        yield None
+        return
+    with _transfer_bar() as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total if total >= 0 else None)
 
         yield update
+
+
+@contextmanager
+def upload_then_wait(
+    description: str, waiting: str | None, *, enabled: bool
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A transfer bar while the bytes go up, then (with ``waiting``) a spinner while the
+    server holds the answer back; yields the SDK's progress callback."""
+    if not enabled:
+        yield None
+        return
+    bar = _transfer_bar()
+    task = bar.add_task(description, total=None)
+    spinner = err_console.status(waiting or "", spinner="dots")
+    spinning = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal spinning
+        bar.update(task, completed=done, total=total if total >= 0 else None)
+        if waiting and total >= 0 and done >= total and not spinning:
+            # One live display at a time: the finished bar stays printed above.
+            bar.stop()
+            spinning = True
+            spinner.start()
+
+    bar.start()
+    try:
+        yield update
+    finally:
+        if spinning:
+            spinner.stop()
+        else:
+            bar.stop()
 
 
 ENV_HELP = f"from {ENV_URL} / {ENV_TOKEN}"

@@ -88,7 +88,10 @@ def deploy(
         typer.Argument(metavar="DEVICE", help="Device id (or use --group/--label)"),
     ] = None,
     version: Annotated[
-        str | None, typer.Option("--version", "-v", help="Version or alias (default: latest)")
+        str | None,
+        typer.Option(
+            "--version", "-v", help="Version or alias (default: the newest validated version)"
+        ),
     ] = None,
     group: Annotated[str | None, typer.Option(help="Every device of this group")] = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value; devices with all")] = None,

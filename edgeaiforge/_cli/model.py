@@ -8,10 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeaiforge._cli._common import JsonOption, console, print_json, progress_bar, run
+from edgeaiforge._cli._common import (
+    JsonOption,
+    console,
+    print_json,
+    progress_bar,
+    run,
+    upload_then_wait,
+)
 from edgeaiforge._cli.reports import report_tables
 from edgeaiforge._manager import ModelManager
 from edgeaiforge._model import Model, ModelMetadata
+from edgeaiforge._registry import DEFAULT_VALIDATION_TIMEOUT, MAX_SERVER_WAIT
 
 __all__ = ["app"]
 
@@ -76,9 +84,22 @@ def add(
     ] = None,
     source_url: Annotated[str, typer.Option(help="Training run or source URL")] = "",
     parent: Annotated[str | None, typer.Option(help="Parent version (lineage)")] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="Return once stored, without waiting for validation"),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.0, max=MAX_SERVER_WAIT, help="Seconds to wait for the validator"),
+    ] = DEFAULT_VALIDATION_TIMEOUT,
+    analyzed: Annotated[
+        bool, typer.Option("--analyzed", help="Also wait for the analyzer's report")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload a model file as a new version: NAME VERSION FILE (or NAME FILE --version V)."""
+    """Upload a model file as a new version: NAME VERSION FILE (or NAME FILE --version V).
+
+    Waits until the validator has passed it (a spinner), or says why it was rejected."""
     version_, path = _version_and_file(rest, version)
     properties: dict[str, str] = {}
     for item in prop or []:
@@ -99,15 +120,32 @@ def add(
             source_url=source_url,
             parent_version=parent,
         )
-        with progress_bar(f"upload {name} {version_}", enabled=not json_out) as progress:
-            info = mm.add_model(model, metadata, progress=progress)
+        waiting = None if no_wait else f"validating {name} {version_}"
+        with upload_then_wait(
+            f"upload {name} {version_}", waiting, enabled=not json_out
+        ) as progress:
+            info = mm.add_model(
+                model,
+                metadata,
+                progress=progress,
+                wait=not no_wait,
+                timeout=timeout,
+                until="analyzed" if analyzed else "validated",
+            )
         if json_out:
             print_json(info)
-        else:
+            return
+        console.print(
+            f"[green]stored[/green] {info.model} {info.version} (sequence {info.sequence}, "
+            f"{_size(info.size_bytes)}, sha256 {info.artifact_id[:12]}…, {info.status})"
+        )
+        if info.pruned:
             console.print(
-                f"[green]stored[/green] {info.model} {info.version} (sequence {info.sequence}, "
-                f"{_size(info.size_bytes)}, sha256 {info.artifact_id[:12]}…, {info.status})"
+                f"retention (max_versions_per_model) deleted {len(info.pruned)} older "
+                f"version{'s' if len(info.pruned) > 1 else ''}: {', '.join(info.pruned)}"
             )
+        if info.retention_skipped:
+            console.print(f"[yellow]retention put off:[/yellow] {info.retention_skipped}")
 
     run(ctx, action)
 

@@ -77,6 +77,15 @@ class Versions(Queries):
             .order_by(VersionRow.sequence.desc())
             .limit(1)
         )
+        deployable = await s.scalar(
+            select(VersionRow.version)
+            .where(
+                VersionRow.model_id == m.id,
+                VersionRow.status.in_([st.value for st in domain.DEPLOYABLE]),
+            )
+            .order_by(VersionRow.sequence.desc())
+            .limit(1)
+        )
         alias_rows = await s.execute(
             select(AliasRow.name, VersionRow.version)
             .join(VersionRow, VersionRow.id == AliasRow.version_id)
@@ -90,6 +99,7 @@ class Versions(Queries):
             version_count=count,
             latest_version=latest.version if latest else None,
             latest_sequence=m.last_sequence,
+            deployable_version=deployable,
             aliases={row[0]: row[1] for row in alias_rows},
             task=latest.task if latest else "",
             tags=tuple(latest.tags or ()) if latest else (),

@@ -10,9 +10,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.registry import VersionStatus
+from schemas.registry import VersionStatus, is_deployable
 
 __all__ = [
+    "DEPLOYABLE",
     "ApiToken",
     "RetentionCandidate",
     "hash_secret",
@@ -26,6 +27,9 @@ __all__ = [
 EventKind = Literal["validated", "rejected", "analyzed"]
 
 _S = VersionStatus
+
+#: What a deployment without a version may take: the newest of these by sequence.
+DEPLOYABLE = frozenset(s for s in VersionStatus if is_deployable(s))
 
 
 def next_status(current: VersionStatus, kind: EventKind) -> VersionStatus:

@@ -51,7 +51,11 @@ def create_router(registry: Registry, nats: NatsConfig) -> ServiceRouter:
         """Register an artifact already uploaded (POST /api/v1/artifacts) as a new version;
         ``eaf.model.uploaded`` follows and validation starts."""
         log.info("command", command="register_version", actor=cmd.actor, model=cmd.model)
-        return await registry.create_version(cmd.to_request())
+        uploaded = await registry.create_version(cmd.to_request())
+        # The command's reply is the plain VersionInfo integrators parse.
+        return VersionInfo.model_validate(
+            uploaded.model_dump(exclude={"pruned", "retention_skipped"})
+        )
 
     @router.rpc(CommandRpc.SET_ALIAS)
     async def set_alias(cmd: SetAliasCommand) -> AliasInfo:

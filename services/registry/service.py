@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 
@@ -43,6 +43,7 @@ from schemas.registry import (
     RevokeApiKeyRequest,
     SetAliasRequest,
     UpdateMetadataRequest,
+    UploadedVersion,
     VersionInfo,
     VersionPage,
     VersionReports,
@@ -88,10 +89,11 @@ class Registry:
         self._prune_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def drain(self) -> None:
         """Wait for background work (retention after uploads) to finish."""
@@ -100,8 +102,9 @@ class Registry:
 
     # ---- versions -----------------------------------------------------------------
 
-    async def create_version(self, req: CreateVersionRequest) -> VersionInfo:
-        """Record a version whose bytes the API has stored, then announce it."""
+    async def create_version(self, req: CreateVersionRequest) -> UploadedVersion:
+        """Record a version whose bytes the API has stored, announce it, and apply
+        retention to its model; the answer names the versions retention deleted."""
         self._check_artifact(req.artifact_id, req.size_bytes)
         if req.reference_artifact_id is not None:
             self._check_artifact(req.reference_artifact_id, None)
@@ -113,8 +116,25 @@ class Registry:
                 await self.store.delete_version(req.model, req.version)
                 raise ArtifactMissing(artifact_id, "it was deleted as an orphan meanwhile")
         info = await self._announce(req.model, req.version) or info
-        self._spawn(self._prune_quietly(req.model))
-        return info
+        # Retention runs before the answer so that the uploader learns what it deleted;
+        # the upload itself has succeeded whatever retention does. It may queue behind a
+        # sweep's round (one lock): past a bound it goes on alone and the answer says so.
+        task = self._spawn(self._prune_quietly(req.model, trigger=f"upload of {req.version}"))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.nats.request_timeout / 2)
+        result = task.result() if done else None
+        if result is None:
+            skipped = (
+                "retention failed; the registry's sweep tries again"
+                if done
+                else "retention is still running (behind the registry's sweep); "
+                "eaf.model.version.deleted says what it deletes"
+            )
+            return UploadedVersion(**info.model_dump(), retention_skipped=skipped)
+        return UploadedVersion(
+            **info.model_dump(),
+            pruned=tuple(v.version for v in result.deleted),
+            retention_skipped=result.skipped.get(req.model, ""),
+        )
 
     def _check_artifact(self, artifact_id: str, size: int | None) -> None:
         try:
@@ -178,7 +198,7 @@ class Registry:
 
     async def delete_alias(self, req: DeleteAliasRequest) -> Deleted:
         version = await self.store.delete_alias(req.model, req.alias)
-        self._spawn(self._prune_quietly(req.model))
+        self._spawn(self._prune_quietly(req.model, trigger=f"removal of alias {req.alias}"))
         return Deleted(model=req.model, alias=req.alias, version=version)
 
     async def get_reports(self, req: GetReportsRequest) -> VersionReports:
@@ -198,9 +218,17 @@ class Registry:
                 f"version {req.version} of {req.model!r} is in use on devices "
                 "(active, rollback target or being deployed); deploy another version first"
             )
-        return await self._delete(req.model, req.version, reason="user")
+        return await self._delete(req.model, req.version, reason="user", deleted_by=req.deleted_by)
 
-    async def _delete(self, model: str, version: str, *, reason: str) -> Deleted:
+    async def _delete(
+        self,
+        model: str,
+        version: str,
+        *,
+        reason: Literal["user", "retention"],
+        deleted_by: str = "",
+        detail: str = "",
+    ) -> Deleted:
         info, orphan = await self.store.delete_version(model, version)
         if orphan:
             self.artifacts.delete(info.artifact_id)
@@ -210,6 +238,8 @@ class Registry:
                 version=version,
                 artifact_id=info.artifact_id,
                 reason=reason,
+                deleted_by=deleted_by,
+                detail=detail,
             )
         )
         log.info("version deleted", model=model, version=version, reason=reason)
@@ -247,6 +277,10 @@ class Registry:
     async def prune(self, req: PruneRequest) -> PruneResult:
         """Apply retention to one model or all: delete the oldest unprotected versions."""
         models = [req.model] if req.model else await self.store.model_names()
+        return await self._prune(models, trigger="a prune request")
+
+    async def _prune(self, models: list[str], *, trigger: str) -> PruneResult:
+        """Retention for ``models``; ``trigger`` (what asked for it) goes into the events."""
         deleted: list[VersionInfo] = []
         skipped: dict[str, str] = {}
         keep = self.settings.model_repository.max_versions_per_model
@@ -259,22 +293,28 @@ class Registry:
                 if in_use is None:
                     skipped[model] = "the deployer did not answer; nothing pruned blind"
                     continue
+                detail = (
+                    f"{trigger}: {len(candidates)} versions, max_versions_per_model is {keep}; "
+                    "the oldest not aliased nor in use on a device go first"
+                )
                 for version in domain.select_prunable(
                     candidates, keep=keep, protected=aliased | in_use
                 ):
                     try:
                         info = await self.store.get_version(model, version)
-                        await self._delete(model, version, reason="retention")
+                        await self._delete(model, version, reason="retention", detail=detail)
                     except (AliasInUse, VersionNotFound):
                         continue  # aliased or deleted since we looked: leave it
                     deleted.append(info)
         return PruneResult(deleted=tuple(deleted), skipped=skipped)
 
-    async def _prune_quietly(self, model: str) -> None:
+    async def _prune_quietly(self, model: str, *, trigger: str) -> PruneResult | None:
+        """Retention for one model in the background: a failure is logged (None)."""
         try:
-            await self.prune(PruneRequest(model=model))
+            return await self._prune([model], trigger=trigger)
         except Exception:
-            log.exception("retention failed", model=model)
+            log.exception("retention failed", model=model, trigger=trigger)
+            return None
 
     async def sweep_forever(self, interval: float) -> None:
         """Periodically re-publish unannounced uploads and apply retention to every model
@@ -290,7 +330,7 @@ class Registry:
         cutoff = datetime.now(UTC) - _REPUBLISH_AFTER
         for model, version in await self.store.unpublished(cutoff):
             await self._announce(model, version)
-        await self.prune(PruneRequest())
+        await self._prune(await self.store.model_names(), trigger="the registry's sweep")
         await self.collect_orphans()
 
     async def collect_orphans(self) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from contextlib import AsyncExitStack
 
 from edge_runtime import EdgeRuntime, enroll
@@ -43,14 +42,6 @@ async def test_deploy_model_through_the_api(
             await asyncio.to_thread(
                 mm.add_model, Model(name, path), ModelMetadata("Regression", "1.0.0")
             )
-
-            def validated() -> None:
-                deadline = time.monotonic() + 120
-                while mm.get_version(name, "1.0.0").status.value not in ("validated", "analyzed"):
-                    assert time.monotonic() < deadline, "validation did not finish"
-                    time.sleep(0.2)
-
-            await asyncio.to_thread(validated)
             enrolment = await asyncio.to_thread(mm.create_enrollment_token, device_id=device_id)
             state_dir = tmp_path / device_id
             await asyncio.to_thread(

@@ -7,29 +7,19 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
-from edgeaiforge import ModelManager
+import pytest
+
+from edgeaiforge import ModelManager, ModelRejectedError
 from edgeaiforge._model import Model, ModelMetadata
-from schemas.registry import VersionReports
 from schemas.reports import AnalysisReport, ValidationReport
 from services.analyzer.app import create_service as create_analyzer
 from services.validator.app import create_service as create_validator
 from tests.support.api import create_api_key, serve_in_thread
 from tests.support.models import cnn_model, to_bytes
 from tests.support.settings import platform_settings
-
-
-def _wait_for_reports(
-    mm: ModelManager, name: str, ready: str, timeout: float = 60
-) -> VersionReports:
-    deadline = time.monotonic() + timeout
-    while True:
-        reports = mm.get_reports(name, "1.0.0")
-        if reports.status.value == ready:
-            return reports
-        assert time.monotonic() < deadline, f"status stayed {reports.status.value}"
-        time.sleep(0.2)
 
 
 async def test_both_reports_are_visible_through_the_api(
@@ -57,11 +47,19 @@ async def test_both_reports_are_visible_through_the_api(
             mm = ModelManager(url, token)
             stack.callback(mm.close)
             started = time.monotonic()
-            await asyncio.to_thread(mm.add_model, Model(name, good), ModelMetadata("CNN", "1.0.0"))
-            await asyncio.to_thread(mm.add_model, Model(broken, bad), ModelMetadata("x", "1.0.0"))
-            reports = await asyncio.to_thread(_wait_for_reports, mm, name, "analyzed")
+            # add_model returns once the analyzer's report is in, too.
+            await asyncio.to_thread(
+                partial(mm.add_model, until="analyzed"),
+                Model(name, good),
+                ModelMetadata("CNN", "1.0.0"),
+            )
             elapsed = time.monotonic() - started
-            rejected = await asyncio.to_thread(_wait_for_reports, mm, broken, "rejected")
+            reports = await asyncio.to_thread(mm.get_reports, name, "1.0.0")
+            with pytest.raises(ModelRejectedError) as refused:
+                await asyncio.to_thread(
+                    mm.add_model, Model(broken, bad), ModelMetadata("x", "1.0.0")
+                )
+            rejected = await asyncio.to_thread(mm.get_reports, broken, "1.0.0")
 
     assert reports.validation is not None and reports.analysis is not None
     validation = ValidationReport.model_validate(reports.validation)
@@ -72,5 +70,7 @@ async def test_both_reports_are_visible_through_the_api(
     assert analysis.latency is not None
     print(f"upload to both reports via the API: {elapsed:.1f} s")
     assert rejected.rejection_reason.startswith("load: not a valid ONNX protobuf")
+    # The uploader's error carries the validator's failed check.
+    assert refused.value.reasons[0].startswith("load: not a valid ONNX protobuf")
     first_failure = ValidationReport.model_validate(rejected.validation).first_failure
     assert first_failure is not None and first_failure.name == "load"

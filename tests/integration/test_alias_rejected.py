@@ -57,9 +57,9 @@ def test_rest_sdk_and_cli_refuse_an_alias_on_a_rejected_version(
         token = create_api_key(settings, role="deployer")
         with ModelManager(url, token) as mm:
             src.write_bytes(os.urandom(2000))
-            good = mm.add_model(Model(name, src), ModelMetadata("t", "1.0.0"))
+            good = mm.add_model(Model(name, src), ModelMetadata("t", "1.0.0"), wait=False)
             src.write_bytes(os.urandom(2000))
-            bad = mm.add_model(Model(name, src), ModelMetadata("t", "1.0.1"))
+            bad = mm.add_model(Model(name, src), ModelMetadata("t", "1.0.1"), wait=False)
             mm.set_alias(name, "production", good.version)
             _reject(settings, bad)
             deadline = time.monotonic() + 15

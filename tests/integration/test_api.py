@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +98,9 @@ def model_file(tmp_path: Path, size: int = 300_000, marker: bytes = b"") -> Path
 
 def upload(p: Platform, tmp_path: Path, model: str, version: str, **kw: Any) -> Any:
     with p.manager() as mm:
-        return mm.add_model(Model(model, model_file(tmp_path, **kw)), ModelMetadata("t", version))
+        return mm.add_model(
+            Model(model, model_file(tmp_path, **kw)), ModelMetadata("t", version), wait=False
+        )
 
 
 def assert_problem(response: httpx.Response, status: int | tuple[int, ...]) -> dict[str, Any]:
@@ -127,13 +128,14 @@ def test_upload_list_get_download_with_metadata(platform: Platform, tmp_path: Pa
             properties={"dataset": "imagenet", "top1": "0.76"},
             source_url="https://ci.example/runs/42",
         )
-        info = mm.add_model(Model(name, src), meta)
+        info = mm.add_model(Model(name, src), meta, wait=False)
         assert info.sequence == 1 and info.size_bytes == src.stat().st_size
         assert info.artifact_id == hashlib.sha256(src.read_bytes()).hexdigest()
         assert info.uploaded_by == "deployer-key"
         child = mm.add_model(
             Model(name, model_file(tmp_path)),
             ModelMetadata("Image Classification", "1.1.0", parent_version="1.0.0", tags=("x",)),
+            wait=False,
         )
         assert child.metadata.parent_version == "1.0.0" and child.sequence == 2
 
@@ -163,7 +165,7 @@ def test_duplicate_version_409_and_not_semver_422(platform: Platform, tmp_path: 
     name = new_unique_id("m")
     upload(platform, tmp_path, name, "1.0.0")
     with platform.manager() as mm, pytest.raises(ConflictError, match="already has version"):
-        mm.add_model(Model(name, model_file(tmp_path)), ModelMetadata("t", "1.0.0"))
+        mm.add_model(Model(name, model_file(tmp_path)), ModelMetadata("t", "1.0.0"), wait=False)
     with platform.client(platform.deployer) as c:
         for bad in ("1.0", "v1.0.0", "latest", "1.0.0.0"):
             r = c.put(f"/api/v1/models/{name}/versions/{bad}", content=b"x" * 10)
@@ -216,29 +218,21 @@ def test_retention_prunes_oldest_unaliased_and_sequence_only_grows(
     name = new_unique_id("m")
     with platform.manager() as mm:
         first = upload(platform, tmp_path, name, "1.0.0")
-        upload(platform, tmp_path, name, "1.1.0")
+        assert upload(platform, tmp_path, name, "1.1.0").pruned == ()
         mm.set_alias(name, "production", "1.0.0")
         third = upload(platform, tmp_path, name, "1.2.0")
-        upload(platform, tmp_path, name, "1.3.0")
-        upload(platform, tmp_path, name, "1.4.0")
-        # Retention runs in the background after each upload: wait for it to settle.
-        versions = _wait_versions(mm, name, {"1.0.0", "1.3.0", "1.4.0"})
-        assert versions == {"1.0.0", "1.3.0", "1.4.0"}
+        assert third.pruned == ()
+        # Each upload past max_versions_per_model (3) names what it pushed out: the
+        # oldest version without an alias.
+        assert upload(platform, tmp_path, name, "1.3.0").pruned == ("1.1.0",)
+        assert upload(platform, tmp_path, name, "1.4.0").pruned == ("1.2.0",)
+        assert {v.version for v in mm.list_versions(name).items} == {"1.0.0", "1.3.0", "1.4.0"}
         # The pruned artifacts are gone from disk, the aliased one is not.
         assert platform.stored_path(first.artifact_id).exists()
         assert not platform.stored_path(third.artifact_id).exists()
         # Numbers of deleted versions are never given again.
         again = upload(platform, tmp_path, name, "1.1.0")
-        assert again.sequence == 6
-
-
-def _wait_versions(mm: ModelManager, name: str, want: set[str]) -> set[str]:
-    deadline = time.monotonic() + 15
-    while True:
-        got = {v.version for v in mm.list_versions(name).items}
-        if got == want or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
+        assert again.sequence == 6 and again.pruned == ("1.3.0",)
 
 
 # ---- auth ---------------------------------------------------------------------------

@@ -40,12 +40,13 @@ def test_model_commands_end_to_end(tmp_path: Path, nats_server: Any, unique_id: 
             "edge",
             "--property",
             "k=v",
+            "--no-wait",
             "--json",
         )
         assert added.exit_code == 0, added.output
         assert json.loads(added.stdout)["sequence"] == 1
         # README's order, NAME VERSION FILE, and FILE with -v (above) both upload.
-        assert run("model", "add", name, "1.1.0", str(src)).exit_code == 0
+        assert run("model", "add", name, "1.1.0", str(src), "--no-wait").exit_code == 0
 
         listed = run("model", "list", "--prefix", name, "--json")
         assert [m["name"] for m in json.loads(listed.stdout)["items"]] == [name]

@@ -86,11 +86,11 @@ def test_50_mb_round_trip_with_flat_api_memory(
     digest = write_random(big, SIZE)
     with ModelManager(url, token) as mm:
         # Warm up the code paths once, so the baseline includes their imports and buffers.
-        mm.add_model(Model(name, warm), ModelMetadata("t", "0.0.1"))
+        mm.add_model(Model(name, warm), ModelMetadata("t", "0.0.1"), wait=False)
         mm.download(name, "0.0.1", tmp_path / "warm.out")
         baseline = psutil.Process(pid).memory_info().rss
         with PeakRss(pid) as up:
-            info = mm.add_model(Model(name, big), ModelMetadata("t", "1.0.0"))
+            info = mm.add_model(Model(name, big), ModelMetadata("t", "1.0.0"), wait=False)
         with PeakRss(pid) as down:
             out = mm.download(name, "1.0.0", tmp_path / "big.out")
     assert info.artifact_id == digest and info.size_bytes == SIZE

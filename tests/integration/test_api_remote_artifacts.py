@@ -32,7 +32,7 @@ async def test_plaintext_and_stored_forms_through_the_api(
     with serve_in_thread(settings) as url:
         token = create_api_key(settings, role="deployer")
         with ModelManager(url, token) as mm:
-            info = mm.add_model(Model(unique_id("m"), src), ModelMetadata("t", "1.0.0"))
+            info = mm.add_model(Model(unique_id("m"), src), ModelMetadata("t", "1.0.0"), wait=False)
         aid = info.artifact_id
         cache = tmp_path / "elsewhere"
         async with RemoteArtifacts(

@@ -311,7 +311,9 @@ async def test_wrong_arguments_are_one_line_each(
             await stack.enter_async_context(create_deployer(settings))
             mm = ModelManager(url, admin)
             stack.callback(mm.close)
-            await asyncio.to_thread(mm.add_model, Model(name, src), ModelMetadata("det", "1.0.0"))
+            await asyncio.to_thread(
+                mm.add_model, Model(name, src), ModelMetadata("det", "1.0.0"), wait=False
+            )
             hints = _hinted_commands(str(DeploymentTimeoutError("d-1", 0)))
             for case in cases:
                 result = await asyncio.to_thread(cli, case.args)

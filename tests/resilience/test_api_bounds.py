@@ -30,7 +30,7 @@ EXAMPLES = 8
 MODEL = "bounds-model"
 
 #: A valid value for every path parameter of an operation that takes a number.
-PATH_VALUES = {"model": MODEL}
+PATH_VALUES = {"model": MODEL, "version": "1.0.0"}
 
 
 def _base_bodies() -> dict[tuple[str, str], dict[str, Any]]:

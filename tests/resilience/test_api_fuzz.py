@@ -37,6 +37,11 @@ def test_no_request_gets_a_server_error(api_platform) -> None:
         )
         @given(operation.as_strategy())
         def run(case) -> None:
+            # An upload holds its answer up to `wait` seconds (600 at most) for a verdict
+            # that never comes here (no validator runs): keep a generated number short.
+            wait = (case.query or {}).get("wait")
+            if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 1:
+                case.query["wait"] = 1
             response = case.call(headers=auth, timeout=30)
             if response.status_code >= 500:
                 failures.append(

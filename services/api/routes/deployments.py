@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import ValidationError
 
 from schemas.deployer import (
     CreateDeployment,
@@ -28,9 +29,11 @@ from schemas.deployer import (
     DeployerRpc as D,
 )
 from schemas.ids import DeploymentId, DeviceId, ModelName
+from schemas.registry import GetModelRequest, GetVersionRequest, RegistryRpc, is_pending
 from schemas.rpc import Rpc
 from services.api.auth import Deployer, Viewer
 from services.api.deps import Ctx
+from services.common.errors import BadRequest, Conflict
 
 __all__ = ["router"]
 
@@ -49,6 +52,33 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
+
+
+async def _deployable_version(ctx: Ctx, model: str) -> str:
+    """The model's newest deployable version, or a 409 that says why there is none."""
+    try:
+        info = await ctx.call(RegistryRpc.GET_MODEL, GetModelRequest(model=model))
+    except ValidationError:
+        raise BadRequest(f"{model!r} is not a valid model name") from None
+    if info.deployable_version is not None:
+        return info.deployable_version
+    if info.latest_version is None:
+        raise Conflict(f"model {model!r} has no version yet: upload one first")
+    newest = await ctx.call(
+        RegistryRpc.GET_VERSION, GetVersionRequest(model=model, ref=info.latest_version)
+    )
+    look = f"`edgeaiforge model show {model} {newest.version}`"
+    if is_pending(newest.status):
+        why = (
+            f"its newest, {newest.version}, is still validating: deploy once {look} says validated"
+        )
+    else:
+        why = (
+            f"its newest, {newest.version}, is {newest.status}"
+            + (f" ({newest.rejection_reason})" if newest.rejection_reason else "")
+            + ", and no older version is validated: upload a version that passes validation"
+        )
+    raise Conflict(f"model {model!r} has no deployable version: {why}")
 
 
 def _answer(reply: KeyedDeploymentInfo, response: Response) -> DeploymentInfo:
@@ -74,8 +104,14 @@ async def create_deployment(
 ) -> DeploymentInfo:
     """Deploy ``model``@``version`` (or an alias) to a device, a group or a label selector.
 
-    With ``Idempotency-Key``, a retry answers the deployment the first attempt started."""
-    req = CreateDeployment(**dict(body), created_by=principal.name, request_id=idempotency_key)
+    Without ``version``: the newest version by upload sequence that is validated or
+    analyzed; a rejected version, or one still validating, is never taken (409 when there
+    is no other). With ``Idempotency-Key``, a retry answers the deployment the first
+    attempt started."""
+    fields = dict(body)
+    if body.version is None:
+        fields["version"] = await _deployable_version(ctx, body.model)
+    req = CreateDeployment(**fields, created_by=principal.name, request_id=idempotency_key)
     reply = await ctx.call(D.CREATE_DEPLOYMENT, req)
     return _answer(reply, response)
 

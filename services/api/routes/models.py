@@ -27,15 +27,19 @@ from schemas.registry import (
     RegistryRpc,
     SetAliasRequest,
     UpdateMetadataRequest,
+    UploadedVersion,
     VersionInfo,
     VersionMetadata,
     VersionPage,
     VersionReports,
     VersionStatus,
+    WaitUntil,
+    undecided,
 )
 from services.api.auth import Admin, Deployer, Viewer
 from services.api.deps import Ctx
 from services.api.streaming import BINARY, receive_artifact, serve_plaintext
+from services.api.verdict import MAX_WAIT, wait_for_verdict
 from services.common.errors import BadRequest, Conflict, NotFound, ServiceError
 
 __all__ = ["router"]
@@ -66,6 +70,10 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+class _CallerGone(Exception):
+    """The uploader hung up while the API waited for the verdict."""
+
+
 def _properties(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -79,12 +87,29 @@ def _properties(items: list[str]) -> dict[str, str]:
 @router.put(
     "/{model}/versions/{version}",
     status_code=201,
-    response_model=VersionInfo,
+    response_model=UploadedVersion,
     openapi_extra=_UPLOAD_BODY,
     summary="Upload a version (raw body, streamed)",
+    responses={
+        201: {
+            "description": (
+                "Stored. Without `wait`, `status` is `validating`; with `wait`, the "
+                "verdict: `validated` (or `analyzed`) or `rejected` with `rejection_reason`"
+            ),
+            "headers": {"Location": {"description": "The version's URL"}},
+        },
+        202: {
+            "model": UploadedVersion,
+            "description": (
+                "Stored, but the verdict did not come within `wait` seconds: the version is "
+                "still `validating`; GET the `Location` to look at it later"
+            ),
+        },
+    },
 )
 async def upload_version(
     request: Request,
+    response: Response,
     ctx: Ctx,
     principal: Deployer,
     model: ModelPath,
@@ -100,12 +125,32 @@ async def upload_version(
     source_url: Annotated[str, Query(max_length=2000)] = "",
     parent_version: str | None = None,
     reference_artifact_id: Annotated[Sha256Hex | None, Query()] = None,
-) -> VersionInfo:
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT,
+            description=(
+                "Seconds to wait for the validator's verdict before answering (0: answer "
+                f"once stored; at most {MAX_WAIT})"
+            ),
+        ),
+    ] = 0,
+    until: Annotated[
+        WaitUntil,
+        Query(description="With `wait`: `validated`, or `analyzed` to also wait for the analyzer"),
+    ] = "validated",
+) -> UploadedVersion:
     """Store the body as a new version of ``model``.
 
     The body is the model file itself (``Content-Type: application/octet-stream``, e.g.
     ``curl -T model.onnx``); metadata goes in the query. The bytes are hashed and
-    encrypted as they arrive; the registry records the version once they are stored.
+    encrypted as they arrive; the registry records the version once they are stored, and
+    applies retention: ``pruned`` names the older versions it deleted.
+
+    With ``wait=SECONDS`` the answer comes once the validator has decided (``201``, status
+    ``validated`` or ``rejected``), or at the deadline with ``202`` and status
+    ``validating``.
     """
     metadata = VersionMetadata(
         task=task,
@@ -142,12 +187,29 @@ async def upload_version(
         update={"artifact_id": stored.info.artifact_id, "size_bytes": stored.info.size}
     )
     try:
-        return await ctx.call(S.CREATE_VERSION, req)
+        created = await ctx.call(S.CREATE_VERSION, req)
     except ServiceError:
         if stored.created:
             # Only this request knew these bytes: do not leave an orphan behind.
             ctx.artifacts.delete(stored.info.artifact_id)
         raise
+    response.headers["Location"] = str(
+        request.url_for("get_version", model=model, ref=version).path
+    )
+
+    async def look() -> VersionInfo:
+        if await request.is_disconnected():
+            raise _CallerGone
+        return await ctx.call(S.GET_VERSION, GetVersionRequest(model=model, ref=version))
+
+    try:
+        info = await wait_for_verdict(look, created, seconds=wait, until=until)
+    except _CallerGone:
+        info = created  # nobody reads the answer: stop asking the registry
+    if wait > 0 and undecided(info.status, until):
+        response.status_code = 202
+    # The verdict's state of the version, with what retention did at the upload.
+    return created.model_copy(update=dict(info)) if info is not created else created
 
 
 @router.get("", response_model=ModelPage, summary="List models")
