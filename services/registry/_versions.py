@@ -321,9 +321,15 @@ class Versions(Queries):
         async with self.sessions() as s:
             m = await self._model(s, model)
             rows = await s.execute(
-                select(VersionRow.version, VersionRow.sequence).where(VersionRow.model_id == m.id)
+                select(VersionRow.version, VersionRow.sequence, VersionRow.status).where(
+                    VersionRow.model_id == m.id
+                )
             )
-            candidates = [domain.RetentionCandidate(v, seq) for v, seq in rows]
+            rejected = VersionStatus.REJECTED.value
+            candidates = [
+                domain.RetentionCandidate(v, seq, rejected=status == rejected)
+                for v, seq, status in rows
+            ]
             aliased = await s.scalars(
                 select(VersionRow.version)
                 .join(AliasRow, AliasRow.version_id == VersionRow.id)

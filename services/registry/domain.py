@@ -53,17 +53,22 @@ def next_status(current: VersionStatus, kind: EventKind) -> VersionStatus:
 class RetentionCandidate:
     version: str
     sequence: int
+    #: Refused by the validator: it can never deploy, so it goes before any other.
+    rejected: bool = False
 
 
 def select_prunable(
     versions: Iterable[RetentionCandidate], *, keep: int, protected: set[str]
 ) -> list[str]:
-    """Versions to delete so that at most ``keep`` remain, oldest (lowest sequence) first.
+    """Versions to delete so that at most ``keep`` remain: rejected ones first, then the
+    oldest (lowest sequence) first.
 
     A protected version (aliased, or in use on a device) is never chosen but still counts
     towards ``keep``; when protection leaves too few candidates, more than ``keep`` remain.
     """
-    ordered: Sequence[RetentionCandidate] = sorted(versions, key=lambda v: v.sequence)
+    ordered: Sequence[RetentionCandidate] = sorted(
+        versions, key=lambda v: (not v.rejected, v.sequence)
+    )
     excess = len(ordered) - keep
     chosen: list[str] = []
     for v in ordered:

@@ -52,6 +52,13 @@ def test_retention_prunes_oldest_first() -> None:
     assert select_prunable(versions(5), keep=3, protected=set()) == ["1.1.0", "1.2.0"]
 
 
+def test_retention_prunes_rejected_versions_before_older_good_ones() -> None:
+    candidates = versions(5)
+    candidates[1] = RetentionCandidate("1.4.0", 4, rejected=True)
+    assert select_prunable(candidates, keep=3, protected=set()) == ["1.4.0", "1.1.0"]
+    assert select_prunable(candidates, keep=4, protected={"1.4.0"}) == ["1.1.0"]
+
+
 def test_retention_skips_protected_and_they_still_count() -> None:
     assert select_prunable(versions(5), keep=3, protected={"1.1.0"}) == ["1.2.0", "1.3.0"]
     assert select_prunable(versions(4), keep=2, protected={"1.1.0", "1.2.0", "1.3.0"}) == ["1.4.0"]
