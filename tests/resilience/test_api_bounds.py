@@ -44,6 +44,7 @@ def _base_bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "public_key": "CQ" + "A" * 41 + "=",  # 32 bytes, not of small order
             "capabilities": {"onnxruntime_version": "1.18.0", "opsets": {"ai.onnx": 17}},
         },
+        ("post", "/api/v1/keys"): {"name": "bounds", "role": "viewer"},
         ("post", "/api/v1/deployments"): {
             "model": MODEL,
             "version": "1.0.0",
