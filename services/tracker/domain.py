@@ -381,7 +381,11 @@ def compare_versions(
     Both sides are measured on the shared devices only, so a fleet whose mix changes does
     not pass for a regression; the verdicts are ``compare_intervals``'.
     """
-    devices_of = {v: {i.device for i in intervals if i.version == v and i.count} for v in ordered}
+    by_version: dict[str, list[Interval]] = {v: [] for v in ordered}
+    for i in intervals:
+        if i.count and i.version in by_version:
+            by_version[i.version].append(i)
+    devices_of = {v: {i.device for i in found} for v, found in by_version.items()}
     out = []
     for index, version in enumerate(ordered):
         baseline = next(
@@ -390,8 +394,8 @@ def compare_versions(
         if baseline is None:
             continue
         shared = devices_of[baseline] & devices_of[version]
-        new = [i for i in intervals if i.version == version and i.device in shared and i.count]
-        old = [i for i in intervals if i.version == baseline and i.device in shared and i.count]
+        new = [i for i in by_version[version] if i.device in shared]
+        old = [i for i in by_version[baseline] if i.device in shared]
         latency, errors = compare_intervals(
             new,
             old,

@@ -10,14 +10,16 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import nats
 import numpy as np
 import pytest
 
-from schemas.config import NatsConfig
+from schemas.config import NatsConfig, Settings
 from schemas.events import ModelPerformanceRegressed
 from schemas.registry import CreateVersionRequest, RegistryRpc
 from schemas.stats import (
@@ -97,11 +99,11 @@ def assert_figures(got: object, want: dict[str, float]) -> None:
         assert getattr(got, key) == pytest.approx(value, rel=1e-9), key
 
 
-async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regression_is_announced_once(
-    tmp_path, nats_server, influxdb_server, unique_id
-) -> None:
-    model = unique_id("model-")
-    db = unique_id("db")
+def tracker_and_registry(
+    tmp_path: Path, nats_server: Any, influxdb_server: Any, unique_id: Any, db: str
+) -> tuple[Settings, Settings, ArtifactStore]:
+    """The tracker's settings (no broker: it reads InfluxDB and the bus), a registry's
+    settings beside it, and a store for the artifacts the tests register."""
     unused = SimpleNamespace(host="127.0.0.1", port=1, username="unused", password="unused")
     settings = make_settings(
         tmp_path=tmp_path, mosquitto=unused, user=unused, unique_id=unique_id,
@@ -110,6 +112,17 @@ async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regressio
     registry_settings = platform_settings(tmp_path / "registry", nats_url=nats_server.url)
     store = ArtifactStore(
         root=registry_settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=4096
+    )
+    return settings, registry_settings, store
+
+
+async def test_stats_equal_numbers_computed_from_the_seeded_points_and_regression_is_announced_once(
+    tmp_path, nats_server, influxdb_server, unique_id
+) -> None:
+    model = unique_id("model-")
+    db = unique_id("db")
+    settings, registry_settings, store = tracker_and_registry(
+        tmp_path, nats_server, influxdb_server, unique_id, db
     )
     start = recent(minutes=60)
     # 1.9.0 on three devices; 1.10.0 on two of them, about twice as slow and with errors.
@@ -222,14 +235,8 @@ async def test_the_verdict_through_influxdb_noise_is_no_regression_2x_is_too_few
     tmp_path, nats_server, influxdb_server, unique_id
 ) -> None:
     db = unique_id("db")
-    unused = SimpleNamespace(host="127.0.0.1", port=1, username="unused", password="unused")
-    settings = make_settings(
-        tmp_path=tmp_path, mosquitto=unused, user=unused, unique_id=unique_id,
-        nats_url=nats_server.url, influx_url=influxdb_server.url, database=db,
-    )  # fmt: skip
-    registry_settings = platform_settings(tmp_path / "registry", nats_url=nats_server.url)
-    store = ArtifactStore(
-        root=registry_settings.model_repository.storage_path, kek=os.urandom(32), chunk_size=4096
+    settings, registry_settings, store = tracker_and_registry(
+        tmp_path, nats_server, influxdb_server, unique_id, db
     )
     start = recent(minutes=60)
     # model -> (intervals a side, slowdown of 2.0.0): 20 seeded pairs of the same noisy
